@@ -1,0 +1,564 @@
+#include "server/jobs/job_manager.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <system_error>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "common/sha256.h"
+#include "common/spec.h"
+#include "server/jobs/paths.h"
+#include "server/train/config.h"
+#include "server/train/trainer.h"
+
+namespace traind::jobs {
+namespace fs = std::filesystem;
+
+using trainer::v1::Job;
+using trainer::v1::JobEvent;
+using trainer::v1::JobSpec;
+using trainer::v1::JobState;
+
+struct JobManager::Entry {
+  int64_t index = 0;
+  Job job;                        // guarded by JobManager::mu_
+  train::CancelToken cancel;
+  bool interrupted = false;       // by shutdown; guarded by JobManager::mu_
+};
+
+namespace {
+
+int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
+
+void ToProto(const train::EpochResult& r, trainer::v1::EpochMetrics* m) {
+  m->set_trial(r.trial);
+  m->set_epoch(r.epoch);
+  m->set_train_loss(r.train_loss);
+  m->set_train_accuracy(r.train_accuracy);
+  m->set_validation_loss(r.validation_loss);
+  m->set_validation_accuracy(r.validation_accuracy);
+  m->set_seconds(r.seconds);
+  m->set_images_per_second(r.images_per_second);
+}
+
+void ToProto(const train::TrialOutcome& o, trainer::v1::TrialResult* t) {
+  t->set_trial(o.trial);
+  t->set_epochs(o.spec.epochs);
+  t->set_learning_rate(o.spec.learning_rate);
+  t->set_backbone_learning_rate(o.spec.backbone_learning_rate);
+  ToProto(o.final, t->mutable_final());
+}
+
+train::TrainConfig ToConfig(const JobSpec& spec, const std::string& dataset_dir) {
+  train::TrainConfig c;
+  c.kind = spec.kind() == trainer::v1::SCRATCH ? train::Kind::kScratch
+                                               : train::Kind::kFinetune;
+  c.data.dir = dataset_dir;
+  c.data.exclude_classes.assign(spec.exclude_classes().begin(),
+                                spec.exclude_classes().end());
+  c.data.image_size = spec.image_size();
+  c.data.train_fraction = spec.train_fraction();
+  c.data.seed = spec.seed();
+  const auto& a = spec.augmentation();
+  c.data.augmentation = {a.hflip_probability(), a.rotation_degrees(), a.brightness(),
+                         a.contrast(), a.saturation(), a.hue()};
+  c.data.augment_validation = spec.augment_validation();
+  c.data.loader_threads = spec.loader_threads();
+  c.epochs = spec.epochs();
+  c.batch_size = spec.batch_size();
+  c.learning_rate = spec.learning_rate();
+  c.backbone_learning_rate = spec.backbone_learning_rate();
+  c.trainable_blocks.clear();
+  for (const auto& b : spec.trainable_blocks()) {
+    if (b != "fc") c.trainable_blocks.push_back(b);
+  }
+  c.device = spec.device();
+  c.threads = spec.threads();
+  return c;
+}
+
+}  // namespace
+
+// Turns engine progress into job events. Called on the job's worker thread.
+class JobManager::Sink final : public train::SweepSink {
+ public:
+  Sink(JobManager* manager, std::shared_ptr<Entry> entry)
+      : m_(manager), e_(std::move(entry)) {}
+
+  void OnDataset(const train::DatasetSummary& d) override {
+    absl::MutexLock lock(&m_->mu_);
+    Job& job = e_->job;
+    job.set_num_classes(static_cast<int>(d.class_names.size()));
+    job.clear_class_names();
+    for (const auto& c : d.class_names) job.add_class_names(c);
+    job.set_train_images(d.train_images);
+    job.set_validation_images(d.validation_images);
+    m_->Persist(*e_);
+  }
+  void OnBatch(const train::BatchProgress& b) override {
+    JobEvent ev;
+    auto* m = ev.mutable_batch();
+    m->set_trial(b.trial);
+    m->set_epoch(b.epoch);
+    m->set_batch(b.batch);
+    m->set_batches(b.batches);
+    m->set_global_step(b.global_step);
+    m->set_loss(b.loss);
+    m->set_images_per_second(b.images_per_second);
+    absl::MutexLock lock(&m_->mu_);
+    m_->Emit(*e_, std::move(ev));
+  }
+  void OnEpoch(const train::EpochResult& r) override {
+    JobEvent ev;
+    ToProto(r, ev.mutable_epoch());
+    absl::MutexLock lock(&m_->mu_);
+    *e_->job.mutable_latest() = ev.epoch();
+    m_->Emit(*e_, std::move(ev));
+    m_->Persist(*e_);
+  }
+  void OnInfo(const std::string& text) override { Log(trainer::v1::LogMessage::INFO, text); }
+  void OnWarning(const std::string& text) override {
+    Log(trainer::v1::LogMessage::WARNING, text);
+  }
+  void OnTrialStarted(int trial, const train::TrialSpec& spec) override {
+    JobEvent ev;
+    auto* t = ev.mutable_trial_started();
+    t->set_trial(trial);
+    t->set_epochs(spec.epochs);
+    t->set_learning_rate(spec.learning_rate);
+    t->set_backbone_learning_rate(spec.backbone_learning_rate);
+    absl::MutexLock lock(&m_->mu_);
+    m_->Emit(*e_, std::move(ev));
+  }
+  void OnTrialFinished(const train::TrialOutcome& o) override {
+    JobEvent ev;
+    ToProto(o, ev.mutable_trial_finished()->mutable_result());
+    absl::MutexLock lock(&m_->mu_);
+    m_->Emit(*e_, std::move(ev));
+  }
+
+ private:
+  void Log(trainer::v1::LogMessage::Level level, const std::string& text) {
+    JobEvent ev;
+    ev.mutable_log()->set_level(level);
+    ev.mutable_log()->set_text(text);
+    absl::MutexLock lock(&m_->mu_);
+    m_->Emit(*e_, std::move(ev));
+  }
+
+  JobManager* const m_;
+  const std::shared_ptr<Entry> e_;
+};
+
+absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(Options options) {
+  if (options.workers < 1) return absl::InvalidArgumentError("workers must be >= 1");
+  std::error_code ec;
+  fs::create_directories(fs::path(options.state_dir) / "jobs", ec);
+  if (ec) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot create state directory ", options.state_dir, ": ", ec.message()));
+  }
+  auto store = Store::Open((fs::path(options.state_dir) / "traind.db").string());
+  if (!store.ok()) return store.status();
+  std::unique_ptr<JobManager> m(new JobManager(std::move(options), std::move(*store)));
+  if (auto st = m->Recover(); !st.ok()) return st;
+  for (int i = 0; i < m->options_.workers; ++i) {
+    m->workers_.emplace_back([mp = m.get()] { mp->WorkerLoop(); });
+  }
+  return m;
+}
+
+JobManager::JobManager(Options options, std::unique_ptr<Store> store)
+    : options_(std::move(options)), store_(std::move(store)) {}
+
+JobManager::~JobManager() { Shutdown(); }
+
+absl::Status JobManager::Recover() {
+  auto stored = store_->LoadJobs();
+  if (!stored.ok()) return stored.status();
+  absl::MutexLock lock(&mu_);
+  for (auto& s : *stored) {
+    auto entry = std::make_shared<Entry>();
+    entry->index = s.index;
+    entry->job = std::move(s.job);
+    auto last = store_->LastSeq(entry->job.id());
+    if (!last.ok()) return last.status();
+    entry->job.set_last_seq(*last);
+    jobs_[entry->job.id()] = entry;
+    by_index_.push_back(entry);
+    if (!s.request_id.empty()) request_ids_[s.request_id] = entry->job.id();
+    switch (entry->job.state()) {
+      case trainer::v1::RUNNING:
+        SetState(*entry, trainer::v1::QUEUED,
+                 "daemon restarted while the job was running; it runs again");
+        queue_.push_back(entry);
+        break;
+      case trainer::v1::CANCELLING:
+        SetState(*entry, trainer::v1::CANCELLED, "daemon restarted while cancelling");
+        break;
+      case trainer::v1::QUEUED:
+        queue_.push_back(entry);
+        break;
+      default:
+        break;
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string JobManager::JobDir(const std::string& id) const {
+  return (fs::path(options_.state_dir) / "jobs" / id).string();
+}
+
+void JobManager::Emit(Entry& entry, JobEvent event) {
+  event.set_seq(entry.job.last_seq() + 1);
+  event.set_time_ms(NowMs());
+  if (auto st = store_->AppendEvent(entry.job.id(), event); !st.ok()) {
+    std::fprintf(stderr, "traind: %s\n", std::string(st.message()).c_str());
+    return;
+  }
+  entry.job.set_last_seq(event.seq());
+}
+
+void JobManager::Persist(Entry& entry) {
+  if (auto st = store_->UpdateJob(entry.job); !st.ok()) {
+    std::fprintf(stderr, "traind: %s\n", std::string(st.message()).c_str());
+  }
+}
+
+void JobManager::SetState(Entry& entry, JobState state, const std::string& reason) {
+  entry.job.set_state(state);
+  if (IsTerminal(state)) entry.job.set_end_time_ms(NowMs());
+  if (state == trainer::v1::FAILED) entry.job.set_error(reason);
+  Persist(entry);
+  JobEvent ev;
+  ev.mutable_state()->set_state(state);
+  ev.mutable_state()->set_reason(reason);
+  Emit(entry, std::move(ev));
+}
+
+std::shared_ptr<JobManager::Entry> JobManager::Find(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(id);
+  return it == jobs_.end() ? nullptr : it->second;
+}
+
+absl::StatusOr<std::string> JobManager::InitialWeightsPath(const JobSpec& spec) {
+  switch (spec.initial_weights_case()) {
+    case JobSpec::kPretrainedFile:
+      return ResolveBeneath(options_.weights_root, spec.pretrained_file(),
+                            "pretrained_file");
+    case JobSpec::kFromJob: {
+      auto from = Find(spec.from_job());
+      if (!from) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("from_job: no job \"", spec.from_job(), "\""));
+      }
+      absl::MutexLock lock(&mu_);
+      if (from->job.state() != trainer::v1::SUCCEEDED) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "from_job: job ", spec.from_job(), " is ",
+            trainer::v1::JobState_Name(from->job.state()),
+            "; only a SUCCEEDED job's weights can start another job"));
+      }
+      return (fs::path(JobDir(spec.from_job())) / "weights.pth").string();
+    }
+    default:
+      return absl::FailedPreconditionError(absl::StrCat(
+          "initial_weights: a ", trainer::v1::JobKind_Name(spec.kind()),
+          " job needs starting weights, and traind downloads nothing. Either put a "
+          "torchvision ResNet-18 checkpoint (e.g. resnet18-f37072fd.pth, saved with "
+          "torch.save(model.state_dict())) under the weights root ",
+          options_.weights_root,
+          " and set pretrained_file to its name (trainctl submit --pretrained NAME), "
+          "or set from_job to the id of a SUCCEEDED job (trainctl submit --from-job ID)"));
+  }
+}
+
+absl::StatusOr<std::string> JobManager::Submit(JobSpec spec,
+                                               const std::string& request_id) {
+  if (request_id.size() > 128) {
+    return absl::InvalidArgumentError("request_id: longer than 128 characters");
+  }
+  if (!request_id.empty()) {
+    absl::MutexLock lock(&mu_);
+    auto it = request_ids_.find(request_id);
+    if (it != request_ids_.end()) return it->second;
+  }
+  ApplyDefaults(&spec);
+  if (!spec.has_threads()) spec.set_threads(options_.threads_per_job);
+  if (auto st = ValidateSpec(spec); !st.ok()) return st;
+  auto dataset = ResolveBeneath(options_.data_root, spec.dataset(), "dataset");
+  if (!dataset.ok()) return dataset.status();
+  if (spec.kind() == trainer::v1::SCRATCH) {
+    if (spec.initial_weights_case() != JobSpec::INITIAL_WEIGHTS_NOT_SET) {
+      return absl::InvalidArgumentError(
+          "initial_weights: a SCRATCH job starts from random weights; drop "
+          "pretrained_file/from_job or use kind FINETUNE");
+    }
+  } else {
+    auto weights = InitialWeightsPath(spec);
+    if (!weights.ok()) return weights.status();
+  }
+
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return absl::UnavailableError("traind is shutting down");
+  if (!request_id.empty()) {
+    auto it = request_ids_.find(request_id);
+    if (it != request_ids_.end()) return it->second;
+  }
+  auto index = store_->NextIndex();
+  if (!index.ok()) return index.status();
+  auto entry = std::make_shared<Entry>();
+  entry->index = *index;
+  Job& job = entry->job;
+  job.set_id(absl::StrFormat("job-%06d", *index));
+  *job.mutable_spec() = spec;
+  job.set_state(trainer::v1::QUEUED);
+  job.set_create_time_ms(NowMs());
+  StoredJob stored{entry->index, request_id, job};
+  if (auto st = store_->InsertJob(stored); !st.ok()) return st;
+  jobs_[job.id()] = entry;
+  by_index_.push_back(entry);
+  if (!request_id.empty()) request_ids_[request_id] = job.id();
+  JobEvent ev;
+  ev.mutable_state()->set_state(trainer::v1::QUEUED);
+  Emit(*entry, std::move(ev));
+  queue_.push_back(entry);
+  return job.id();
+}
+
+absl::StatusOr<Job> JobManager::GetJob(const std::string& id) {
+  auto entry = Find(id);
+  if (!entry) return absl::NotFoundError(absl::StrCat("no job \"", id, "\""));
+  absl::MutexLock lock(&mu_);
+  return entry->job;
+}
+
+absl::StatusOr<JobManager::Page> JobManager::ListJobs(
+    int page_size, const std::string& page_token, const std::vector<JobState>& states) {
+  if (page_size < 0 || page_size > 1000) {
+    return absl::InvalidArgumentError("page_size: must be in [0, 1000]");
+  }
+  if (page_size == 0) page_size = 100;
+  int64_t after = 0;
+  if (!page_token.empty() && !absl::SimpleAtoi(page_token, &after)) {
+    return absl::InvalidArgumentError("page_token: not a token this server issued");
+  }
+  Page page;
+  absl::MutexLock lock(&mu_);
+  for (const auto& e : by_index_) {
+    if (e->index <= after) continue;
+    if (!states.empty() &&
+        std::find(states.begin(), states.end(), e->job.state()) == states.end()) {
+      continue;
+    }
+    if (static_cast<int>(page.jobs.size()) == page_size) {
+      page.next_page_token = absl::StrCat(after);
+      break;
+    }
+    page.jobs.push_back(e->job);
+    after = e->index;
+  }
+  return page;
+}
+
+absl::StatusOr<Job> JobManager::Cancel(const std::string& id) {
+  auto entry = Find(id);
+  if (!entry) return absl::NotFoundError(absl::StrCat("no job \"", id, "\""));
+  absl::MutexLock lock(&mu_);
+  switch (entry->job.state()) {
+    case trainer::v1::QUEUED:
+      queue_.erase(std::remove(queue_.begin(), queue_.end(), entry), queue_.end());
+      SetState(*entry, trainer::v1::CANCELLED, "cancelled before it started");
+      break;
+    case trainer::v1::RUNNING:
+      SetState(*entry, trainer::v1::CANCELLING, "cancel requested");
+      entry->cancel.Cancel();
+      break;
+    default:
+      break;
+  }
+  return entry->job;
+}
+
+absl::StatusOr<std::vector<JobEvent>> JobManager::ReadEvents(const std::string& id,
+                                                             int64_t after_seq,
+                                                             int limit) {
+  if (!Find(id)) return absl::NotFoundError(absl::StrCat("no job \"", id, "\""));
+  if (after_seq < 0) return absl::InvalidArgumentError("after_seq: must be >= 0");
+  return store_->ReadEvents(id, after_seq, limit);
+}
+
+bool JobManager::WaitForEvents(const std::string& id, int64_t after_seq,
+                               absl::Duration timeout) {
+  auto entry = Find(id);
+  if (!entry) return true;
+  absl::MutexLock lock(&mu_);
+  auto ready = [this, &entry, after_seq]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stopping_ || entry->job.last_seq() > after_seq;
+  };
+  return mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
+}
+
+absl::StatusOr<JobManager::WeightsFile> JobManager::Weights(
+    const std::string& id, trainer::v1::WeightsFormat format) {
+  auto entry = Find(id);
+  if (!entry) return absl::NotFoundError(absl::StrCat("no job \"", id, "\""));
+  {
+    absl::MutexLock lock(&mu_);
+    if (entry->job.state() != trainer::v1::SUCCEEDED) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "job ", id, " is ", trainer::v1::JobState_Name(entry->job.state()),
+          "; weights exist only for SUCCEEDED jobs"));
+    }
+  }
+  WeightsFile file;
+  file.path = (fs::path(JobDir(id)) /
+               (format == trainer::v1::SAFETENSORS ? "weights.safetensors" : "weights.pth"))
+                  .string();
+  std::error_code ec;
+  file.size = static_cast<int64_t>(fs::file_size(file.path, ec));
+  if (ec) return absl::DataLossError(absl::StrCat("weights of ", id, " are missing: ", file.path));
+  auto sha = Sha256File(file.path);
+  if (!sha.ok()) return sha.status();
+  file.sha256 = *sha;
+  return file;
+}
+
+void JobManager::BeginShutdown() {
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return;
+  stopping_ = true;
+  for (auto& [id, e] : jobs_) {
+    if (e->job.state() == trainer::v1::RUNNING) {
+      e->interrupted = true;
+      e->cancel.Cancel();
+    }
+  }
+}
+
+bool JobManager::shutting_down() {
+  absl::MutexLock lock(&mu_);
+  return stopping_;
+}
+
+void JobManager::Shutdown() {
+  BeginShutdown();
+  for (auto& t : workers_) {
+    if (t.joinable()) t.join();
+  }
+}
+
+void JobManager::WorkerLoop() {
+  while (true) {
+    std::shared_ptr<Entry> entry;
+    {
+      absl::MutexLock lock(&mu_);
+      auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || !queue_.empty();
+      };
+      mu_.Await(absl::Condition(&has_work));
+      if (stopping_) return;
+      entry = queue_.front();
+      queue_.pop_front();
+      entry->job.set_start_time_ms(NowMs());
+      SetState(*entry, trainer::v1::RUNNING, "");
+    }
+    RunJob(entry);
+  }
+}
+
+void JobManager::RunJob(const std::shared_ptr<Entry>& entry) {
+  JobSpec spec;
+  std::string id;
+  {
+    absl::MutexLock lock(&mu_);
+    spec = entry->job.spec();
+    id = entry->job.id();
+  }
+  Sink sink(this, entry);
+  const std::string dir = JobDir(id);
+  absl::Status status;
+  std::vector<train::TrialOutcome> trials;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  auto dataset = ResolveBeneath(options_.data_root, spec.dataset(), "dataset");
+  if (ec) {
+    status = absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  } else if (!dataset.ok()) {
+    status = dataset.status();
+  } else {
+    train::TrainConfig config = ToConfig(spec, *dataset);
+    config.output_pth = (fs::path(dir) / "weights.pth").string();
+    config.output_safetensors = (fs::path(dir) / "weights.safetensors").string();
+    if (spec.kind() != trainer::v1::SCRATCH) {
+      auto weights = InitialWeightsPath(spec);
+      if (weights.ok()) {
+        config.initial_weights = *weights;
+      } else {
+        status = weights.status();
+      }
+    }
+    if (status.ok() && spec.kind() == trainer::v1::SWEEP) {
+      std::vector<train::TrialSpec> grid;
+      for (int epochs : spec.sweep().epochs()) {
+        for (double lr : spec.sweep().learning_rates()) {
+          grid.push_back({epochs, lr, lr * spec.sweep().backbone_lr_ratio()});
+        }
+      }
+      auto outcome = train::RunSweep(config, grid, dir, &sink, entry->cancel);
+      if (outcome.ok()) {
+        trials = *outcome;
+        // The sweep's weights are its best trial's.
+        for (const auto& [from, to] : {std::pair{trials[0].output_pth, config.output_pth},
+                                       std::pair{trials[0].output_safetensors,
+                                                 config.output_safetensors}}) {
+          fs::copy_file(from, to, fs::copy_options::overwrite_existing, ec);
+          if (ec) {
+            status = absl::InternalError(absl::StrCat("cannot copy ", from, ": ", ec.message()));
+          }
+        }
+      } else {
+        status = outcome.status();
+      }
+    } else if (status.ok()) {
+      status = train::Train(config, &sink, entry->cancel).status();
+    }
+  }
+
+  std::string sha;
+  int64_t size = 0;
+  if (status.ok()) {
+    auto digest = Sha256File((fs::path(dir) / "weights.pth").string());
+    if (digest.ok()) {
+      sha = *digest;
+      size = static_cast<int64_t>(fs::file_size(fs::path(dir) / "weights.pth", ec));
+    } else {
+      status = digest.status();
+    }
+  }
+
+  absl::MutexLock lock(&mu_);
+  Job& job = entry->job;
+  if (status.ok()) {
+    job.set_weights_sha256(sha);
+    job.set_weights_size(size);
+    job.clear_trials();
+    for (const auto& t : trials) ToProto(t, job.add_trials());
+    SetState(*entry, trainer::v1::SUCCEEDED, "");
+  } else if (absl::IsCancelled(status) && entry->interrupted) {
+    SetState(*entry, trainer::v1::QUEUED,
+             "interrupted by daemon shutdown; it runs again when traind restarts");
+  } else if (absl::IsCancelled(status)) {
+    SetState(*entry, trainer::v1::CANCELLED, "cancelled by request");
+  } else {
+    SetState(*entry, trainer::v1::FAILED, std::string(status.message()));
+  }
+}
+
+}  // namespace traind::jobs

@@ -1,0 +1,130 @@
+// The lifecycle of jobs: validation, the store, the queue, worker threads,
+// the per-job event log, cancellation and recovery after a restart.
+//
+// Every event of a job gets the next per-job sequence number and is
+// persisted before anyone can read it, so a watcher that resumes from the
+// last number it saw misses nothing and sees nothing twice.
+//
+// Thread-safety: all public methods may be called from any thread. Training
+// runs on the manager's own worker threads, never on the caller's.
+#ifndef TRAIND_SERVER_JOBS_JOB_MANAGER_H_
+#define TRAIND_SERVER_JOBS_JOB_MANAGER_H_
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/jobs/store.h"
+#include "trainer/v1/training_service.pb.h"
+
+namespace traind::jobs {
+
+class JobManager {
+ public:
+  struct Options {
+    // Holds the SQLite file (traind.db) and per-job folders (jobs/<id>/).
+    std::string state_dir;
+    // Dataset names resolve inside this folder.
+    std::string data_root;
+    // pretrained_file names resolve inside this folder.
+    std::string weights_root;
+    // Jobs trained at the same time.
+    int workers = 1;
+    // Intra-op threads of a job whose spec does not say.
+    int threads_per_job = 2;
+  };
+
+  // Opens the store, re-queues jobs that were running when the daemon
+  // stopped, and starts the workers.
+  static absl::StatusOr<std::unique_ptr<JobManager>> Create(Options options);
+  ~JobManager();
+  JobManager(const JobManager&) = delete;
+  JobManager& operator=(const JobManager&) = delete;
+
+  // Validates `spec` completely, then stores and queues it. Returns the job
+  // id; a repeated non-empty `request_id` returns the first call's job.
+  absl::StatusOr<std::string> Submit(trainer::v1::JobSpec spec,
+                                     const std::string& request_id);
+  absl::StatusOr<trainer::v1::Job> GetJob(const std::string& id);
+
+  struct Page {
+    std::vector<trainer::v1::Job> jobs;
+    std::string next_page_token;
+  };
+  absl::StatusOr<Page> ListJobs(int page_size, const std::string& page_token,
+                                const std::vector<trainer::v1::JobState>& states);
+
+  // Best effort: a queued job is CANCELLED at once, a running one goes to
+  // CANCELLING and stops at its next batch boundary.
+  absl::StatusOr<trainer::v1::Job> Cancel(const std::string& id);
+
+  // Up to `limit` events of job `id` with seq > after_seq.
+  absl::StatusOr<std::vector<trainer::v1::JobEvent>> ReadEvents(
+      const std::string& id, int64_t after_seq, int limit);
+
+  // Waits until job `id` has an event after `after_seq`, the manager shuts
+  // down, or `timeout` passes. Returns false only on timeout.
+  bool WaitForEvents(const std::string& id, int64_t after_seq,
+                     absl::Duration timeout) ABSL_LOCKS_EXCLUDED(mu_);
+
+  struct WeightsFile {
+    std::string path;
+    int64_t size = 0;
+    std::string sha256;
+  };
+  // The final weights of a SUCCEEDED job; FAILED_PRECONDITION otherwise.
+  absl::StatusOr<WeightsFile> Weights(const std::string& id,
+                                      trainer::v1::WeightsFormat format);
+
+  // Stops taking work and wakes every waiter; running jobs are interrupted
+  // and will run again after a restart. Idempotent.
+  void BeginShutdown() ABSL_LOCKS_EXCLUDED(mu_);
+  bool shutting_down() ABSL_LOCKS_EXCLUDED(mu_);
+  // BeginShutdown, then waits for the workers to finish.
+  void Shutdown() ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  struct Entry;
+  class Sink;
+
+  JobManager(Options options, std::unique_ptr<Store> store);
+  absl::Status Recover();
+  void WorkerLoop();
+  void RunJob(const std::shared_ptr<Entry>& entry);
+  std::string JobDir(const std::string& id) const;
+  absl::StatusOr<std::string> InitialWeightsPath(const trainer::v1::JobSpec& spec);
+
+  // Assigns the next seq, persists the event, then publishes it.
+  void Emit(Entry& entry, trainer::v1::JobEvent event)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SetState(Entry& entry, trainer::v1::JobState state,
+                const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Persist(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::shared_ptr<Entry> Find(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Constant after construction.
+  const Options options_;
+  const std::unique_ptr<Store> store_;
+
+  absl::Mutex mu_;
+  std::map<std::string, std::shared_ptr<Entry>> jobs_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::shared_ptr<Entry>> by_index_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::string> request_ids_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::shared_ptr<Entry>> queue_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace traind::jobs
+
+#endif  // TRAIND_SERVER_JOBS_JOB_MANAGER_H_

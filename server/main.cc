@@ -1,0 +1,105 @@
+// traind: parses flags into Server::Options, starts, waits for a signal.
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/time/time.h"
+#include "common/flags.h"
+#include "server/server.h"
+#include "server/train/trainer.h"
+
+namespace {
+
+std::string DefaultStateDir() {
+  if (const char* xdg = std::getenv("XDG_STATE_HOME"); xdg && *xdg) {
+    return std::string(xdg) + "/traind";
+  }
+  if (const char* home = std::getenv("HOME"); home && *home) {
+    return std::string(home) + "/.local/state/traind";
+  }
+  return "traind-state";
+}
+
+}  // namespace
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
+          "host:port to serve on; port 0 picks a free port");
+ABSL_FLAG(std::string, port_file, "", "write the bound port to this file once serving");
+ABSL_FLAG(std::string, state_dir, DefaultStateDir(),
+          "folder of the job database and per-job artifacts");
+ABSL_FLAG(std::string, data_root, "",
+          "datasets are named relative to this folder (default: <state_dir>/data)");
+ABSL_FLAG(std::string, weights_root, "",
+          "pretrained weights are named relative to this folder "
+          "(default: <state_dir>/weights)");
+ABSL_FLAG(int, workers, 1, "jobs trained at the same time");
+ABSL_FLAG(int, threads_per_job, 0,
+          "intra-op threads of a job whose spec does not say (0: all cores / workers)");
+ABSL_FLAG(int, grace_seconds, 10, "how long shutdown waits for open calls");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "traind: the training-job daemon. Usage: traind [--listen=HOST:PORT] "
+      "[--state-dir=DIR] [--data-root=DIR] [--weights-root=DIR] [--workers=N]");
+  std::vector<std::string> args = traind::NormalizeFlagDashes(argc, argv);
+  std::vector<char*> argp;
+  for (auto& a : args) argp.push_back(a.data());
+  absl::ParseCommandLine(static_cast<int>(argp.size()), argp.data());
+
+  // Before any tensor and any thread: every thread inherits the blocked
+  // signals, and main alone takes them with sigwait.
+  traind::train::TuneAllocator();
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  traind::Server::Options options;
+  options.listen = absl::GetFlag(FLAGS_listen);
+  options.port_file = absl::GetFlag(FLAGS_port_file);
+  auto& jobs = options.jobs;
+  jobs.state_dir = absl::GetFlag(FLAGS_state_dir);
+  jobs.data_root = absl::GetFlag(FLAGS_data_root);
+  if (jobs.data_root.empty()) jobs.data_root = jobs.state_dir + "/data";
+  jobs.weights_root = absl::GetFlag(FLAGS_weights_root);
+  if (jobs.weights_root.empty()) jobs.weights_root = jobs.state_dir + "/weights";
+  jobs.workers = absl::GetFlag(FLAGS_workers);
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  jobs.threads_per_job = absl::GetFlag(FLAGS_threads_per_job);
+  if (jobs.threads_per_job <= 0) jobs.threads_per_job = std::max(1, cores / std::max(1, jobs.workers));
+  std::error_code ec;
+  std::filesystem::create_directories(jobs.data_root, ec);
+  std::filesystem::create_directories(jobs.weights_root, ec);
+
+  auto server = traind::Server::BuildAndStart(options);
+  if (!server.ok()) {
+    std::fprintf(stderr, "traind: %s\n", std::string(server.status().message()).c_str());
+    return 1;
+  }
+  const std::string host = options.listen.substr(0, options.listen.rfind(':'));
+  std::printf(
+      "traind: serving on %s:%d (state %s, data root %s, weights root %s, %d worker(s), "
+      "%d thread(s) per job)\n",
+      host.c_str(), (*server)->port(), jobs.state_dir.c_str(), jobs.data_root.c_str(),
+      jobs.weights_root.c_str(), jobs.workers, jobs.threads_per_job);
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  std::printf("traind: %s received, shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  std::fflush(stdout);
+  (*server)->Shutdown(absl::Seconds(absl::GetFlag(FLAGS_grace_seconds)));
+  std::printf("traind: stopped\n");
+  return 0;
+}

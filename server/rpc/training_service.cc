@@ -1,0 +1,135 @@
+#include "server/rpc/training_service.h"
+
+#include <algorithm>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "common/spec.h"
+#include "server/rpc/status_util.h"
+
+namespace traind::rpc {
+
+using grpc::ServerContext;
+using grpc::Status;
+using trainer::v1::JobState;
+
+namespace {
+constexpr size_t kChunkBytes = 1 << 20;
+constexpr int kEventsPerRead = 512;
+}  // namespace
+
+Status TrainingServiceImpl::SubmitJob(ServerContext*,
+                                      const trainer::v1::SubmitJobRequest* request,
+                                      trainer::v1::SubmitJobResponse* response) {
+  auto id = manager_->Submit(request->spec(), request->request_id());
+  if (!id.ok()) return ToGrpcStatus(id.status());
+  response->set_job_id(*id);
+  return Status::OK;
+}
+
+Status TrainingServiceImpl::GetJob(ServerContext*, const trainer::v1::GetJobRequest* request,
+                                   trainer::v1::GetJobResponse* response) {
+  auto job = manager_->GetJob(request->job_id());
+  if (!job.ok()) return ToGrpcStatus(job.status());
+  *response->mutable_job() = std::move(*job);
+  return Status::OK;
+}
+
+Status TrainingServiceImpl::ListJobs(ServerContext*,
+                                     const trainer::v1::ListJobsRequest* request,
+                                     trainer::v1::ListJobsResponse* response) {
+  std::vector<JobState> states;
+  for (int s : request->states()) states.push_back(static_cast<JobState>(s));
+  auto page = manager_->ListJobs(request->page_size(), request->page_token(), states);
+  if (!page.ok()) return ToGrpcStatus(page.status());
+  for (auto& j : page->jobs) *response->add_jobs() = std::move(j);
+  response->set_next_page_token(page->next_page_token);
+  return Status::OK;
+}
+
+Status TrainingServiceImpl::CancelJob(ServerContext*,
+                                      const trainer::v1::CancelJobRequest* request,
+                                      trainer::v1::CancelJobResponse* response) {
+  auto job = manager_->Cancel(request->job_id());
+  if (!job.ok()) return ToGrpcStatus(job.status());
+  *response->mutable_job() = std::move(*job);
+  return Status::OK;
+}
+
+Status TrainingServiceImpl::StreamMetrics(
+    ServerContext* context, const trainer::v1::StreamMetricsRequest* request,
+    grpc::ServerWriter<trainer::v1::StreamMetricsResponse>* writer) {
+  const std::string& id = request->job_id();
+  int64_t after = request->after_seq();
+  while (true) {
+    auto events = manager_->ReadEvents(id, after, kEventsPerRead);
+    if (!events.ok()) return ToGrpcStatus(events.status());
+    for (auto& e : *events) {
+      const bool terminal = e.has_state() && IsTerminal(e.state().state());
+      after = e.seq();
+      trainer::v1::StreamMetricsResponse response;
+      *response.mutable_event() = std::move(e);
+      if (!writer->Write(response)) {
+        return Status(grpc::StatusCode::CANCELLED, "watcher went away");
+      }
+      if (terminal) return Status::OK;
+    }
+    if (!events->empty()) continue;
+    auto job = manager_->GetJob(id);
+    if (!job.ok()) return ToGrpcStatus(job.status());
+    if (IsTerminal(job->state()) && after >= job->last_seq()) return Status::OK;
+    if (context->IsCancelled()) {
+      return Status(grpc::StatusCode::CANCELLED, "watcher went away");
+    }
+    if (manager_->shutting_down()) {
+      return Status(grpc::StatusCode::UNAVAILABLE,
+                    "traind is shutting down; reconnect with after_seq to resume");
+    }
+    manager_->WaitForEvents(id, after, absl::Milliseconds(250));
+  }
+}
+
+Status TrainingServiceImpl::GetWeights(
+    ServerContext* context, const trainer::v1::GetWeightsRequest* request,
+    grpc::ServerWriter<trainer::v1::GetWeightsResponse>* writer) {
+  if (!trainer::v1::WeightsFormat_IsValid(request->format())) {
+    return Status(grpc::StatusCode::INVALID_ARGUMENT, "format: unknown weights format");
+  }
+  const auto format = request->format() == trainer::v1::WEIGHTS_FORMAT_UNSPECIFIED
+                          ? trainer::v1::PTH
+                          : request->format();
+  auto file = manager_->Weights(request->job_id(), format);
+  if (!file.ok()) return ToGrpcStatus(file.status());
+  std::ifstream in(file->path, std::ios::binary);
+  if (!in) {
+    return Status(grpc::StatusCode::DATA_LOSS, absl::StrCat("cannot open ", file->path));
+  }
+  trainer::v1::GetWeightsResponse first;
+  auto* header = first.mutable_header();
+  header->set_total_size(file->size);
+  header->set_sha256(file->sha256);
+  header->set_format(format);
+  if (!writer->Write(first)) return Status(grpc::StatusCode::CANCELLED, "client went away");
+  std::string buf(kChunkBytes, '\0');
+  int64_t offset = 0;
+  while (offset < file->size) {
+    if (context->IsCancelled()) return Status(grpc::StatusCode::CANCELLED, "client went away");
+    const int64_t want = std::min<int64_t>(kChunkBytes, file->size - offset);
+    in.read(buf.data(), want);
+    if (in.gcount() != want) {
+      return Status(grpc::StatusCode::DATA_LOSS,
+                    absl::StrCat("weights file ", file->path, " shrank while being sent"));
+    }
+    trainer::v1::GetWeightsResponse msg;
+    msg.set_chunk(buf.data(), static_cast<size_t>(want));
+    msg.set_offset(offset);
+    if (!writer->Write(msg)) return Status(grpc::StatusCode::CANCELLED, "client went away");
+    offset += want;
+  }
+  return Status::OK;
+}
+
+}  // namespace traind::rpc

@@ -1,0 +1,43 @@
+// trainer.v1.TrainingService over gRPC: each handler translates the request,
+// delegates to the JobManager and converts the result. No job logic here.
+//
+// Thread-safety: handlers run concurrently on gRPC's threads; the manager is
+// thread-safe. Streams wait on the manager, never on training.
+#ifndef TRAIND_SERVER_RPC_TRAINING_SERVICE_H_
+#define TRAIND_SERVER_RPC_TRAINING_SERVICE_H_
+
+#include "server/jobs/job_manager.h"
+#include "trainer/v1/training_service.grpc.pb.h"
+
+namespace traind::rpc {
+
+class TrainingServiceImpl final : public trainer::v1::TrainingService::Service {
+ public:
+  explicit TrainingServiceImpl(jobs::JobManager* manager) : manager_(manager) {}
+
+  grpc::Status SubmitJob(grpc::ServerContext* context,
+                         const trainer::v1::SubmitJobRequest* request,
+                         trainer::v1::SubmitJobResponse* response) override;
+  grpc::Status GetJob(grpc::ServerContext* context,
+                      const trainer::v1::GetJobRequest* request,
+                      trainer::v1::GetJobResponse* response) override;
+  grpc::Status ListJobs(grpc::ServerContext* context,
+                        const trainer::v1::ListJobsRequest* request,
+                        trainer::v1::ListJobsResponse* response) override;
+  grpc::Status CancelJob(grpc::ServerContext* context,
+                         const trainer::v1::CancelJobRequest* request,
+                         trainer::v1::CancelJobResponse* response) override;
+  grpc::Status StreamMetrics(
+      grpc::ServerContext* context, const trainer::v1::StreamMetricsRequest* request,
+      grpc::ServerWriter<trainer::v1::StreamMetricsResponse>* writer) override;
+  grpc::Status GetWeights(
+      grpc::ServerContext* context, const trainer::v1::GetWeightsRequest* request,
+      grpc::ServerWriter<trainer::v1::GetWeightsResponse>* writer) override;
+
+ private:
+  jobs::JobManager* const manager_;
+};
+
+}  // namespace traind::rpc
+
+#endif  // TRAIND_SERVER_RPC_TRAINING_SERVICE_H_

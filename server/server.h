@@ -1,0 +1,51 @@
+// The whole daemon process: job manager plus gRPC server, started by
+// BuildAndStart and stopped by Shutdown.
+//
+// Thread-safety: Shutdown may be called from any thread, once.
+#ifndef TRAIND_SERVER_SERVER_H_
+#define TRAIND_SERVER_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include <grpcpp/server.h>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/jobs/job_manager.h"
+#include "server/rpc/training_service.h"
+
+namespace traind {
+
+class Server {
+ public:
+  struct Options {
+    // host:port to listen on; port 0 picks a free port.
+    std::string listen = "127.0.0.1:50051";
+    // If set, the bound port is written here (atomically) once serving.
+    std::string port_file;
+    jobs::JobManager::Options jobs;
+  };
+
+  static absl::StatusOr<std::unique_ptr<Server>> BuildAndStart(Options options);
+  ~Server();
+
+  // The port actually bound.
+  int port() const { return port_; }
+  // Health NOT_SERVING, streams end with UNAVAILABLE, running jobs are
+  // interrupted (they run again after a restart), then everything stops.
+  void Shutdown(absl::Duration grace);
+
+ private:
+  Server() = default;
+
+  std::unique_ptr<jobs::JobManager> manager_;
+  std::unique_ptr<rpc::TrainingServiceImpl> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  bool stopped_ = false;
+};
+
+}  // namespace traind
+
+#endif  // TRAIND_SERVER_SERVER_H_

@@ -1,0 +1,117 @@
+// What one training run needs and what it reports, with no LibTorch, RPC or
+// storage types: the engine's whole surface besides the run functions.
+#ifndef TRAIND_SERVER_TRAIN_CONFIG_H_
+#define TRAIND_SERVER_TRAIN_CONFIG_H_
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace traind::train {
+
+enum class Kind { kFinetune, kScratch };
+
+// Per-image augmentation; the defaults are the reference recipe's.
+struct AugmentConfig {
+  double hflip_probability = 0.5;
+  double rotation_degrees = 10.0;
+  double brightness = 0.2;
+  double contrast = 0.2;
+  double saturation = 0.2;
+  double hue = 0.1;
+};
+
+// Where the images are and how they are split and prepared.
+struct DataConfig {
+  // Absolute path of the dataset folder (already resolved by the caller).
+  std::string dir;
+  std::vector<std::string> exclude_classes = {"BACKGROUND_Google"};
+  int image_size = 128;
+  double train_fraction = 0.8;
+  uint64_t seed = 0;
+  AugmentConfig augmentation;
+  bool augment_validation = false;
+  int loader_threads = 2;
+};
+
+// One training run (fine-tune or scratch). Defaults are the recipe's.
+struct TrainConfig {
+  Kind kind = Kind::kFinetune;
+  DataConfig data;
+  int epochs = 5;
+  int batch_size = 32;
+  double learning_rate = 1e-3;           // classifier (fine-tune) or all
+  double backbone_learning_rate = 1e-4;  // trainable blocks (fine-tune)
+  std::vector<std::string> trainable_blocks = {"layer3", "layer4"};
+  std::string device = "auto";  // "auto", "cpu" or "cuda"
+  int threads = 2;              // intra-op threads
+  // Starting weights (state_dict .pth or .safetensors); required for
+  // kFinetune. A classifier whose shape does not fit the dataset is replaced.
+  std::string initial_weights;
+  // Where the final weights are written; empty: not written.
+  std::string output_pth;
+  std::string output_safetensors;
+  // Sweep trial index reported with every metric; 0 outside sweeps.
+  int trial = 0;
+  // Added to the global batch index reported (sweeps continue counting).
+  int64_t global_step_offset = 0;
+};
+
+struct BatchProgress {
+  int trial = 0;
+  int epoch = 0;  // from 1
+  int batch = 0;  // from 0
+  int batches = 0;
+  int64_t global_step = 0;
+  double loss = 0;
+  double images_per_second = 0;
+};
+
+struct EpochResult {
+  int trial = 0;
+  int epoch = 0;
+  double train_loss = 0;
+  double train_accuracy = 0;
+  double validation_loss = 0;
+  double validation_accuracy = 0;
+  double seconds = 0;
+  double images_per_second = 0;
+};
+
+struct DatasetSummary {
+  std::vector<std::string> class_names;
+  int train_images = 0;
+  int validation_images = 0;
+};
+
+// Receives progress from the training thread. Implementations must return
+// quickly: training waits for them.
+class ProgressSink {
+ public:
+  virtual ~ProgressSink() = default;
+  virtual void OnDataset(const DatasetSummary& summary) = 0;
+  virtual void OnBatch(const BatchProgress& batch) = 0;
+  virtual void OnEpoch(const EpochResult& epoch) = 0;
+  virtual void OnInfo(const std::string& text) = 0;
+  virtual void OnWarning(const std::string& text) = 0;
+};
+
+// Set from any thread; the run stops at the next batch boundary.
+class CancelToken {
+ public:
+  void Cancel() { cancelled_.store(true, std::memory_order_relaxed); }
+  bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<bool> cancelled_{false};
+};
+
+struct TrainResult {
+  DatasetSummary dataset;
+  std::vector<EpochResult> epochs;
+};
+
+}  // namespace traind::train
+
+#endif  // TRAIND_SERVER_TRAIN_CONFIG_H_

@@ -1,0 +1,106 @@
+// Folder-per-class datasets: scanning in torchvision ImageFolder order, the
+// seeded split, decode + resize once into memory, per-epoch augmentation and a
+// multi-threaded batch loader.
+//
+// Results depend only on the seed, never on the number of loader threads:
+// every sample's augmentation draws from its own generator, seeded by (seed,
+// epoch, sample index).
+#ifndef TRAIND_SERVER_TRAIN_DATA_H_
+#define TRAIND_SERVER_TRAIN_DATA_H_
+
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <opencv2/core.hpp>
+#include <torch/torch.h>
+
+#include "absl/status/statusor.h"
+#include "server/train/config.h"
+
+namespace traind::train {
+
+struct ImageRecord {
+  std::string path;
+  int64_t label = 0;
+};
+
+struct DatasetIndex {
+  std::vector<std::string> classes;  // label order
+  std::vector<ImageRecord> train;
+  std::vector<ImageRecord> validation;
+};
+
+// True for the file extensions torchvision's ImageFolder accepts, any case.
+bool HasImageExtension(const std::string& filename);
+
+// Lists a folder-per-class tree as ImageFolder does: classes sorted by
+// folder name minus `exclude`, files sorted by path within each class.
+absl::StatusOr<DatasetIndex> ListImageFolder(
+    const std::string& dir, const std::vector<std::string>& exclude);
+
+// Scans config.dir: uses its train/ and val/ folders when both exist,
+// otherwise splits like torch.utils.data.random_split with a generator seeded
+// with config.seed and n_train = floor(n * train_fraction).
+absl::StatusOr<DatasetIndex> ScanDataset(const DataConfig& config);
+
+// Decoded, resized RGB images (CV_8UC3, size x size) with their labels.
+struct DecodedSet {
+  std::vector<cv::Mat> images;
+  std::vector<int64_t> labels;
+};
+
+// Decodes and resizes every record on `threads` threads. Unreadable images
+// are left out and described in `warnings`.
+DecodedSet DecodeImages(const std::vector<ImageRecord>& records, int size,
+                        int threads, std::vector<std::string>* warnings);
+
+// Decodes and resizes one image to size x size RGB.
+absl::StatusOr<cv::Mat> DecodeImage(const std::string& path, int size);
+
+// The recipe's random augmentation of one RGB image: horizontal flip,
+// rotation, colour jitter (ops in random order).
+cv::Mat Augment(const cv::Mat& rgb, const AugmentConfig& config,
+                std::mt19937_64& rng);
+
+// Writes ImageNet-normalised floats of an RGB image into an HWC buffer.
+void NormalizeInto(const cv::Mat& rgb, float* hwc);
+
+struct Batch {
+  torch::Tensor images;  // float [B, 3, S, S], channels-last memory
+  torch::Tensor labels;  // int64 [B]
+};
+
+// Produces the batches of one pass over `set` in `order`, prepared ahead on
+// background threads. Used by one consumer thread.
+class BatchLoader {
+ public:
+  struct Options {
+    int batch_size = 32;
+    bool augment = false;
+    AugmentConfig augmentation;
+    uint64_t seed = 0;   // with epoch, seeds each sample's augmentation
+    int64_t epoch = 0;
+    int threads = 2;
+    int prefetch = 4;    // batches prepared ahead
+  };
+  BatchLoader(const DecodedSet& set, std::vector<int64_t> order,
+              Options options);
+  ~BatchLoader();
+  BatchLoader(const BatchLoader&) = delete;
+  BatchLoader& operator=(const BatchLoader&) = delete;
+
+  int64_t num_batches() const;
+  // Returns the next batch, or false after the last.
+  bool Next(Batch* batch);
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace traind::train
+
+#endif  // TRAIND_SERVER_TRAIN_DATA_H_

@@ -1,0 +1,108 @@
+#include "server/train/model.h"
+
+namespace traind::train {
+namespace {
+
+torch::nn::Conv2d Conv(int64_t in, int64_t out, int64_t kernel, int64_t stride,
+                       int64_t padding) {
+  return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, kernel)
+                               .stride(stride)
+                               .padding(padding)
+                               .bias(false));
+}
+
+torch::nn::Sequential MakeLayer(int64_t in_planes, int64_t planes,
+                                int64_t stride) {
+  torch::nn::Sequential layer;
+  layer->push_back(BasicBlock(in_planes, planes, stride));
+  layer->push_back(BasicBlock(planes, planes, 1));
+  return layer;
+}
+
+}  // namespace
+
+BasicBlockImpl::BasicBlockImpl(int64_t in_planes, int64_t planes,
+                               int64_t stride) {
+  conv1_ = register_module("conv1", Conv(in_planes, planes, 3, stride, 1));
+  bn1_ = register_module("bn1", torch::nn::BatchNorm2d(planes));
+  conv2_ = register_module("conv2", Conv(planes, planes, 3, 1, 1));
+  bn2_ = register_module("bn2", torch::nn::BatchNorm2d(planes));
+  if (stride != 1 || in_planes != planes) {
+    downsample_ = register_module(
+        "downsample",
+        torch::nn::Sequential(Conv(in_planes, planes, 1, stride, 0),
+                              torch::nn::BatchNorm2d(planes)));
+  }
+}
+
+torch::Tensor BasicBlockImpl::forward(torch::Tensor x) {
+  torch::Tensor identity = downsample_ ? downsample_->forward(x) : x;
+  torch::Tensor out = torch::relu(bn1_->forward(conv1_->forward(x)));
+  out = bn2_->forward(conv2_->forward(out));
+  return torch::relu(out + identity);
+}
+
+ResNet18Impl::ResNet18Impl(int64_t num_classes) {
+  conv1_ = register_module("conv1", Conv(3, 64, 7, 2, 3));
+  bn1_ = register_module("bn1", torch::nn::BatchNorm2d(64));
+  layer1_ = register_module("layer1", MakeLayer(64, 64, 1));
+  layer2_ = register_module("layer2", MakeLayer(64, 128, 2));
+  layer3_ = register_module("layer3", MakeLayer(128, 256, 2));
+  layer4_ = register_module("layer4", MakeLayer(256, 512, 2));
+  fc_ = register_module("fc", torch::nn::Linear(512, num_classes));
+
+  torch::NoGradGuard no_grad;
+  for (auto& m : modules(/*include_self=*/false)) {
+    if (auto* conv = m->as<torch::nn::Conv2d>()) {
+      torch::nn::init::kaiming_normal_(conv->weight, 0.0, torch::kFanOut,
+                                       torch::kReLU);
+    } else if (auto* bn = m->as<torch::nn::BatchNorm2d>()) {
+      torch::nn::init::ones_(bn->weight);
+      torch::nn::init::zeros_(bn->bias);
+    }
+  }
+}
+
+torch::Tensor ResNet18Impl::forward(torch::Tensor x) {
+  x = torch::relu(bn1_->forward(conv1_->forward(x)));
+  x = torch::max_pool2d(x, /*kernel_size=*/3, /*stride=*/2, /*padding=*/1);
+  x = layer4_->forward(
+      layer3_->forward(layer2_->forward(layer1_->forward(x))));
+  x = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
+  return fc_->forward(x);
+}
+
+void ResNet18Impl::ResetClassifier(int64_t num_classes) {
+  fc_ = replace_module("fc", torch::nn::Linear(512, num_classes));
+}
+
+void XavierInit(torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  for (auto& m : module.modules(/*include_self=*/true)) {
+    if (auto* conv = m->as<torch::nn::Conv2d>()) {
+      torch::nn::init::xavier_uniform_(conv->weight);
+      if (conv->bias.defined()) torch::nn::init::zeros_(conv->bias);
+    } else if (auto* linear = m->as<torch::nn::Linear>()) {
+      torch::nn::init::xavier_uniform_(linear->weight);
+      if (linear->bias.defined()) torch::nn::init::zeros_(linear->bias);
+    }
+  }
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> StateDict(
+    const torch::nn::Module& module) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& item : module.named_modules(/*name_prefix=*/"",
+                                               /*include_self=*/true)) {
+    const std::string prefix = item.key().empty() ? "" : item.key() + ".";
+    for (const auto& p : item.value()->named_parameters(/*recurse=*/false)) {
+      out.emplace_back(prefix + p.key(), p.value());
+    }
+    for (const auto& b : item.value()->named_buffers(/*recurse=*/false)) {
+      out.emplace_back(prefix + b.key(), b.value());
+    }
+  }
+  return out;
+}
+
+}  // namespace traind::train

@@ -1,0 +1,383 @@
+#include "server/train/trainer.h"
+
+#include <malloc.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <set>
+
+#include <opencv2/core.hpp>
+#include <torch/torch.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "server/train/data.h"
+#include "server/train/model.h"
+#include "server/train/weights.h"
+
+namespace traind::train {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+// LibTorch's initialisers draw from the global generator; seeding it and
+// building a model must not interleave between concurrent jobs.
+std::mutex& InitMutex() {
+  static std::mutex mu;
+  return mu;
+}
+
+// The block a parameter belongs to: "conv1" (stem incl. bn1), "layer1".."layer4", "fc".
+std::string BlockOf(const std::string& name) {
+  const std::string first = name.substr(0, name.find('.'));
+  return first == "bn1" ? "conv1" : first;
+}
+
+absl::StatusOr<torch::Device> PickDevice(const std::string& device) {
+  const bool cuda = torch::cuda::is_available();
+  if (device == "cuda") {
+    if (!cuda) {
+      return absl::FailedPreconditionError(
+          "device: cuda requested but this LibTorch build sees no CUDA device");
+    }
+    return torch::Device(torch::kCUDA);
+  }
+  if (device == "auto" && cuda) return torch::Device(torch::kCUDA);
+  return torch::Device(torch::kCPU);
+}
+
+void ToChannelsLast(torch::nn::Module& module) {
+  for (auto& p : module.parameters()) {
+    if (p.dim() == 4) p.set_data(p.data().contiguous(torch::MemoryFormat::ChannelsLast));
+  }
+}
+
+// Reads and decodes a dataset, sharing decoded images between runs.
+struct LoadedData {
+  DatasetIndex index;
+  DecodedSet train;
+  DecodedSet validation;
+};
+
+absl::StatusOr<LoadedData> LoadData(const DataConfig& config, ProgressSink* sink) {
+  auto index = ScanDataset(config);
+  if (!index.ok()) return index.status();
+  LoadedData data;
+  data.index = std::move(*index);
+  std::vector<std::string> warnings;
+  const int threads = std::max(1, config.loader_threads);
+  data.train = DecodeImages(data.index.train, config.image_size, threads, &warnings);
+  data.validation =
+      DecodeImages(data.index.validation, config.image_size, threads, &warnings);
+  for (const auto& w : warnings) sink->OnWarning(w);
+  if (data.train.images.empty() || data.validation.images.empty()) {
+    return absl::FailedPreconditionError(
+        "dataset: no readable images left in the training or validation split");
+  }
+  return data;
+}
+
+struct EvalTotals {
+  double loss_sum = 0;
+  int64_t correct = 0;
+  int64_t count = 0;
+};
+
+class Run {
+ public:
+  Run(const TrainConfig& config, ProgressSink* sink, const CancelToken& cancel)
+      : config_(config), sink_(sink), cancel_(cancel) {}
+
+  absl::StatusOr<TrainResult> Execute(const LoadedData& data) {
+    auto device = PickDevice(config_.device);
+    if (!device.ok()) return device.status();
+    device_ = *device;
+    torch::set_num_threads(std::max(1, config_.threads));
+
+    TrainResult result;
+    result.dataset.class_names = data.index.classes;
+    result.dataset.train_images = static_cast<int>(data.train.images.size());
+    result.dataset.validation_images = static_cast<int>(data.validation.images.size());
+    sink_->OnDataset(result.dataset);
+
+    const int64_t num_classes = static_cast<int64_t>(data.index.classes.size());
+    if (auto st = BuildModel(num_classes); !st.ok()) return st;
+    auto optimizer = BuildOptimizer();
+    model_->to(device_);
+    ToChannelsLast(*model_);
+    sink_->OnInfo(absl::StrCat("training on ", device_.str(), " with ",
+                               torch::get_num_threads(), " threads: ",
+                               result.dataset.train_images, " train / ",
+                               result.dataset.validation_images,
+                               " validation images, ", num_classes, " classes"));
+
+    auto order_gen = at::detail::createCPUGenerator(config_.data.seed);
+    int64_t global_step = config_.global_step_offset;
+    for (int epoch = 1; epoch <= config_.epochs; ++epoch) {
+      const auto epoch_start = Clock::now();
+      torch::Tensor perm = torch::randperm(
+          static_cast<int64_t>(data.train.images.size()), order_gen, torch::kLong);
+      std::vector<int64_t> order(perm.data_ptr<int64_t>(),
+                                 perm.data_ptr<int64_t>() + perm.numel());
+      BatchLoader::Options lo;
+      lo.batch_size = config_.batch_size;
+      lo.augment = true;
+      lo.augmentation = config_.data.augmentation;
+      lo.seed = config_.data.seed;
+      lo.epoch = epoch;
+      lo.threads = config_.data.loader_threads;
+      BatchLoader loader(data.train, std::move(order), lo);
+
+      model_->train();
+      EvalTotals train;
+      double train_seconds = 0;
+      Batch batch;
+      for (int b = 0; loader.Next(&batch); ++b) {
+        if (cancel_.cancelled()) return absl::CancelledError("cancelled");
+        const auto step_start = Clock::now();
+        torch::Tensor x = batch.images.to(device_);
+        torch::Tensor y = batch.labels.to(device_);
+        optimizer->zero_grad();
+        torch::Tensor logits = model_->forward(x);
+        torch::Tensor loss = torch::nn::functional::cross_entropy(logits, y);
+        loss.backward();
+        optimizer->step();
+        const double loss_value = loss.item<double>();
+        if (!std::isfinite(loss_value)) {
+          return absl::InternalError(absl::StrCat(
+              "training loss became ", loss_value, " at epoch ", epoch,
+              " batch ", b, "; lower the learning rate"));
+        }
+        const int64_t n = y.size(0);
+        train.loss_sum += loss_value * n;
+        train.correct += logits.argmax(1).eq(y).sum().item<int64_t>();
+        train.count += n;
+        const double step_seconds = Seconds(step_start);
+        train_seconds += step_seconds;
+        BatchProgress progress;
+        progress.trial = config_.trial;
+        progress.epoch = epoch;
+        progress.batch = b;
+        progress.batches = static_cast<int>(loader.num_batches());
+        progress.global_step = global_step++;
+        progress.loss = loss_value;
+        progress.images_per_second = step_seconds > 0 ? n / step_seconds : 0;
+        sink_->OnBatch(progress);
+      }
+      if (cancel_.cancelled()) return absl::CancelledError("cancelled");
+      EvalTotals val = Evaluate(data.validation, epoch);
+
+      EpochResult er;
+      er.trial = config_.trial;
+      er.epoch = epoch;
+      er.train_loss = train.loss_sum / std::max<int64_t>(1, train.count);
+      er.train_accuracy = static_cast<double>(train.correct) / std::max<int64_t>(1, train.count);
+      er.validation_loss = val.loss_sum / std::max<int64_t>(1, val.count);
+      er.validation_accuracy =
+          static_cast<double>(val.correct) / std::max<int64_t>(1, val.count);
+      er.seconds = Seconds(epoch_start);
+      er.images_per_second = train_seconds > 0 ? train.count / train_seconds : 0;
+      result.epochs.push_back(er);
+      sink_->OnEpoch(er);
+    }
+    if (auto st = WriteWeights(); !st.ok()) return st;
+    return result;
+  }
+
+ private:
+  absl::Status BuildModel(int64_t num_classes) {
+    std::lock_guard<std::mutex> lock(InitMutex());
+    torch::manual_seed(config_.data.seed);
+    model_ = ResNet18(num_classes);
+    if (config_.kind == Kind::kScratch) {
+      XavierInit(*model_);
+      return absl::OkStatus();
+    }
+    if (config_.initial_weights.empty()) {
+      return absl::FailedPreconditionError(
+          "initial_weights: a fine-tune run needs starting weights");
+    }
+    auto weights = LoadStateDict(config_.initial_weights);
+    if (!weights.ok()) return weights.status();
+    // The classifier is always new: its shape follows this dataset.
+    if (auto st = CopyIntoModule(*weights, *model_, {"fc.weight", "fc.bias"}); !st.ok()) {
+      return st;
+    }
+    torch::NoGradGuard no_grad;
+    torch::nn::init::xavier_uniform_(model_->fc()->weight);
+    return absl::OkStatus();
+  }
+
+  std::unique_ptr<torch::optim::Adam> BuildOptimizer() {
+    if (config_.kind == Kind::kScratch) {
+      return std::make_unique<torch::optim::Adam>(
+          model_->parameters(), torch::optim::AdamOptions(config_.learning_rate));
+    }
+    std::set<std::string> trainable(config_.trainable_blocks.begin(),
+                                    config_.trainable_blocks.end());
+    std::vector<torch::Tensor> head, backbone;
+    for (auto& p : model_->named_parameters()) {
+      const std::string block = BlockOf(p.key());
+      if (block == "fc") {
+        head.push_back(p.value());
+      } else if (trainable.count(block)) {
+        backbone.push_back(p.value());
+      } else {
+        p.value().set_requires_grad(false);
+      }
+    }
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    groups.emplace_back(head, std::make_unique<torch::optim::AdamOptions>(
+                                  config_.learning_rate));
+    if (!backbone.empty()) {
+      groups.emplace_back(backbone, std::make_unique<torch::optim::AdamOptions>(
+                                        config_.backbone_learning_rate));
+    }
+    return std::make_unique<torch::optim::Adam>(
+        groups, torch::optim::AdamOptions(config_.learning_rate));
+  }
+
+  EvalTotals Evaluate(const DecodedSet& set, int epoch) {
+    torch::NoGradGuard no_grad;
+    model_->eval();
+    std::vector<int64_t> order(set.images.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+    BatchLoader::Options lo;
+    lo.batch_size = config_.batch_size;
+    lo.augment = config_.data.augment_validation;
+    lo.augmentation = config_.data.augmentation;
+    // A different stream from training's: validation samples share indices.
+    lo.seed = config_.data.seed ^ 0x5a17d0e5ULL;
+    lo.epoch = epoch;
+    lo.threads = config_.data.loader_threads;
+    BatchLoader loader(set, std::move(order), lo);
+    EvalTotals totals;
+    Batch batch;
+    while (loader.Next(&batch)) {
+      torch::Tensor x = batch.images.to(device_);
+      torch::Tensor y = batch.labels.to(device_);
+      torch::Tensor logits = model_->forward(x);
+      totals.loss_sum += torch::nn::functional::cross_entropy(
+                             logits, y,
+                             torch::nn::functional::CrossEntropyFuncOptions()
+                                 .reduction(torch::kSum))
+                             .item<double>();
+      totals.correct += logits.argmax(1).eq(y).sum().item<int64_t>();
+      totals.count += y.size(0);
+    }
+    return totals;
+  }
+
+  absl::Status WriteWeights() {
+    NamedTensors tensors;
+    for (auto& [name, t] : StateDict(*model_)) {
+      // Plain contiguous CPU tensors: the layout torch.load users expect.
+      tensors.emplace_back(name, t.detach().to(torch::kCPU).contiguous());
+    }
+    if (!config_.output_pth.empty()) {
+      auto bytes = SerializeTorchArchive(tensors);
+      if (!bytes.ok()) return bytes.status();
+      if (auto st = WriteFileAtomically(config_.output_pth, *bytes); !st.ok()) return st;
+    }
+    if (!config_.output_safetensors.empty()) {
+      auto bytes = SerializeSafetensors(tensors);
+      if (!bytes.ok()) return bytes.status();
+      if (auto st = WriteFileAtomically(config_.output_safetensors, *bytes); !st.ok()) {
+        return st;
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  const TrainConfig& config_;
+  ProgressSink* sink_;
+  const CancelToken& cancel_;
+  torch::Device device_{torch::kCPU};
+  ResNet18 model_{nullptr};
+};
+
+template <typename F>
+auto CatchingLibraryErrors(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("LibTorch: ", e.what_without_backtrace()));
+  } catch (const cv::Exception& e) {
+    return absl::InternalError(absl::StrCat("OpenCV: ", e.what()));
+  } catch (const std::exception& e) {
+    return absl::InternalError(e.what());
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<TrainResult> Train(const TrainConfig& config, ProgressSink* sink,
+                                  const CancelToken& cancel) {
+  return CatchingLibraryErrors([&]() -> absl::StatusOr<TrainResult> {
+    auto data = LoadData(config.data, sink);
+    if (!data.ok()) return data.status();
+    if (cancel.cancelled()) return absl::CancelledError("cancelled");
+    return Run(config, sink, cancel).Execute(*data);
+  });
+}
+
+absl::StatusOr<std::vector<TrialOutcome>> RunSweep(
+    const TrainConfig& base, const std::vector<TrialSpec>& trials,
+    const std::string& output_dir, SweepSink* sink, const CancelToken& cancel) {
+  return CatchingLibraryErrors([&]() -> absl::StatusOr<std::vector<TrialOutcome>> {
+    if (trials.empty()) return absl::InvalidArgumentError("sweep: no trials");
+    auto data = LoadData(base.data, sink);
+    if (!data.ok()) return data.status();
+    std::vector<TrialOutcome> outcomes;
+    int64_t global_step = 0;
+    for (size_t i = 0; i < trials.size(); ++i) {
+      if (cancel.cancelled()) return absl::CancelledError("cancelled");
+      TrainConfig config = base;
+      config.kind = Kind::kFinetune;
+      config.trial = static_cast<int>(i + 1);
+      config.epochs = trials[i].epochs;
+      config.learning_rate = trials[i].learning_rate;
+      config.backbone_learning_rate = trials[i].backbone_learning_rate;
+      config.global_step_offset = global_step;
+      config.output_pth = (std::filesystem::path(output_dir) /
+                           absl::StrCat("trial-", i + 1, ".pth")).string();
+      config.output_safetensors = (std::filesystem::path(output_dir) /
+                                   absl::StrCat("trial-", i + 1, ".safetensors")).string();
+      sink->OnTrialStarted(config.trial, trials[i]);
+      auto result = Run(config, sink, cancel).Execute(*data);
+      if (!result.ok()) return result.status();
+      TrialOutcome outcome;
+      outcome.trial = config.trial;
+      outcome.spec = trials[i];
+      outcome.final = result->epochs.back();
+      outcome.output_pth = config.output_pth;
+      outcome.output_safetensors = config.output_safetensors;
+      const int64_t batches_per_epoch =
+          (result->dataset.train_images + base.batch_size - 1) / base.batch_size;
+      global_step += batches_per_epoch * trials[i].epochs;
+      sink->OnTrialFinished(outcome);
+      outcomes.push_back(outcome);
+    }
+    std::stable_sort(outcomes.begin(), outcomes.end(),
+                     [](const TrialOutcome& a, const TrialOutcome& b) {
+                       return a.final.validation_loss < b.final.validation_loss;
+                     });
+    return outcomes;
+  });
+}
+
+void TuneAllocator() {
+  // glibc caps the mmap threshold at 32 MiB on 64-bit machines.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+}
+
+}  // namespace traind::train
