@@ -81,6 +81,8 @@ bool IsAllowedGlobal(const Global& g) {
     return true;
   }
   if (g.module == "torch" && StorageTypes().count(g.name)) return true;
+  // LibTorch's torch::pickle_save tags typed dicts ("Dict[str, Tensor]").
+  if (g.module == "torch.jit._pickle" && g.name == "restore_type_tag") return true;
   return false;
 }
 
@@ -197,6 +199,10 @@ class Unpickler {
     if (g.name == "OrderedDict") {
       if (!args.items.empty()) return Error("OrderedDict with arguments");
       return Make(Value::Kind::kDict);
+    }
+    if (g.name == "restore_type_tag") {
+      if (args.items.empty()) return Error("malformed restore_type_tag");
+      return args.items[0];
     }
     if (g.name == "_rebuild_parameter") {
       if (args.items.empty() || args.items[0]->kind != Value::Kind::kTensor) {

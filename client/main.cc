@@ -1,0 +1,24 @@
+// trainctl entry point: flags, then the subcommand.
+#include <string>
+#include <vector>
+
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "client/trainctl.h"
+#include "common/flags.h"
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "trainctl: drive traind.\n"
+      "  trainctl submit --dataset=NAME [--kind=scratch|finetune|sweep] [...] [--watch]\n"
+      "  trainctl submit -f job.json [--watch]\n"
+      "  trainctl watch JOB | status JOB | list | cancel JOB\n"
+      "  trainctl weights JOB -o FILE [--format=pth|safetensors]\n"
+      "  trainctl demo-data DIR [--classes=4] [--per_class=40]\n"
+      "Global: --server=HOST:PORT (or $TRAINCTL_SERVER), --output=human|json");
+  std::vector<std::string> args = traind::NormalizeFlagDashes(argc, argv);
+  std::vector<char*> argp;
+  for (auto& a : args) argp.push_back(a.data());
+  std::vector<char*> positional = absl::ParseCommandLine(static_cast<int>(argp.size()), argp.data());
+  return traind::client::RunTrainctl(std::vector<std::string>(positional.begin(), positional.end()));
+}
