@@ -1,5 +1,6 @@
 #include "server/train/weights.h"
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -567,7 +568,8 @@ absl::StatusOr<NamedTensors> ParseSafetensors(const std::string& bytes) {
   }
   const uint64_t data_start = 8 + header_size;
   const uint64_t data_size = bytes.size() - data_start;
-  NamedTensors out;
+  // The header is a JSON object (unordered); keep the file's data order.
+  std::vector<std::pair<uint64_t, std::pair<std::string, torch::Tensor>>> found;
   for (auto& [name, info] : header.items()) {
     if (name == "__metadata__") continue;
     if (!info.is_object() || !info.contains("dtype") || !info.contains("shape") ||
@@ -605,8 +607,12 @@ absl::StatusOr<NamedTensors> ParseSafetensors(const std::string& bytes) {
     }
     torch::Tensor t = torch::empty(shape, torch::TensorOptions(dtype->second));
     std::memcpy(t.data_ptr(), bytes.data() + data_start + begin, nbytes);
-    out.emplace_back(name, t);
+    found.push_back({begin, {name, t}});
   }
+  std::stable_sort(found.begin(), found.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  NamedTensors out;
+  for (auto& f : found) out.push_back(std::move(f.second));
   return out;
 }
 

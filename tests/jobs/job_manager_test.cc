@@ -1,0 +1,246 @@
+#include "server/jobs/job_manager.h"
+
+#include <filesystem>
+#include <random>
+
+#include <gtest/gtest.h>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include "common/sha256.h"
+#include "common/spec.h"
+
+namespace traind::jobs {
+namespace {
+
+namespace fs = std::filesystem;
+using trainer::v1::JobSpec;
+
+// A tiny two-class dataset drawn with OpenCV: bright discs vs dark squares.
+void MakeDataset(const fs::path& dir, int per_class) {
+  std::mt19937 rng(1);
+  for (int k = 0; k < 2; ++k) {
+    fs::create_directories(dir / (k ? "square" : "disc"));
+    for (int i = 0; i < per_class; ++i) {
+      cv::Mat img(40, 40, CV_8UC3, cv::Scalar(20, 20, 20));
+      const int x = 10 + static_cast<int>(rng() % 20), y = 10 + static_cast<int>(rng() % 20);
+      if (k) {
+        cv::rectangle(img, {x - 8, y - 8}, {x + 8, y + 8}, cv::Scalar(60, 200, 60), cv::FILLED);
+      } else {
+        cv::circle(img, {x, y}, 9, cv::Scalar(240, 80, 80), cv::FILLED);
+      }
+      cv::imwrite((dir / (k ? "square" : "disc") / (std::to_string(i) + ".png")).string(), img);
+    }
+  }
+}
+
+class JobManagerTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    base_ = fs::path(testing::TempDir()) / ("job_manager_test_" +
+             std::string(testing::UnitTest::GetInstance()->current_test_info()->name()));
+    fs::remove_all(base_);
+    fs::create_directories(base_ / "data");
+    fs::create_directories(base_ / "weights");
+    MakeDataset(base_ / "data" / "tiny", 12);
+    options_.state_dir = (base_ / "state").string();
+    options_.data_root = (base_ / "data").string();
+    options_.weights_root = (base_ / "weights").string();
+    options_.workers = 1;
+    options_.threads_per_job = 1;
+  }
+
+  std::unique_ptr<JobManager> Start() {
+    auto m = JobManager::Create(options_);
+    EXPECT_TRUE(m.ok()) << m.status();
+    return std::move(*m);
+  }
+
+  static JobSpec Scratch(int epochs) {
+    JobSpec spec;
+    spec.set_kind(trainer::v1::SCRATCH);
+    spec.set_dataset("tiny");
+    spec.set_epochs(epochs);
+    spec.set_image_size(32);
+    spec.set_batch_size(4);
+    return spec;
+  }
+
+  // Waits for job `id` to reach a terminal state; returns all its events.
+  static std::vector<trainer::v1::JobEvent> WaitDone(JobManager& m, const std::string& id) {
+    std::vector<trainer::v1::JobEvent> all;
+    int64_t after = 0;
+    while (true) {
+      auto events = m.ReadEvents(id, after, 1000);
+      EXPECT_TRUE(events.ok());
+      for (auto& e : *events) {
+        after = e.seq();
+        all.push_back(e);
+        if (e.has_state() && IsTerminal(e.state().state())) return all;
+      }
+      m.WaitForEvents(id, after, absl::Seconds(5));
+    }
+  }
+
+  // Waits until job `id` has emitted a batch event.
+  static void WaitFirstBatch(JobManager& m, const std::string& id) {
+    int64_t after = 0;
+    while (true) {
+      auto events = m.ReadEvents(id, after, 1000);
+      if (!events.ok()) {
+        ADD_FAILURE() << events.status();
+        return;
+      }
+      for (const auto& e : *events) {
+        after = e.seq();
+        if (e.has_batch()) return;
+      }
+      m.WaitForEvents(id, after, absl::Seconds(5));
+    }
+  }
+
+  fs::path base_;
+  JobManager::Options options_;
+};
+
+TEST_F(JobManagerTest, ScratchJobRunsToSuccessWithGaplessEvents) {
+  auto m = Start();
+  auto id = m->Submit(Scratch(2), "");
+  ASSERT_TRUE(id.ok()) << id.status();
+  auto events = WaitDone(*m, *id);
+  int batches = 0, epochs = 0;
+  for (size_t i = 0; i < events.size(); ++i) {
+    EXPECT_EQ(events[i].seq(), static_cast<int64_t>(i + 1));
+    batches += events[i].has_batch();
+    if (events[i].has_epoch()) {
+      ++epochs;
+      EXPECT_GE(events[i].epoch().validation_accuracy(), 0);
+      EXPECT_LE(events[i].epoch().validation_accuracy(), 1);
+    }
+  }
+  EXPECT_EQ(events.back().state().state(), trainer::v1::SUCCEEDED);
+  auto job = m->GetJob(*id);
+  ASSERT_TRUE(job.ok());
+  EXPECT_EQ(job->num_classes(), 2);
+  EXPECT_EQ(job->train_images(), 19);  // floor(24 * 0.8)
+  EXPECT_EQ(epochs, 2);
+  EXPECT_EQ(batches, 2 * 5);  // ceil(19 / 4) per epoch
+  EXPECT_EQ(job->last_seq(), static_cast<int64_t>(events.size()));
+  auto weights = m->Weights(*id, trainer::v1::PTH);
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  EXPECT_EQ(weights->sha256, job->weights_sha256());
+  EXPECT_EQ(*Sha256File(weights->path), job->weights_sha256());
+
+  // Fine-tune from that job's weights.
+  JobSpec ft = Scratch(1);
+  ft.set_kind(trainer::v1::FINETUNE);
+  ft.set_from_job(*id);
+  auto ft_id = m->Submit(ft, "");
+  ASSERT_TRUE(ft_id.ok()) << ft_id.status();
+  EXPECT_EQ(WaitDone(*m, *ft_id).back().state().state(), trainer::v1::SUCCEEDED);
+}
+
+TEST_F(JobManagerTest, InvalidSpecsAreRefusedAndNothingIsStored) {
+  auto m = Start();
+  JobSpec bad = Scratch(0);
+  EXPECT_EQ(m->Submit(bad, "").status().code(), absl::StatusCode::kInvalidArgument);
+  JobSpec outside = Scratch(1);
+  outside.set_dataset("../data");
+  EXPECT_EQ(m->Submit(outside, "").status().code(), absl::StatusCode::kInvalidArgument);
+  JobSpec unknown = Scratch(1);
+  unknown.set_dataset("nope");
+  EXPECT_EQ(m->Submit(unknown, "").status().code(), absl::StatusCode::kInvalidArgument);
+  JobSpec no_weights = Scratch(1);
+  no_weights.set_kind(trainer::v1::FINETUNE);
+  auto st = m->Submit(no_weights, "").status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(st.message().find("weights root"), std::string::npos) << st;
+  JobSpec missing_job = no_weights;
+  missing_job.set_from_job("job-999999");
+  EXPECT_EQ(m->Submit(missing_job, "").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(m->ListJobs(0, "", {})->jobs.empty());
+}
+
+TEST_F(JobManagerTest, RequestIdMakesSubmitIdempotent) {
+  auto m = Start();
+  auto a = m->Submit(Scratch(1), "req-1");
+  auto b = m->Submit(Scratch(1), "req-1");
+  auto c = m->Submit(Scratch(1), "req-2");
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  EXPECT_EQ(*a, *b);
+  EXPECT_NE(*a, *c);
+  EXPECT_EQ(m->ListJobs(0, "", {})->jobs.size(), 2u);
+}
+
+TEST_F(JobManagerTest, CancelStopsARunningJobAndAQueuedOne) {
+  auto m = Start();
+  auto running = m->Submit(Scratch(1000), "");
+  auto queued = m->Submit(Scratch(1), "");
+  ASSERT_TRUE(running.ok() && queued.ok());
+  WaitFirstBatch(*m, *running);
+  auto q = m->Cancel(*queued);
+  ASSERT_TRUE(q.ok());
+  EXPECT_EQ(q->state(), trainer::v1::CANCELLED);
+  auto r = m->Cancel(*running);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->state(), trainer::v1::CANCELLING);
+  auto events = WaitDone(*m, *running);
+  EXPECT_EQ(events.back().state().state(), trainer::v1::CANCELLED);
+  // Within one batch of the request.
+  int after_request = 0;
+  bool requested = false;
+  for (const auto& e : events) {
+    if (e.has_state() && e.state().state() == trainer::v1::CANCELLING) requested = true;
+    if (requested && e.has_batch()) ++after_request;
+  }
+  EXPECT_LE(after_request, 1);
+  EXPECT_EQ(m->Weights(*running, trainer::v1::PTH).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(m->Cancel("job-404").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(JobManagerTest, InterruptedJobRunsAgainAfterRestartWithoutSeqGaps) {
+  std::string id;
+  {
+    auto m = Start();
+    id = *m->Submit(Scratch(1000), "");
+    WaitFirstBatch(*m, id);
+    m->Shutdown();
+    EXPECT_EQ(m->GetJob(id)->state(), trainer::v1::QUEUED);
+  }
+  auto m = Start();
+  WaitFirstBatch(*m, id);
+  ASSERT_TRUE(m->Cancel(id).ok());
+  auto events = WaitDone(*m, id);
+  int queued = 0;
+  for (size_t i = 0; i < events.size(); ++i) {
+    EXPECT_EQ(events[i].seq(), static_cast<int64_t>(i + 1));
+    queued += events[i].has_state() && events[i].state().state() == trainer::v1::QUEUED;
+  }
+  EXPECT_EQ(queued, 2);  // submitted, then back in the queue after the interruption
+  EXPECT_EQ(events.back().state().state(), trainer::v1::CANCELLED);
+}
+
+TEST_F(JobManagerTest, ListJobsPagesAndFilters) {
+  auto m = Start();
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) ids.push_back(*m->Submit(Scratch(1000), ""));
+  for (int i = 1; i < 5; ++i) ASSERT_TRUE(m->Cancel(ids[i]).ok());
+  auto p1 = m->ListJobs(2, "", {});
+  ASSERT_TRUE(p1.ok());
+  ASSERT_EQ(p1->jobs.size(), 2u);
+  EXPECT_EQ(p1->jobs[0].id(), ids[0]);
+  auto p2 = m->ListJobs(2, p1->next_page_token, {});
+  ASSERT_EQ(p2->jobs.size(), 2u);
+  EXPECT_EQ(p2->jobs[0].id(), ids[2]);
+  auto p3 = m->ListJobs(2, p2->next_page_token, {});
+  ASSERT_EQ(p3->jobs.size(), 1u);
+  EXPECT_TRUE(p3->next_page_token.empty());
+  auto cancelled = m->ListJobs(0, "", {trainer::v1::CANCELLED});
+  EXPECT_EQ(cancelled->jobs.size(), 4u);
+  EXPECT_EQ(m->ListJobs(0, "garbage", {}).status().code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(m->Cancel(ids[0]).ok());
+}
+
+}  // namespace
+}  // namespace traind::jobs

@@ -1,0 +1,47 @@
+#include "server/jobs/paths.h"
+
+#include <filesystem>
+
+#include <gtest/gtest.h>
+
+namespace traind::jobs {
+namespace {
+
+namespace fs = std::filesystem;
+
+class PathsTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = fs::path(testing::TempDir()) / "paths_test" / "root";
+    fs::remove_all(root_.parent_path());
+    fs::create_directories(root_ / "caltech" / "a");
+    fs::create_directories(root_.parent_path() / "outside");
+    fs::create_directory_symlink("/etc", root_ / "etc-link");
+    fs::create_directory_symlink(root_ / "caltech", root_ / "inside-link");
+  }
+  fs::path root_;
+};
+
+TEST_F(PathsTest, ResolvesNamesInsideTheRoot) {
+  auto p = ResolveBeneath(root_.string(), "caltech", "dataset");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(*p, fs::canonical(root_ / "caltech").string());
+  EXPECT_TRUE(ResolveBeneath(root_.string(), "caltech/a", "dataset").ok());
+  EXPECT_TRUE(ResolveBeneath(root_.string(), "inside-link", "dataset").ok());
+}
+
+TEST_F(PathsTest, RefusesEscapesAndNamesTheField) {
+  const std::string long_name(5000, 'a');
+  for (const std::string& bad :
+       {std::string("../../etc/passwd"), std::string("/etc/shadow"), std::string("a/../../x"),
+        std::string("caltech/.."), std::string("x\0y", 3), long_name, std::string("etc-link"),
+        std::string("etc-link/passwd"), std::string("missing"), std::string("")}) {
+    auto p = ResolveBeneath(root_.string(), bad, "dataset");
+    ASSERT_FALSE(p.ok()) << bad;
+    EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_EQ(p.status().message().substr(0, 8), "dataset:") << p.status();
+  }
+}
+
+}  // namespace
+}  // namespace traind::jobs

@@ -1,0 +1,158 @@
+#include "server/train/data.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include <gtest/gtest.h>
+#include <opencv2/imgcodecs.hpp>
+
+namespace traind::train {
+namespace {
+
+namespace fs = std::filesystem;
+
+class DataTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = fs::path(testing::TempDir()) /
+            ("data_test_" +
+             std::string(testing::UnitTest::GetInstance()->current_test_info()->name()));
+    fs::remove_all(root_);
+    cv::Mat img(30, 50, CV_8UC3, cv::Scalar(10, 100, 200));
+    for (const char* cls : {"b_cls", "a_cls", "BACKGROUND_Google"}) {
+      fs::create_directories(root_ / cls);
+      for (int i = 0; i < 5; ++i) {
+        img.at<cv::Vec3b>(0, 0)[0] = static_cast<uint8_t>(i);
+        cv::imwrite((root_ / cls / ("img" + std::to_string(i) + (i == 3 ? ".JPG" : ".png")))
+                        .string(),
+                    img);
+      }
+      std::ofstream(root_ / cls / "notes.txt") << "not an image";
+    }
+  }
+  fs::path root_;
+};
+
+TEST_F(DataTest, ListsLikeImageFolder) {
+  auto index = ListImageFolder(root_.string(), {"BACKGROUND_Google"});
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_EQ(index->classes, (std::vector<std::string>{"a_cls", "b_cls"}));
+  ASSERT_EQ(index->train.size(), 10u);  // .JPG counts, .txt does not
+  EXPECT_EQ(index->train[0].label, 0);
+  EXPECT_EQ(fs::path(index->train[0].path).filename(), "img0.png");
+  EXPECT_EQ(fs::path(index->train[3].path).filename(), "img3.JPG");
+  EXPECT_EQ(index->train[5].label, 1);
+}
+
+TEST_F(DataTest, SplitIsSeededAndSized) {
+  DataConfig config;
+  config.dir = root_.string();
+  auto a = ScanDataset(config);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->train.size(), 8u);  // floor(10 * 0.8)
+  EXPECT_EQ(a->validation.size(), 2u);
+  auto b = ScanDataset(config);
+  EXPECT_EQ(a->validation[0].path, b->validation[0].path);
+  config.seed = 1;
+  bool differs = false;
+  for (int s = 1; s < 6 && !differs; ++s) {
+    config.seed = s;
+    auto c = ScanDataset(config);
+    differs = c->validation[0].path != a->validation[0].path ||
+              c->validation[1].path != a->validation[1].path;
+  }
+  EXPECT_TRUE(differs);
+  config.train_fraction = 0.05;
+  EXPECT_EQ(ScanDataset(config).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(DataTest, PresplitFoldersAreUsed) {
+  const fs::path pre = root_ / "pre";
+  fs::create_directories(pre);
+  fs::rename(root_ / "a_cls", pre / "a_cls");
+  fs::rename(root_ / "b_cls", pre / "b_cls");
+  fs::create_directories(pre / "train");
+  fs::create_directories(pre / "val");
+  for (const char* cls : {"a_cls", "b_cls"}) {
+    fs::copy(pre / cls, pre / "train" / cls);
+    fs::copy(pre / cls, pre / "val" / cls);
+  }
+  DataConfig config;
+  config.dir = pre.string();
+  auto index = ScanDataset(config);
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_EQ(index->train.size(), 10u);
+  EXPECT_EQ(index->validation.size(), 10u);
+}
+
+TEST_F(DataTest, CorruptImagesAreSkippedWithAWarning) {
+  std::ofstream(root_ / "a_cls" / "broken.jpg") << "definitely not a jpeg";
+  auto index = ListImageFolder(root_.string(), {"BACKGROUND_Google"});
+  ASSERT_TRUE(index.ok());
+  std::vector<std::string> warnings;
+  DecodedSet set = DecodeImages(index->train, 16, 2, &warnings);
+  EXPECT_EQ(set.images.size(), 10u);
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("broken.jpg"), std::string::npos);
+  EXPECT_EQ(set.images[0].rows, 16);
+  EXPECT_EQ(set.images[0].type(), CV_8UC3);
+  // OpenCV decodes BGR; the cache holds RGB.
+  EXPECT_EQ(set.images[0].at<cv::Vec3b>(8, 8)[0], 200);
+}
+
+TEST_F(DataTest, BatchesDoNotDependOnLoaderThreads) {
+  auto index = ListImageFolder(root_.string(), {});
+  ASSERT_TRUE(index.ok());
+  DecodedSet set = DecodeImages(index->train, 24, 1, nullptr);
+  std::vector<int64_t> order(set.images.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(order.size() - 1 - i);
+  auto run = [&](int threads) {
+    BatchLoader::Options o;
+    o.batch_size = 4;
+    o.augment = true;
+    o.seed = 5;
+    o.epoch = 2;
+    o.threads = threads;
+    BatchLoader loader(set, order, o);
+    std::vector<Batch> out;
+    Batch b;
+    while (loader.Next(&b)) out.push_back(b);
+    return out;
+  };
+  auto one = run(1), three = run(3);
+  ASSERT_EQ(one.size(), 4u);  // 15 images in batches of 4
+  ASSERT_EQ(three.size(), one.size());
+  EXPECT_EQ(one.back().images.size(0), 3);
+  for (size_t i = 0; i < one.size(); ++i) {
+    EXPECT_TRUE(torch::equal(one[i].images, three[i].images));
+    EXPECT_TRUE(torch::equal(one[i].labels, three[i].labels));
+  }
+  EXPECT_EQ(one[0].images.sizes(), (std::vector<int64_t>{4, 3, 24, 24}));
+  EXPECT_TRUE(one[0].images.is_contiguous(torch::MemoryFormat::ChannelsLast));
+}
+
+TEST(AugmentTest, NoAugmentationIsIdentityAndFlipFlips) {
+  cv::Mat img(8, 8, CV_8UC3, cv::Scalar(0, 0, 0));
+  img.at<cv::Vec3b>(2, 1) = cv::Vec3b(255, 255, 255);
+  AugmentConfig none{0, 0, 0, 0, 0, 0};
+  std::mt19937_64 rng(1);
+  cv::Mat same = Augment(img, none, rng);
+  EXPECT_EQ(cv::norm(same, img, cv::NORM_INF), 0);
+  AugmentConfig flip = none;
+  flip.hflip_probability = 1;
+  cv::Mat flipped = Augment(img, flip, rng);
+  EXPECT_EQ(flipped.at<cv::Vec3b>(2, 6), cv::Vec3b(255, 255, 255));
+  EXPECT_EQ(flipped.at<cv::Vec3b>(2, 1), cv::Vec3b(0, 0, 0));
+}
+
+TEST(AugmentTest, NormalizeUsesImageNetStatistics) {
+  cv::Mat img(1, 1, CV_8UC3, cv::Scalar(255, 0, 128));
+  float out[3];
+  NormalizeInto(img, out);
+  EXPECT_NEAR(out[0], (1.0 - 0.485) / 0.229, 1e-5);
+  EXPECT_NEAR(out[1], (0.0 - 0.456) / 0.224, 1e-5);
+  EXPECT_NEAR(out[2], (128 / 255.0 - 0.406) / 0.225, 1e-5);
+}
+
+}  // namespace
+}  // namespace traind::train
