@@ -359,7 +359,10 @@ int Watch(TrainingService::Stub& stub, const std::string& id, int64_t after) {
     }
     grpc::Status st = reader->Finish();
     if (st.ok()) break;
+    // A daemon going down answers UNAVAILABLE, or CANCELLED for calls that
+    // arrive while it stops; this client never cancels its own watch.
     const bool retryable = st.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                           st.error_code() == grpc::StatusCode::CANCELLED ||
                            st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
                            st.error_code() == grpc::StatusCode::INTERNAL;
     if (!retryable) {

@@ -1,0 +1,127 @@
+"""Helpers for tests that drive the real traind and trainctl binaries."""
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import tempfile
+
+TRAIND = os.environ.get("TRAIND", "../../build/server/traind")
+TRAINCTL = os.environ.get("TRAINCTL", "../../build/client/trainctl")
+ENGINE_FORWARD = os.environ.get("ENGINE_FORWARD", "../../build/tests/engine_forward")
+SHARED = os.environ.get("TRAIND_SHARED", os.path.join(os.path.dirname(__file__), "../../../shared"))
+CALTECH = os.path.join(SHARED, "data/caltech101/101_ObjectCategories")
+
+
+def make_subset(dest, classes=("accordion", "anchor", "barrel", "camera"), per_class=10):
+    """Copies the first images of a few Caltech-101 classes into dest.
+
+    Falls back to trainctl's generated demo data when ../shared is not there
+    (a user's machine); CI has it."""
+    if os.path.isdir(CALTECH):
+        for cls in classes:
+            src = os.path.join(CALTECH, cls)
+            os.makedirs(os.path.join(dest, cls))
+            for name in sorted(os.listdir(src))[:per_class]:
+                shutil.copy(os.path.join(src, name), os.path.join(dest, cls, name))
+        return "caltech101"
+    subprocess.run([TRAINCTL, "demo-data", dest, f"--per_class={per_class}",
+                    f"--classes={len(classes)}"], check=True, capture_output=True)
+    return "demo"
+
+
+class Daemon:
+    """A traind process on 127.0.0.1 with its own state directory."""
+
+    def __init__(self, state_dir, data_root, weights_root, listen="127.0.0.1:0", extra=()):
+        self.state_dir, self.data_root, self.weights_root = state_dir, data_root, weights_root
+        self.listen = listen
+        self.extra = list(extra)
+        self.proc = None
+        self.port = None
+
+    def start(self):
+        cmd = [TRAIND, f"--listen={self.listen}", f"--state-dir={self.state_dir}",
+               f"--data-root={self.data_root}", f"--weights-root={self.weights_root}",
+               "--threads-per-job=2"] + self.extra
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+        # The startup line names the address actually bound.
+        for line in self.proc.stdout:
+            if "serving on" in line:
+                self.port = int(line.split("serving on ")[1].split()[0].rsplit(":", 1)[1])
+                return self
+        raise RuntimeError(f"traind did not start: exit {self.proc.wait()}")
+
+    @property
+    def address(self):
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            rc = self.proc.wait(timeout=timeout)
+            self.proc.stdout.close()
+            return rc
+        return self.proc.returncode if self.proc else None
+
+    def trainctl(self, *args, check=True):
+        env = dict(os.environ, TRAINCTL_SERVER=self.address)
+        p = subprocess.run([TRAINCTL, *args], capture_output=True, text=True, env=env,
+                           timeout=900)
+        if check and p.returncode != 0:
+            raise AssertionError(f"trainctl {' '.join(args)} failed ({p.returncode}): {p.stderr}")
+        return p
+
+    def trainctl_json(self, *args, check=True):
+        p = self.trainctl("--output=json", *args, check=check)
+        return [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
+
+    def submit(self, *args):
+        return self.trainctl_json("submit", *args)[0]["job_id"]
+
+    def watch(self, job, after=0):
+        p = self.trainctl("--output=json", "watch", job, f"--after={after}", check=False)
+        return [json.loads(l) for l in p.stdout.splitlines() if l.strip()], p
+
+    def status(self, job):
+        return self.trainctl_json("status", job)[0]
+
+
+def write_safetensors(tensors, path):
+    import torch  # noqa: F401
+    header, blobs, offset = {}, [], 0
+    for name, t in tensors.items():
+        t = t.contiguous()
+        data = t.numpy().tobytes()
+        header[name] = {"dtype": {"torch.float32": "F32", "torch.int64": "I64"}[str(t.dtype)],
+                        "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def read_safetensors(path):
+    import torch
+    with open(path, "rb") as f:
+        raw = f.read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        b, e = info["data_offsets"]
+        dtype = {"F32": torch.float32, "I64": torch.int64}[info["dtype"]]
+        buf = bytearray(raw[8 + n + b:8 + n + e])
+        out[name] = torch.frombuffer(buf, dtype=dtype).reshape(info["shape"]).clone() \
+            if e > b else torch.zeros(info["shape"], dtype=dtype)
+    return out
+
+
+def temp_root(prefix):
+    return tempfile.mkdtemp(prefix=prefix)
