@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs what traind needs to build and test, from Debian 12 packages.
+set -euo pipefail
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends \
+  build-essential cmake ccache pkg-config \
+  libtorch-dev libopencv-dev \
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
+  libabsl-dev libgtest-dev libgmock-dev libsqlite3-dev libssl-dev nlohmann-json3-dev \
+  python3 python3-torch python3-torchvision python3-numpy
