@@ -12,7 +12,11 @@ namespace fs = std::filesystem;
 class PathsTest : public testing::Test {
  protected:
   void SetUp() override {
-    root_ = fs::path(testing::TempDir()) / "paths_test" / "root";
+    // Unique per test: ctest runs test cases in parallel processes.
+    root_ = fs::path(testing::TempDir()) /
+            ("paths_test_" +
+             std::string(testing::UnitTest::GetInstance()->current_test_info()->name())) /
+            "root";
     fs::remove_all(root_.parent_path());
     fs::create_directories(root_ / "caltech" / "a");
     fs::create_directories(root_.parent_path() / "outside");

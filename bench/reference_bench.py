@@ -1,0 +1,61 @@
+"""The reference recipe's PyTorch code as written (NCHW, default allocator),
+timed the same way as engine_bench: images/s per mode on synthetic batches."""
+import sys
+import time
+
+import torch
+import torchvision
+
+
+def arg(name, default):
+    return int(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else default
+
+
+def measure(mode, steps, batch, size):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=101)
+    if mode == "finetune":
+        for name, p in model.named_parameters():
+            p.requires_grad = name.startswith(("layer3", "layer4", "fc"))
+        opt = torch.optim.Adam([{"params": model.fc.parameters(), "lr": 1e-3},
+                                {"params": list(model.layer3.parameters()) +
+                                 list(model.layer4.parameters()), "lr": 1e-4}])
+    elif mode == "scratch":
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, 3, size, size)
+    y = torch.randint(0, 101, (batch,))
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        if mode == "eval":
+            model.eval()
+            with torch.no_grad():
+                model(x).sum().item()
+        else:
+            model.train()
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            loss.item()
+
+    for _ in range(3):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def main():
+    threads, steps = arg("--threads", 2), arg("--steps", 10)
+    size, batch = arg("--image_size", 128), arg("--batch", 32)
+    torch.set_num_threads(threads)
+    print(f"reference: torchvision {torchvision.__version__}, {size}x{size}, batch {batch}, "
+          f"{threads} threads, {steps} timed steps")
+    for mode in ("finetune", "scratch", "eval"):
+        print(f"reference {mode:<8} {measure(mode, steps, batch, size):7.1f} img/s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
