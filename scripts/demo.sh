@@ -15,12 +15,17 @@ EPOCHS=${EPOCHS:-2}
 IMAGE_SIZE=${IMAGE_SIZE:-128}
 mkdir -p "$STATE/data" "$STATE/weights"
 if [[ -n ${DATASET:-} ]]; then
-  ln -sfn "$(realpath "$DATASET")" "$STATE/data/dataset"
+  # Datasets resolve strictly inside the data root: serve the dataset's parent.
+  DATA_ROOT=$(dirname "$(realpath "$DATASET")")
+  NAME=$(basename "$(realpath "$DATASET")")
 else
-  [[ -d $STATE/data/dataset ]] || build/client/trainctl demo-data "$STATE/data/dataset"
+  DATA_ROOT=$STATE/data
+  NAME=shapes
+  [[ -d $DATA_ROOT/$NAME ]] || build/client/trainctl demo-data "$DATA_ROOT/$NAME"
 fi
 
-build/server/traind --listen=127.0.0.1:0 --state-dir="$STATE" --port-file="$STATE/port" \
+build/server/traind --listen=127.0.0.1:0 --state-dir="$STATE" --data-root="$DATA_ROOT" \
+  --port-file="$STATE/port" \
   > "$STATE/traind.log" 2>&1 &
 TRAIND_PID=$!
 trap 'kill $TRAIND_PID 2>/dev/null; wait $TRAIND_PID 2>/dev/null' EXIT
@@ -29,11 +34,11 @@ head -1 "$STATE/traind.log"
 export TRAINCTL_SERVER=127.0.0.1:$(cat "$STATE/port")
 ctl=build/client/trainctl
 
-scratch=$($ctl submit --kind=scratch --dataset=dataset --epochs="$EPOCHS" \
+scratch=$($ctl submit --kind=scratch --dataset="$NAME" --epochs="$EPOCHS" \
   --image_size="$IMAGE_SIZE" --output=json | sed -E 's/.*"job_id":"([^"]+)".*/\1/')
 echo "== scratch baseline $scratch"
 $ctl watch "$scratch"
-finetune=$($ctl submit --kind=finetune --from-job="$scratch" --dataset=dataset \
+finetune=$($ctl submit --kind=finetune --from-job="$scratch" --dataset="$NAME" \
   --epochs="$EPOCHS" --image_size="$IMAGE_SIZE" --output=json |
   sed -E 's/.*"job_id":"([^"]+)".*/\1/')
 echo "== fine-tune $finetune (from $scratch's weights)"
