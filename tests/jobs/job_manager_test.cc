@@ -221,6 +221,50 @@ TEST_F(JobManagerTest, InterruptedJobRunsAgainAfterRestartWithoutSeqGaps) {
   EXPECT_EQ(events.back().state().state(), trainer::v1::CANCELLED);
 }
 
+TEST_F(JobManagerTest, SweepRunsEveryGridPointAndRanksByValidationLoss) {
+  auto m = Start();
+  auto base = m->Submit(Scratch(1), "");
+  ASSERT_TRUE(base.ok());
+  ASSERT_EQ(WaitDone(*m, *base).back().state().state(), trainer::v1::SUCCEEDED);
+  JobSpec sweep = Scratch(1);
+  sweep.set_kind(trainer::v1::SWEEP);
+  sweep.set_from_job(*base);
+  sweep.mutable_sweep()->add_epochs(1);
+  sweep.mutable_sweep()->add_epochs(2);
+  sweep.mutable_sweep()->add_learning_rates(1e-3);
+  sweep.mutable_sweep()->add_learning_rates(1e-2);
+  auto id = m->Submit(sweep, "");
+  ASSERT_TRUE(id.ok()) << id.status();
+  auto events = WaitDone(*m, *id);
+  ASSERT_EQ(events.back().state().state(), trainer::v1::SUCCEEDED);
+  int started = 0, finished = 0, epochs = 0;
+  for (const auto& e : events) {
+    started += e.has_trial_started();
+    finished += e.has_trial_finished();
+    if (e.has_epoch()) {
+      ++epochs;
+      EXPECT_GE(e.epoch().trial(), 1);
+    }
+  }
+  EXPECT_EQ(started, 4);
+  EXPECT_EQ(finished, 4);
+  EXPECT_EQ(epochs, 1 + 2 + 1 + 2);
+  auto job = m->GetJob(*id);
+  ASSERT_EQ(job->trials_size(), 4);
+  for (int i = 1; i < 4; ++i) {
+    EXPECT_LE(job->trials(i - 1).final().validation_loss(),
+              job->trials(i).final().validation_loss());
+  }
+  EXPECT_DOUBLE_EQ(job->trials(0).backbone_learning_rate(),
+                   job->trials(0).learning_rate() * 0.1);
+  // The sweep's weights are its best trial's.
+  auto weights = m->Weights(*id, trainer::v1::PTH);
+  ASSERT_TRUE(weights.ok());
+  const auto best = fs::path(options_.state_dir) / "jobs" / *id /
+                    ("trial-" + std::to_string(job->trials(0).trial()) + ".pth");
+  EXPECT_EQ(weights->sha256, *Sha256File(best.string()));
+}
+
 TEST_F(JobManagerTest, ListJobsPagesAndFilters) {
   auto m = Start();
   std::vector<std::string> ids;
