@@ -60,6 +60,18 @@ DecodedSet DecodeImages(const std::vector<ImageRecord>& records, int size,
 // Decodes and resizes one image to size x size RGB.
 absl::StatusOr<cv::Mat> DecodeImage(const std::string& path, int size);
 
+// The augmentation ops at fixed parameters, on CV_8UC3 RGB images, each
+// meant to match torchvision's functional op on a PIL image.
+cv::Mat ResizeSquare(const cv::Mat& rgb, int size);
+cv::Mat HorizontalFlip(const cv::Mat& img);
+// Counter-clockwise by `degrees` about the centre, nearest, zero fill.
+cv::Mat Rotate(const cv::Mat& img, double degrees);
+cv::Mat AdjustBrightness(const cv::Mat& img, double factor);
+cv::Mat AdjustContrast(const cv::Mat& img, double factor);
+cv::Mat AdjustSaturation(const cv::Mat& img, double factor);
+// Shift of the hue by `shift` turns, in [-0.5, 0.5].
+cv::Mat AdjustHue(const cv::Mat& img, double shift);
+
 // The recipe's random augmentation of one RGB image: horizontal flip,
 // rotation, colour jitter (ops in random order).
 cv::Mat Augment(const cv::Mat& rgb, const AugmentConfig& config,

@@ -7,8 +7,6 @@
 #include <cmath>
 #include <filesystem>
 #include <map>
-#include <mutex>
-#include <set>
 
 #include <opencv2/core.hpp>
 #include <torch/torch.h>
@@ -17,6 +15,7 @@
 #include "common/file_util.h"
 #include "server/train/data.h"
 #include "server/train/model.h"
+#include "server/train/recipe.h"
 #include "server/train/weights.h"
 
 namespace traind::train {
@@ -26,19 +25,6 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
-}
-
-// LibTorch's initialisers draw from the global generator; seeding it and
-// building a model must not interleave between concurrent jobs.
-std::mutex& InitMutex() {
-  static std::mutex mu;
-  return mu;
-}
-
-// The block a parameter belongs to: "conv1" (stem incl. bn1), "layer1".."layer4", "fc".
-std::string BlockOf(const std::string& name) {
-  const std::string first = name.substr(0, name.find('.'));
-  return first == "bn1" ? "conv1" : first;
 }
 
 absl::StatusOr<torch::Device> PickDevice(const std::string& device) {
@@ -109,8 +95,10 @@ class Run {
     sink_->OnDataset(result.dataset);
 
     const int64_t num_classes = static_cast<int64_t>(data.index.classes.size());
-    if (auto st = BuildModel(num_classes); !st.ok()) return st;
-    auto optimizer = BuildOptimizer();
+    auto model = BuildModel(config_, num_classes);
+    if (!model.ok()) return model.status();
+    model_ = *model;
+    auto optimizer = BuildOptimizer(model_, config_);
     model_->to(device_);
     ToChannelsLast(*model_);
     sink_->OnInfo(absl::StrCat("training on ", device_.str(), " with ",
@@ -145,12 +133,9 @@ class Run {
         const auto step_start = Clock::now();
         torch::Tensor x = batch.images.to(device_);
         torch::Tensor y = batch.labels.to(device_);
-        optimizer->zero_grad();
-        torch::Tensor logits = model_->forward(x);
-        torch::Tensor loss = torch::nn::functional::cross_entropy(logits, y);
-        loss.backward();
-        optimizer->step();
-        const double loss_value = loss.item<double>();
+        StepResult step = TrainStep(model_, *optimizer, x, y);
+        const torch::Tensor& logits = step.logits;
+        const double loss_value = step.loss.item<double>();
         if (!std::isfinite(loss_value)) {
           return absl::InternalError(absl::StrCat(
               "training loss became ", loss_value, " at epoch ", epoch,
@@ -193,58 +178,6 @@ class Run {
   }
 
  private:
-  absl::Status BuildModel(int64_t num_classes) {
-    std::lock_guard<std::mutex> lock(InitMutex());
-    torch::manual_seed(config_.data.seed);
-    model_ = ResNet18(num_classes);
-    if (config_.kind == Kind::kScratch) {
-      XavierInit(*model_);
-      return absl::OkStatus();
-    }
-    if (config_.initial_weights.empty()) {
-      return absl::FailedPreconditionError(
-          "initial_weights: a fine-tune run needs starting weights");
-    }
-    auto weights = LoadStateDict(config_.initial_weights);
-    if (!weights.ok()) return weights.status();
-    // The classifier is always new: its shape follows this dataset.
-    if (auto st = CopyIntoModule(*weights, *model_, {"fc.weight", "fc.bias"}); !st.ok()) {
-      return st;
-    }
-    torch::NoGradGuard no_grad;
-    torch::nn::init::xavier_uniform_(model_->fc()->weight);
-    return absl::OkStatus();
-  }
-
-  std::unique_ptr<torch::optim::Adam> BuildOptimizer() {
-    if (config_.kind == Kind::kScratch) {
-      return std::make_unique<torch::optim::Adam>(
-          model_->parameters(), torch::optim::AdamOptions(config_.learning_rate));
-    }
-    std::set<std::string> trainable(config_.trainable_blocks.begin(),
-                                    config_.trainable_blocks.end());
-    std::vector<torch::Tensor> head, backbone;
-    for (auto& p : model_->named_parameters()) {
-      const std::string block = BlockOf(p.key());
-      if (block == "fc") {
-        head.push_back(p.value());
-      } else if (trainable.count(block)) {
-        backbone.push_back(p.value());
-      } else {
-        p.value().set_requires_grad(false);
-      }
-    }
-    std::vector<torch::optim::OptimizerParamGroup> groups;
-    groups.emplace_back(head, std::make_unique<torch::optim::AdamOptions>(
-                                  config_.learning_rate));
-    if (!backbone.empty()) {
-      groups.emplace_back(backbone, std::make_unique<torch::optim::AdamOptions>(
-                                        config_.backbone_learning_rate));
-    }
-    return std::make_unique<torch::optim::Adam>(
-        groups, torch::optim::AdamOptions(config_.learning_rate));
-  }
-
   EvalTotals Evaluate(const DecodedSet& set, int epoch) {
     torch::NoGradGuard no_grad;
     model_->eval();

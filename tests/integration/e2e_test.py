@@ -9,7 +9,7 @@ import signal
 import subprocess
 import unittest
 
-from harness import (ENGINE_FORWARD, TRAINCTL, Daemon, make_subset, read_safetensors,
+from harness import (ENGINE_GOLDEN, TRAINCTL, Daemon, make_subset, read_safetensors,
                      temp_root, write_safetensors)
 
 IMAGE = "64"
@@ -97,7 +97,7 @@ class EndToEndTest(unittest.TestCase):
         inp = os.path.join(self.root, "input.safetensors")
         res = os.path.join(self.root, "logits.safetensors")
         write_safetensors({"input": x}, inp)
-        subprocess.run([ENGINE_FORWARD, out, "4", inp, res], check=True)
+        subprocess.run([ENGINE_GOLDEN, "forward", out, "4", inp, res], check=True)
         model.eval()
         with torch.no_grad():
             want = model(x)

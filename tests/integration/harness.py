@@ -9,7 +9,7 @@ import tempfile
 
 TRAIND = os.environ.get("TRAIND", "../../build/server/traind")
 TRAINCTL = os.environ.get("TRAINCTL", "../../build/client/trainctl")
-ENGINE_FORWARD = os.environ.get("ENGINE_FORWARD", "../../build/tests/engine_forward")
+ENGINE_GOLDEN = os.environ.get("ENGINE_GOLDEN", "../../build/tests/engine_golden")
 SHARED = os.environ.get("TRAIND_SHARED", os.path.join(os.path.dirname(__file__), "../../../shared"))
 CALTECH = os.path.join(SHARED, "data/caltech101/101_ObjectCategories")
 
