@@ -11,6 +11,7 @@
 #include <torch/torch.h>
 
 #include "server/train/model.h"
+#include "server/train/recipe.h"
 #include "server/train/trainer.h"
 
 namespace {
@@ -24,7 +25,7 @@ int Arg(int argc, char** argv, const char* name, int def) {
   return def;
 }
 
-double Measure(const char* mode, int steps, int batch, int size) {
+double Measure(const char* mode, int steps, int batch, int size, bool bf16) {
   torch::manual_seed(0);
   ResNet18 model(101);
   for (auto& p : model->parameters()) {
@@ -48,14 +49,10 @@ double Measure(const char* mode, int steps, int batch, int size) {
   torch::Tensor y = torch::randint(0, 101, {batch}, torch::kLong);
   auto step = [&] {
     if (train) {
-      model->train();
-      opt->zero_grad();
-      auto loss = torch::nn::functional::cross_entropy(model->forward(x), y);
-      loss.backward();
-      opt->step();
-      (void)loss.item<float>();
+      (void)traind::train::TrainStep(model, *opt, x, y, bf16).loss.item<float>();
     } else {
       torch::NoGradGuard ng;
+      traind::train::ScopedBf16Autocast autocast(bf16);
       model->eval();
       (void)model->forward(x).sum().item<float>();
     }
@@ -78,9 +75,16 @@ int main(int argc, char** argv) {
   torch::set_num_threads(threads);
   std::printf("engine: ResNet-18 %dx%d, batch %d, %d threads, %d timed steps\n", size, size,
               batch, threads, steps);
+  const bool bf16 = Arg(argc, argv, "--bf16", 1) != 0;
   for (const char* mode : {"finetune", "scratch", "eval"}) {
-    std::printf("engine %-8s %7.1f img/s\n", mode, Measure(mode, steps, batch, size));
+    std::printf("engine %-8s %7.1f img/s\n", mode, Measure(mode, steps, batch, size, false));
     std::fflush(stdout);
+  }
+  if (bf16) {
+    for (const char* mode : {"finetune", "scratch", "eval"}) {
+      std::printf("engine-bf16 %-8s %7.1f img/s\n", mode, Measure(mode, steps, batch, size, true));
+      std::fflush(stdout);
+    }
   }
   return 0;
 }

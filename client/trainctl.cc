@@ -51,6 +51,7 @@ ABSL_FLAG(std::string, trainable, "", "submit: comma-separated blocks (default l
 ABSL_FLAG(std::string, device, "", "submit: auto, cpu or cuda (default auto)");
 ABSL_FLAG(std::string, threads, "", "submit: intra-op threads (default: the daemon's)");
 ABSL_FLAG(std::string, loader_threads, "", "submit: image-loading threads (default 2)");
+ABSL_FLAG(std::string, precision, "", "submit: fp32 or bf16 (default fp32)");
 ABSL_FLAG(std::string, pretrained, "", "submit: starting weights file under the weights root");
 ABSL_FLAG(std::string, from_job, "", "submit: start from this finished job's weights");
 ABSL_FLAG(bool, augment_validation, false, "submit: augment validation images too");
@@ -209,6 +210,7 @@ trainer::v1::JobSpec SpecFromFlags() {
     }
   }
   if (auto v = absl::GetFlag(FLAGS_device); !v.empty()) spec.set_device(v);
+  if (auto v = absl::GetFlag(FLAGS_precision); !v.empty()) spec.set_precision(v);
   if (auto v = absl::GetFlag(FLAGS_pretrained); !v.empty()) spec.set_pretrained_file(v);
   if (auto v = absl::GetFlag(FLAGS_from_job); !v.empty()) spec.set_from_job(v);
   if (absl::GetFlag(FLAGS_augment_validation)) spec.set_augment_validation(true);

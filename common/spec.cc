@@ -70,6 +70,7 @@ void ApplyDefaults(JobSpec* spec) {
   if (!sweep->has_backbone_lr_ratio()) sweep->set_backbone_lr_ratio(0.1);
   if (spec->device().empty()) spec->set_device("auto");
   if (!spec->has_loader_threads()) spec->set_loader_threads(2);
+  if (spec->precision().empty()) spec->set_precision("fp32");
 }
 
 absl::Status ValidateSpec(const JobSpec& spec) {
@@ -138,6 +139,10 @@ absl::Status ValidateSpec(const JobSpec& spec) {
   if (spec.device() != "auto" && spec.device() != "cpu" && spec.device() != "cuda") {
     return Invalid("device", absl::StrCat("must be auto, cpu or cuda, got \"",
                                           spec.device(), "\""));
+  }
+  if (spec.precision() != "fp32" && spec.precision() != "bf16") {
+    return Invalid("precision", absl::StrCat("must be fp32 or bf16, got \"",
+                                             spec.precision(), "\""));
   }
   if (spec.has_threads() && (spec.threads() < 1 || spec.threads() > 256)) {
     return Invalid("threads", absl::StrCat("must be in [1, 256], got ", spec.threads()));

@@ -78,6 +78,7 @@ train::TrainConfig ToConfig(const JobSpec& spec, const std::string& dataset_dir)
   }
   c.device = spec.device();
   c.threads = spec.threads();
+  c.bf16 = spec.precision() == "bf16";
   return c;
 }
 

@@ -46,6 +46,7 @@ struct TrainConfig {
   std::vector<std::string> trainable_blocks = {"layer3", "layer4"};
   std::string device = "auto";  // "auto", "cpu" or "cuda"
   int threads = 2;              // intra-op threads
+  bool bf16 = false;            // bfloat16 autocast of the forward pass
   // Starting weights (state_dict .pth or .safetensors); required for
   // kFinetune. A classifier whose shape does not fit the dataset is replaced.
   std::string initial_weights;

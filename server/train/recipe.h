@@ -28,14 +28,32 @@ absl::StatusOr<ResNet18> BuildModel(const TrainConfig& config, int64_t num_class
 // groups: fc at learning_rate, the trainable blocks at backbone_learning_rate.
 std::unique_ptr<torch::optim::Adam> BuildOptimizer(ResNet18& model, const TrainConfig& config);
 
+// Runs the ops of its scope in bfloat16 where LibTorch's CPU autocast policy
+// allows (convolutions, linear layers) and in float32 elsewhere (losses,
+// reductions); parameters and optimizer state stay float32. Thread-local.
+class ScopedBf16Autocast {
+ public:
+  explicit ScopedBf16Autocast(bool enabled);
+  ~ScopedBf16Autocast();
+  ScopedBf16Autocast(const ScopedBf16Autocast&) = delete;
+  ScopedBf16Autocast& operator=(const ScopedBf16Autocast&) = delete;
+
+ private:
+  const bool enabled_;
+  bool was_enabled_ = false;
+  c10::ScalarType was_dtype_ = c10::ScalarType::BFloat16;
+};
+
 struct StepResult {
   torch::Tensor logits;
   torch::Tensor loss;  // mean cross-entropy of the batch
 };
 
-// One step: forward in training mode, cross-entropy, backward, update.
+// One step: forward in training mode, cross-entropy, backward, update; the
+// forward pass under bfloat16 autocast when `bf16`.
 StepResult TrainStep(ResNet18& model, torch::optim::Optimizer& optimizer,
-                     const torch::Tensor& images, const torch::Tensor& labels);
+                     const torch::Tensor& images, const torch::Tensor& labels,
+                     bool bf16 = false);
 
 }  // namespace traind::train
 

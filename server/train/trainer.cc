@@ -101,7 +101,8 @@ class Run {
     auto optimizer = BuildOptimizer(model_, config_);
     model_->to(device_);
     ToChannelsLast(*model_);
-    sink_->OnInfo(absl::StrCat("training on ", device_.str(), " with ",
+    sink_->OnInfo(absl::StrCat("training on ", device_.str(), " (",
+                               config_.bf16 ? "bf16 autocast" : "fp32", ") with ",
                                torch::get_num_threads(), " threads: ",
                                result.dataset.train_images, " train / ",
                                result.dataset.validation_images,
@@ -133,7 +134,7 @@ class Run {
         const auto step_start = Clock::now();
         torch::Tensor x = batch.images.to(device_);
         torch::Tensor y = batch.labels.to(device_);
-        StepResult step = TrainStep(model_, *optimizer, x, y);
+        StepResult step = TrainStep(model_, *optimizer, x, y, config_.bf16);
         const torch::Tensor& logits = step.logits;
         const double loss_value = step.loss.item<double>();
         if (!std::isfinite(loss_value)) {
@@ -197,7 +198,12 @@ class Run {
     while (loader.Next(&batch)) {
       torch::Tensor x = batch.images.to(device_);
       torch::Tensor y = batch.labels.to(device_);
-      torch::Tensor logits = model_->forward(x);
+      torch::Tensor logits;
+      {
+        ScopedBf16Autocast autocast(config_.bf16);
+        logits = model_->forward(x);
+      }
+      logits = logits.to(torch::kFloat);
       totals.loss_sum += torch::nn::functional::cross_entropy(
                              logits, y,
                              torch::nn::functional::CrossEntropyFuncOptions()

@@ -40,6 +40,7 @@ TEST(SpecTest, DefaultsAreTheRecipe) {
   EXPECT_EQ(spec.sweep().learning_rates_size(), 2);
   EXPECT_DOUBLE_EQ(spec.sweep().backbone_lr_ratio(), 0.1);
   EXPECT_EQ(spec.device(), "auto");
+  EXPECT_EQ(spec.precision(), "fp32");
   EXPECT_TRUE(ValidateSpec(spec).ok());
 }
 
@@ -76,6 +77,7 @@ TEST(SpecTest, BadValuesNameTheirField) {
       {"augmentation.hue", [](JobSpec* s) { s->mutable_augmentation()->set_hue(0.7); }},
       {"sweep.epochs", [](JobSpec* s) { s->mutable_sweep()->add_epochs(0); }},
       {"device", [](JobSpec* s) { s->set_device("tpu"); }},
+      {"precision", [](JobSpec* s) { s->set_precision("fp8"); }},
       {"threads", [](JobSpec* s) { s->set_threads(0); }},
       {"dataset", [](JobSpec* s) { s->clear_dataset(); }},
   };
