@@ -304,6 +304,13 @@ absl::StatusOr<std::string> JobManager::Submit(JobSpec spec,
   } else {
     auto weights = InitialWeightsPath(spec);
     if (!weights.ok()) return weights.status();
+    if (spec.has_pretrained_file()) {
+      // Refuse an unusable checkpoint now rather than fail the job later.
+      if (auto st = train::CheckWeightsFile(*weights); !st.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("pretrained_file: ", spec.pretrained_file(), ": ", st.message()));
+      }
+    }
   }
 
   absl::MutexLock lock(&mu_);

@@ -11,6 +11,7 @@
 #include <thread>
 #include <utility>
 
+#include <ATen/Parallel.h>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
@@ -522,7 +523,10 @@ struct BatchLoader::State {
     torch::Tensor labels = torch::empty({count}, torch::kLong);
     float* data = hwc.data_ptr<float>();
     int64_t* label_data = labels.data_ptr<int64_t>();
-    for (int64_t i = 0; i < count; ++i) {
+    // Samples are independent (each has its own generator), so they are
+    // prepared on LibTorch's intra-op pool, idle between training steps.
+    at::parallel_for(0, count, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
       const int64_t sample = order[begin + i];
       const cv::Mat& src = set.images[sample];
       float* dst = data + i * size * size * 3;
@@ -534,6 +538,7 @@ struct BatchLoader::State {
       }
       label_data[i] = set.labels[sample];
     }
+    });
     // NHWC storage viewed as NCHW: channels-last without a copy.
     return Batch{hwc.permute({0, 3, 1, 2}), labels};
   }
@@ -560,6 +565,7 @@ BatchLoader::BatchLoader(const DecodedSet& set, std::vector<int64_t> order,
     : state_(std::make_unique<State>(set, std::move(order), options)) {
   const int64_t n = static_cast<int64_t>(state_->order.size());
   state_->num_batches = (n + options.batch_size - 1) / options.batch_size;
+  if (options.prefetch <= 0) return;  // synchronous: Next() builds each batch
   state_->threads = std::max(1, options.threads);
   for (int t = 0; t < state_->threads; ++t) {
     state_->workers.emplace_back([this, t] { state_->Work(t); });
@@ -578,6 +584,16 @@ int64_t BatchLoader::num_batches() const { return state_->num_batches; }
 
 bool BatchLoader::Next(Batch* batch) {
   State& s = *state_;
+  if (s.options.prefetch <= 0) {
+    int64_t b;
+    {
+      absl::MutexLock lock(&s.mu);
+      if (s.consumed >= s.num_batches) return false;
+      b = s.consumed++;
+    }
+    *batch = s.Build(b);
+    return true;
+  }
   absl::MutexLock lock(&s.mu);
   if (s.consumed >= s.num_batches) return false;
   const int64_t want = s.consumed;

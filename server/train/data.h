@@ -85,8 +85,8 @@ struct Batch {
   torch::Tensor labels;  // int64 [B]
 };
 
-// Produces the batches of one pass over `set` in `order`, prepared ahead on
-// background threads. Used by one consumer thread.
+// Produces the batches of one pass over `set` in `order`. Used by one
+// consumer thread.
 class BatchLoader {
  public:
   struct Options {
@@ -96,7 +96,11 @@ class BatchLoader {
     uint64_t seed = 0;   // with epoch, seeds each sample's augmentation
     int64_t epoch = 0;
     int threads = 2;
-    int prefetch = 4;    // batches prepared ahead
+    // Batches prepared ahead on `threads` background threads. 0: each batch
+    // is prepared when asked for, its samples spread over LibTorch's
+    // intra-op threads; on a machine with no spare core this is faster, as
+    // background work would stall the training step's threads.
+    int prefetch = 0;
   };
   BatchLoader(const DecodedSet& set, std::vector<int64_t> order,
               Options options);

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <map>
+#include <thread>
 
 #include <opencv2/core.hpp>
 #include <torch/torch.h>
@@ -123,6 +124,7 @@ class Run {
       lo.seed = config_.data.seed;
       lo.epoch = epoch;
       lo.threads = config_.data.loader_threads;
+      lo.prefetch = PrefetchDepth();
       BatchLoader loader(data.train, std::move(order), lo);
 
       model_->train();
@@ -192,6 +194,7 @@ class Run {
     lo.seed = config_.data.seed ^ 0x5a17d0e5ULL;
     lo.epoch = epoch;
     lo.threads = config_.data.loader_threads;
+    lo.prefetch = PrefetchDepth();
     BatchLoader loader(set, std::move(order), lo);
     EvalTotals totals;
     Batch batch;
@@ -213,6 +216,14 @@ class Run {
       totals.count += y.size(0);
     }
     return totals;
+  }
+
+  // Background batch preparation only when there are cores to spare for it:
+  // otherwise it preempts the intra-op threads mid-step, and the step waits
+  // for the slowest (measured here: 2 cores, 2 threads, 58 -> 50 img/s).
+  int PrefetchDepth() const {
+    const int cores = static_cast<int>(std::thread::hardware_concurrency());
+    return cores >= config_.threads + config_.data.loader_threads ? 4 : 0;
   }
 
   absl::Status WriteWeights() {
@@ -311,6 +322,19 @@ absl::StatusOr<std::vector<TrialOutcome>> RunSweep(
                      });
     return outcomes;
   });
+}
+
+absl::Status CheckWeightsFile(const std::string& path) {
+  return CatchingLibraryErrors([&]() -> absl::StatusOr<bool> {
+           auto weights = LoadStateDict(path);
+           if (!weights.ok()) return weights.status();
+           ResNet18 model(1000);
+           if (auto st = CopyIntoModule(*weights, *model, {"fc.weight", "fc.bias"}); !st.ok()) {
+             return st;
+           }
+           return true;
+         })
+      .status();
 }
 
 void TuneAllocator() {

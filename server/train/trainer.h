@@ -49,6 +49,12 @@ absl::StatusOr<std::vector<TrialOutcome>> RunSweep(
     const TrainConfig& base, const std::vector<TrialSpec>& trials,
     const std::string& output_dir, SweepSink* sink, const CancelToken& cancel);
 
+// Checks that `path` is a state_dict (torch.save zip or safetensors) that
+// fits a ResNet-18 backbone (any classifier shape): INVALID_ARGUMENT naming
+// the problem (legacy format, truncation, missing/extra keys, wrong shapes),
+// NOT_FOUND if there is no such file.
+absl::Status CheckWeightsFile(const std::string& path);
+
 // Sets process-wide allocator options that keep large activation buffers
 // mapped between steps (2-3x faster training with glibc). Call once at
 // start-up, before the first tensor.

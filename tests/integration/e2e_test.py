@@ -140,6 +140,48 @@ class EndToEndTest(unittest.TestCase):
         _, p = self.daemon.watch(child)
         self.assertEqual(p.returncode, 0, p.stderr)
 
+    def test_bad_checkpoints_are_refused_at_submit_with_the_reason(self):
+        import io
+        import torch
+        import torchvision
+        good = torchvision.models.resnet18().state_dict()
+
+        def save(name, obj, **kw):
+            torch.save(obj, os.path.join(self.weights, name), **kw)
+
+        save("legacy.pth", good, _use_new_zipfile_serialization=False)
+        buf = io.BytesIO()
+        torch.save(good, buf)
+        with open(os.path.join(self.weights, "truncated.pth"), "wb") as f:
+            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        save("missing.pth", {k: v for k, v in good.items() if not k.startswith("layer4.")})
+        save("extra.pth", dict(good, **{"head.weight": torch.zeros(3)}))
+        save("shapes.pth", dict(good, **{"conv1.weight": torch.zeros(64, 3, 3, 3)}))
+
+        class Evil:
+            def __reduce__(self):
+                return (os.system, ("touch " + os.path.join(self.root_dir, "pwned"),))
+        Evil.root_dir = self.root
+        save("evil.pth", {"conv1.weight": Evil()})
+        with open(os.path.join(self.weights, "text.pth"), "w") as f:
+            f.write("not a checkpoint")
+        cases = {
+            "legacy.pth": "legacy",
+            "truncated.pth": "truncated",
+            "missing.pth": "missing keys [layer4.0.conv1.weight",
+            "extra.pth": "unexpected keys [head.weight]",
+            "shapes.pth": "wrong shapes [conv1.weight",
+            "evil.pth": "refusing global",
+            "text.pth": "not a PyTorch state_dict",
+        }
+        for name, phrase in cases.items():
+            p = self.daemon.trainctl("submit", "--dataset=subset", f"--pretrained={name}",
+                                     check=False)
+            self.assertEqual(p.returncode, 2, name)
+            self.assertIn("pretrained_file:", p.stderr, name)
+            self.assertIn(phrase, p.stderr, name)
+        self.assertFalse(os.path.exists(os.path.join(self.root, "pwned")))
+
     def test_cancel_running_job_within_one_batch(self):
         job = self.daemon.submit("--kind=scratch", "--dataset=subset", "--epochs=200",
                                  f"--image_size={IMAGE}", f"--batch_size={BATCH}")

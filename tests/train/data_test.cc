@@ -106,22 +106,27 @@ TEST_F(DataTest, BatchesDoNotDependOnLoaderThreads) {
   DecodedSet set = DecodeImages(index->train, 24, 1, nullptr);
   std::vector<int64_t> order(set.images.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(order.size() - 1 - i);
-  auto run = [&](int threads) {
+  auto run = [&](int threads, int prefetch) {
     BatchLoader::Options o;
     o.batch_size = 4;
     o.augment = true;
     o.seed = 5;
     o.epoch = 2;
     o.threads = threads;
+    o.prefetch = prefetch;
     BatchLoader loader(set, order, o);
     std::vector<Batch> out;
     Batch b;
     while (loader.Next(&b)) out.push_back(b);
     return out;
   };
-  auto one = run(1), three = run(3);
+  auto one = run(1, 0), three = run(3, 2), bg = run(1, 4);
   ASSERT_EQ(one.size(), 4u);  // 15 images in batches of 4
   ASSERT_EQ(three.size(), one.size());
+  ASSERT_EQ(bg.size(), one.size());
+  for (size_t i = 0; i < one.size(); ++i) {
+    EXPECT_TRUE(torch::equal(one[i].images, bg[i].images));
+  }
   EXPECT_EQ(one.back().images.size(0), 3);
   for (size_t i = 0; i < one.size(); ++i) {
     EXPECT_TRUE(torch::equal(one[i].images, three[i].images));
