@@ -412,16 +412,79 @@ absl::StatusOr<cv::Mat> DecodeImage(const std::string& path, int size) {
   return ResizeSquare(rgb, size);
 }
 
+DecodedImageCache& DecodedImageCache::Global() {
+  static auto* cache = new DecodedImageCache(size_t{2} << 30);
+  return *cache;
+}
+
+cv::Mat DecodedImageCache::Find(const std::string& path, int size, int64_t file_size,
+                                int64_t mtime_ns) {
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find({path, size});
+  if (it == entries_.end() || it->second.file_size != file_size ||
+      it->second.mtime_ns != mtime_ns) {
+    return cv::Mat();
+  }
+  ++hits_;
+  return it->second.image;
+}
+
+void DecodedImageCache::Insert(const std::string& path, int size, int64_t file_size,
+                               int64_t mtime_ns, const cv::Mat& image) {
+  const size_t bytes = image.total() * image.elemSize();
+  absl::MutexLock lock(&mu_);
+  auto key = std::make_pair(path, size);
+  auto it = entries_.find(key);
+  if (it != entries_.end()) {
+    bytes_ -= it->second.image.total() * it->second.image.elemSize();
+    it->second = Entry{file_size, mtime_ns, image};
+  } else {
+    entries_.emplace(key, Entry{file_size, mtime_ns, image});
+    order_.push_back(key);
+  }
+  bytes_ += bytes;
+  while (bytes_ > max_bytes_ && !order_.empty()) {
+    auto old = entries_.find(order_.front());
+    if (old != entries_.end()) {
+      bytes_ -= old->second.image.total() * old->second.image.elemSize();
+      entries_.erase(old);
+    }
+    order_.pop_front();
+  }
+}
+
+int64_t DecodedImageCache::hits() {
+  absl::MutexLock lock(&mu_);
+  return hits_;
+}
+
+size_t DecodedImageCache::bytes() {
+  absl::MutexLock lock(&mu_);
+  return bytes_;
+}
+
 DecodedSet DecodeImages(const std::vector<ImageRecord>& records, int size,
-                        int threads, std::vector<std::string>* warnings) {
+                        int threads, std::vector<std::string>* warnings,
+                        DecodedImageCache* cache) {
   std::vector<cv::Mat> images(records.size());
   std::vector<std::string> errors(records.size());
   std::atomic<size_t> next{0};
   auto work = [&] {
     for (size_t i = next++; i < records.size(); i = next++) {
+      std::error_code ec;
+      int64_t file_size = -1, mtime = 0;
+      if (cache) {
+        file_size = static_cast<int64_t>(fs::file_size(records[i].path, ec));
+        mtime = fs::last_write_time(records[i].path, ec).time_since_epoch().count();
+        if (!ec) {
+          images[i] = cache->Find(records[i].path, size, file_size, mtime);
+          if (!images[i].empty()) continue;
+        }
+      }
       auto img = DecodeImage(records[i].path, size);
       if (img.ok()) {
         images[i] = std::move(*img);
+        if (cache && !ec) cache->Insert(records[i].path, size, file_size, mtime, images[i]);
       } else {
         errors[i] = std::string(img.status().message());
       }

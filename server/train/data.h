@@ -9,6 +9,8 @@
 #define TRAIND_SERVER_TRAIN_DATA_H_
 
 #include <cstdint>
+#include <deque>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
@@ -17,7 +19,9 @@
 #include <opencv2/core.hpp>
 #include <torch/torch.h>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "server/train/config.h"
 
 namespace traind::train {
@@ -52,10 +56,45 @@ struct DecodedSet {
   std::vector<int64_t> labels;
 };
 
-// Decodes and resizes every record on `threads` threads. Unreadable images
-// are left out and described in `warnings`.
+// Decoded, resized images shared by every run in the process (jobs and sweep
+// trials on the same files and image size decode them once). An entry is
+// used only while its file keeps the size and modification time it had when
+// decoded. Bounded in bytes; the oldest entries go first.
+//
+// Thread-safety: all methods may be called from any thread.
+class DecodedImageCache {
+ public:
+  explicit DecodedImageCache(size_t max_bytes) : max_bytes_(max_bytes) {}
+  // The process-wide cache (2 GiB).
+  static DecodedImageCache& Global();
+
+  // Returns the cached image or an empty Mat.
+  cv::Mat Find(const std::string& path, int size, int64_t file_size, int64_t mtime_ns)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void Insert(const std::string& path, int size, int64_t file_size, int64_t mtime_ns,
+              const cv::Mat& image) ABSL_LOCKS_EXCLUDED(mu_);
+  int64_t hits() ABSL_LOCKS_EXCLUDED(mu_);
+  size_t bytes() ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  struct Entry {
+    int64_t file_size;
+    int64_t mtime_ns;
+    cv::Mat image;
+  };
+  const size_t max_bytes_;
+  absl::Mutex mu_;
+  std::map<std::pair<std::string, int>, Entry> entries_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::pair<std::string, int>> order_ ABSL_GUARDED_BY(mu_);
+  size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t hits_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// Decodes and resizes every record on `threads` threads, through `cache`
+// when given. Unreadable images are left out and described in `warnings`.
 DecodedSet DecodeImages(const std::vector<ImageRecord>& records, int size,
-                        int threads, std::vector<std::string>* warnings);
+                        int threads, std::vector<std::string>* warnings,
+                        DecodedImageCache* cache = nullptr);
 
 // Decodes and resizes one image to size x size RGB.
 absl::StatusOr<cv::Mat> DecodeImage(const std::string& path, int size);

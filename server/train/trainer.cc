@@ -61,9 +61,10 @@ absl::StatusOr<LoadedData> LoadData(const DataConfig& config, ProgressSink* sink
   data.index = std::move(*index);
   std::vector<std::string> warnings;
   const int threads = std::max(1, config.loader_threads);
-  data.train = DecodeImages(data.index.train, config.image_size, threads, &warnings);
+  DecodedImageCache* cache = &DecodedImageCache::Global();
+  data.train = DecodeImages(data.index.train, config.image_size, threads, &warnings, cache);
   data.validation =
-      DecodeImages(data.index.validation, config.image_size, threads, &warnings);
+      DecodeImages(data.index.validation, config.image_size, threads, &warnings, cache);
   for (const auto& w : warnings) sink->OnWarning(w);
   if (data.train.images.empty() || data.validation.images.empty()) {
     return absl::FailedPreconditionError(

@@ -700,10 +700,17 @@ absl::Status CopyIntoModule(const NamedTensors& tensors,
     if (!present.count(name) && !skipped(name)) missing.push_back(name);
   }
   if (!missing.empty() || !unexpected.empty() || !mismatched.empty()) {
+    // At most a few names per kind: enough to see the pattern, one line.
+    auto list = [](const std::vector<std::string>& names) {
+      constexpr size_t kShown = 6;
+      if (names.size() <= kShown) return absl::StrCat("[", absl::StrJoin(names, ", "), "]");
+      return absl::StrCat("[", absl::StrJoin(names.begin(), names.begin() + kShown, ", "),
+                          ", ... ", names.size(), " in all]");
+    };
     std::string msg = "weights do not fit a ResNet-18:";
-    if (!missing.empty()) absl::StrAppend(&msg, " missing keys [", absl::StrJoin(missing, ", "), "]");
-    if (!unexpected.empty()) absl::StrAppend(&msg, " unexpected keys [", absl::StrJoin(unexpected, ", "), "]");
-    if (!mismatched.empty()) absl::StrAppend(&msg, " wrong shapes [", absl::StrJoin(mismatched, ", "), "]");
+    if (!missing.empty()) absl::StrAppend(&msg, " missing keys ", list(missing));
+    if (!unexpected.empty()) absl::StrAppend(&msg, " unexpected keys ", list(unexpected));
+    if (!mismatched.empty()) absl::StrAppend(&msg, " wrong shapes ", list(mismatched));
     return absl::InvalidArgumentError(msg);
   }
   torch::NoGradGuard no_grad;

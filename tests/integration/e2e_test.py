@@ -168,7 +168,7 @@ class EndToEndTest(unittest.TestCase):
         cases = {
             "legacy.pth": "legacy",
             "truncated.pth": "truncated",
-            "missing.pth": "missing keys [layer4.0.conv1.weight",
+            "missing.pth": "missing keys [layer4.0.bn1.bias, ",
             "extra.pth": "unexpected keys [head.weight]",
             "shapes.pth": "wrong shapes [conv1.weight",
             "evil.pth": "refusing global",

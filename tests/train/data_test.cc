@@ -1,5 +1,6 @@
 #include "server/train/data.h"
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 
@@ -98,6 +99,32 @@ TEST_F(DataTest, CorruptImagesAreSkippedWithAWarning) {
   EXPECT_EQ(set.images[0].type(), CV_8UC3);
   // OpenCV decodes BGR; the cache holds RGB.
   EXPECT_EQ(set.images[0].at<cv::Vec3b>(8, 8)[0], 200);
+}
+
+TEST_F(DataTest, DecodedCacheServesRepeatsAndNoticesChangedFiles) {
+  auto index = ListImageFolder(root_.string(), {"BACKGROUND_Google"});
+  ASSERT_TRUE(index.ok());
+  DecodedImageCache cache(size_t{1} << 20);
+  DecodedSet first = DecodeImages(index->train, 16, 2, nullptr, &cache);
+  EXPECT_EQ(cache.hits(), 0);
+  EXPECT_EQ(cache.bytes(), 10u * 16 * 16 * 3);
+  DecodedSet again = DecodeImages(index->train, 16, 2, nullptr, &cache);
+  EXPECT_EQ(cache.hits(), 10);
+  EXPECT_EQ(cv::norm(first.images[0], again.images[0], cv::NORM_INF), 0);
+  // Another size is another entry; a rewritten file is decoded again.
+  DecodeImages(index->train, 20, 1, nullptr, &cache);
+  EXPECT_EQ(cache.hits(), 10);
+  cv::Mat red(30, 50, CV_8UC3, cv::Scalar(0, 0, 255));
+  cv::imwrite(index->train[0].path, red);
+  fs::last_write_time(index->train[0].path,
+                      fs::last_write_time(index->train[0].path) + std::chrono::seconds(5));
+  DecodedSet changed = DecodeImages(index->train, 16, 1, nullptr, &cache);
+  EXPECT_EQ(cache.hits(), 19);
+  EXPECT_EQ(changed.images[0].at<cv::Vec3b>(5, 5), cv::Vec3b(255, 0, 0));  // RGB
+  // Bounded: a tiny cache keeps only the newest entries.
+  DecodedImageCache small(2 * 16 * 16 * 3);
+  DecodeImages(index->train, 16, 1, nullptr, &small);
+  EXPECT_LE(small.bytes(), 2u * 16 * 16 * 3);
 }
 
 TEST_F(DataTest, BatchesDoNotDependOnLoaderThreads) {
