@@ -317,6 +317,41 @@ class RestartTest(unittest.TestCase):
         self.assertEqual([j["id"] for j in jobs], [done, long_job])
         self.assertEqual(d2.stop(), 0)
 
+    def test_daemon_killed_mid_epoch_loses_nothing_committed(self):
+        d = Daemon(*self.args).start()
+        done = d.submit("--kind=scratch", "--dataset=subset", "--epochs=1",
+                        f"--image_size={IMAGE}", f"--batch_size={BATCH}")
+        history, _ = d.watch(done)
+        job = d.submit("--kind=scratch", "--dataset=subset", "--epochs=50",
+                       f"--image_size={IMAGE}", f"--batch_size={BATCH}")
+        env = dict(os.environ, TRAINCTL_SERVER=d.address)
+        watcher = subprocess.Popen([TRAINCTL, "--output=json", "watch", job],
+                                   stdout=subprocess.PIPE, text=True, env=env)
+        seen = []
+        for line in watcher.stdout:
+            seen.append(json.loads(line))
+            if len(of_kind(seen, "batch")) >= 3:
+                break
+        d.stop(sig=signal.SIGKILL)  # no shutdown path at all
+        watcher.kill()
+        watcher.wait()
+        watcher.stdout.close()
+        d2 = Daemon(*self.args).start()
+        # Everything the watcher saw was committed; the job is queued again.
+        replay, _ = d2.watch(done)
+        self.assertEqual(replay, history)
+        d2.trainctl("cancel", job)
+        events, _ = d2.watch(job)
+        self.assertEqual(events[:len(seen)], seen)
+        self.assertEqual(seqs(events), list(range(1, len(events) + 1)))
+        states = [s["state"] for s in of_kind(events, "state")]
+        self.assertEqual(states[:2], ["QUEUED", "RUNNING"])
+        self.assertIn("QUEUED", states[2:])  # re-queued by the restart
+        self.assertEqual(states[-1], "CANCELLED")
+        out = os.path.join(self.root, "w.pth")
+        d2.trainctl("weights", done, "-o", out)
+        self.assertEqual(d2.stop(), 0)
+
 
 if __name__ == "__main__":
     unittest.main()
