@@ -47,7 +47,9 @@ def main():
 
     model = torchvision.models.resnet18()
     if args.kind == "finetune":
-        model.load_state_dict(torch.load(args.weights), strict=False)
+        # The classifier is replaced below, whatever its shape in the file.
+        state = {k: v for k, v in torch.load(args.weights).items() if not k.startswith("fc.")}
+        model.load_state_dict(state, strict=False)
     model.fc = torch.nn.Linear(512, len(ds.classes))
     torch.nn.init.xavier_uniform_(model.fc.weight)
     if args.kind == "scratch":
