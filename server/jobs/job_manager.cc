@@ -1,5 +1,9 @@
 #include "server/jobs/job_manager.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -163,9 +167,22 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(Options options) 
     return absl::FailedPreconditionError(absl::StrCat(
         "cannot create state directory ", options.state_dir, ": ", ec.message()));
   }
+  // One daemon per state directory: a second one would corrupt the queue.
+  const std::string lock_path = (fs::path(options.state_dir) / "LOCK").string();
+  const int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd < 0 || ::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    if (lock_fd >= 0) ::close(lock_fd);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "state directory ", options.state_dir, " is in use by another traind (", lock_path,
+        " is locked)"));
+  }
   auto store = Store::Open((fs::path(options.state_dir) / "traind.db").string());
-  if (!store.ok()) return store.status();
+  if (!store.ok()) {
+    ::close(lock_fd);
+    return store.status();
+  }
   std::unique_ptr<JobManager> m(new JobManager(std::move(options), std::move(*store)));
+  m->lock_fd_ = lock_fd;
   if (auto st = m->Recover(); !st.ok()) return st;
   for (int i = 0; i < m->options_.workers; ++i) {
     m->workers_.emplace_back([mp = m.get()] { mp->WorkerLoop(); });
@@ -176,7 +193,10 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(Options options) 
 JobManager::JobManager(Options options, std::unique_ptr<Store> store)
     : options_(std::move(options)), store_(std::move(store)) {}
 
-JobManager::~JobManager() { Shutdown(); }
+JobManager::~JobManager() {
+  Shutdown();
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+}
 
 absl::Status JobManager::Recover() {
   auto stored = store_->LoadJobs();

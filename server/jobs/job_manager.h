@@ -123,6 +123,7 @@ class JobManager {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 
   std::vector<std::thread> workers_;
+  int lock_fd_ = -1;  // flock on <state_dir>/LOCK, held for the manager's life
 };
 
 }  // namespace traind::jobs

@@ -265,6 +265,16 @@ TEST_F(JobManagerTest, SweepRunsEveryGridPointAndRanksByValidationLoss) {
   EXPECT_EQ(weights->sha256, *Sha256File(best.string()));
 }
 
+TEST_F(JobManagerTest, SecondManagerOnTheSameStateDirIsRefused) {
+  auto first = Start();
+  auto second = JobManager::Create(options_);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(second.status().message().find("in use by another traind"), std::string::npos);
+  first.reset();
+  EXPECT_TRUE(JobManager::Create(options_).ok());
+}
+
 TEST_F(JobManagerTest, ListJobsPagesAndFilters) {
   auto m = Start();
   std::vector<std::string> ids;
