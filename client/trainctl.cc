@@ -132,11 +132,16 @@ std::string Duration(double seconds) {
   return absl::StrFormat("%dh%02dm", s / 3600, (s % 3600) / 60);
 }
 
+// Every unary call gets the same deadline; streams have none.
+void SetUnaryDeadline(grpc::ClientContext* ctx) {
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+}
+
 std::string Kind(trainer::v1::JobKind k) { return absl::AsciiStrToLower(trainer::v1::JobKind_Name(k)); }
 
 trainer::v1::Job GetJobOrFail(TrainingService::Stub& stub, const std::string& id) {
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  SetUnaryDeadline(&ctx);
   trainer::v1::GetJobRequest req;
   req.set_job_id(id);
   trainer::v1::GetJobResponse resp;
@@ -411,7 +416,7 @@ int Submit(TrainingService::Stub& stub) {
   // Retrying with the same request id is safe: the server returns the same job.
   for (int attempt = 0; attempt < 5; ++attempt) {
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    SetUnaryDeadline(&ctx);
     st = stub.SubmitJob(&ctx, req, &resp);
     if (st.error_code() != grpc::StatusCode::UNAVAILABLE) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(200 << attempt));
@@ -489,7 +494,7 @@ int List(TrainingService::Stub& stub) {
   std::vector<trainer::v1::Job> jobs;
   do {
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    SetUnaryDeadline(&ctx);
     trainer::v1::ListJobsResponse resp;
     grpc::Status st = stub.ListJobs(&ctx, req, &resp);
     if (!st.ok()) FailRpc("list", st);
@@ -521,7 +526,7 @@ int List(TrainingService::Stub& stub) {
 
 int Cancel(TrainingService::Stub& stub, const std::string& id) {
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  SetUnaryDeadline(&ctx);
   trainer::v1::CancelJobRequest req;
   req.set_job_id(id);
   trainer::v1::CancelJobResponse resp;

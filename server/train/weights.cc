@@ -5,7 +5,6 @@
 #include <map>
 #include <memory>
 #include <set>
-#include <variant>
 
 #include <caffe2/serialize/inline_container.h>
 #include <caffe2/serialize/read_adapter_interface.h>
@@ -33,10 +32,6 @@ class BoundedReader final : public caffe2::serialize::ReadAdapterInterface {
 
  private:
   const std::string& bytes_;
-};
-
-struct Storage {
-  torch::Tensor flat;  // 1-D, dtype of the storage
 };
 
 // A value of the pickle subset that state_dicts use.

@@ -13,6 +13,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../integration"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../bench"))
+from reference_recipe import recipe_optimizer  # noqa: E402
 from harness import CALTECH, ENGINE_GOLDEN, TRAINCTL, read_safetensors, write_safetensors  # noqa: E402
 
 TOL = 1e-4
@@ -90,18 +92,7 @@ class GoldenTest(unittest.TestCase):
         got = read_safetensors(self.path(f"{kind}-after.safetensors"))
 
         # The reference recipe's code.
-        if kind == "finetune":
-            for p in model.parameters():
-                p.requires_grad = False
-            for block in (model.layer3, model.layer4, model.fc):
-                for p in block.parameters():
-                    p.requires_grad = True
-            opt = torch.optim.Adam([
-                {"params": model.fc.parameters(), "lr": 1e-3},
-                {"params": list(model.layer3.parameters()) + list(model.layer4.parameters()),
-                 "lr": 1e-4}])
-        else:
-            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        opt = recipe_optimizer(model, kind)
         model.train()
         opt.zero_grad()
         torch.nn.CrossEntropyLoss()(model(x), y).backward()

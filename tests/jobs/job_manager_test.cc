@@ -9,6 +9,7 @@
 
 #include "common/sha256.h"
 #include "common/spec.h"
+#include "tests/test_util.h"
 
 namespace traind::jobs {
 namespace {
@@ -37,9 +38,7 @@ void MakeDataset(const fs::path& dir, int per_class) {
 class JobManagerTest : public testing::Test {
  protected:
   void SetUp() override {
-    base_ = fs::path(testing::TempDir()) / ("job_manager_test_" +
-             std::string(testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(base_);
+    base_ = testing_util::FreshTestDir("job_manager_test");
     fs::create_directories(base_ / "data");
     fs::create_directories(base_ / "weights");
     MakeDataset(base_ / "data" / "tiny", 12);

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/test_util.h"
+
 namespace traind::jobs {
 namespace {
 
@@ -12,12 +14,7 @@ namespace fs = std::filesystem;
 class PathsTest : public testing::Test {
  protected:
   void SetUp() override {
-    // Unique per test: ctest runs test cases in parallel processes.
-    root_ = fs::path(testing::TempDir()) /
-            ("paths_test_" +
-             std::string(testing::UnitTest::GetInstance()->current_test_info()->name())) /
-            "root";
-    fs::remove_all(root_.parent_path());
+    root_ = testing_util::FreshTestDir("paths_test") / "root";
     fs::create_directories(root_ / "caltech" / "a");
     fs::create_directories(root_.parent_path() / "outside");
     fs::create_directory_symlink("/etc", root_ / "etc-link");

@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 #include <opencv2/imgcodecs.hpp>
 
+#include "tests/test_util.h"
+
 namespace traind::train {
 namespace {
 
@@ -15,10 +17,7 @@ namespace fs = std::filesystem;
 class DataTest : public testing::Test {
  protected:
   void SetUp() override {
-    root_ = fs::path(testing::TempDir()) /
-            ("data_test_" +
-             std::string(testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(root_);
+    root_ = testing_util::FreshTestDir("data_test");
     cv::Mat img(30, 50, CV_8UC3, cv::Scalar(10, 100, 200));
     for (const char* cls : {"b_cls", "a_cls", "BACKGROUND_Google"}) {
       fs::create_directories(root_ / cls);

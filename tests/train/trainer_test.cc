@@ -7,6 +7,8 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include "tests/test_util.h"
+
 namespace traind::train {
 namespace {
 
@@ -29,10 +31,7 @@ class RecordingSink : public ProgressSink {
 class TrainerTest : public testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::path(testing::TempDir()) /
-           ("trainer_test_" +
-            std::string(testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(dir_);
+    dir_ = testing_util::FreshTestDir("trainer_test");
     std::mt19937 rng(7);
     for (int k = 0; k < 3; ++k) {
       fs::create_directories(dir_ / ("c" + std::to_string(k)));
