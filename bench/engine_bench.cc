@@ -1,6 +1,8 @@
 // engine_bench [--threads N] [--steps N] [--image_size S] [--batch B]
+//              [--bf16 0|1] [--device cpu|cuda]
 // Times the engine's training and evaluation steps on synthetic batches and
-// prints images/s per mode. Pair with reference_bench.py (run.sh does both and
+// prints images/s per mode. Needs the engine core only (LibTorch), so it also
+// builds against a CUDA LibTorch (bench/gpu_check.sh). Pair with reference_bench.py (run.sh does both and
 // prints the ratio); compare figures from one run, the machine is shared.
 #include <chrono>
 #include <cstdio>
@@ -10,13 +12,20 @@
 
 #include <torch/torch.h>
 
+#include "server/train/allocator.h"
 #include "server/train/model.h"
-#include "server/train/recipe.h"
-#include "server/train/trainer.h"
+#include "server/train/step.h"
 
 namespace {
 
 using traind::train::ResNet18;
+
+const char* StrArg(int argc, char** argv, const char* name, const char* def) {
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::strcmp(argv[i], name) == 0) return argv[i + 1];
+  }
+  return def;
+}
 
 int Arg(int argc, char** argv, const char* name, int def) {
   for (int i = 1; i + 1 < argc; ++i) {
@@ -25,9 +34,11 @@ int Arg(int argc, char** argv, const char* name, int def) {
   return def;
 }
 
-double Measure(const char* mode, int steps, int batch, int size, bool bf16) {
+double Measure(const char* mode, int steps, int batch, int size, bool bf16,
+               const torch::Device& device) {
   torch::manual_seed(0);
   ResNet18 model(101);
+  model->to(device);
   for (auto& p : model->parameters()) {
     if (p.dim() == 4) p.set_data(p.data().contiguous(torch::MemoryFormat::ChannelsLast));
   }
@@ -45,14 +56,15 @@ double Measure(const char* mode, int steps, int batch, int size, bool bf16) {
   } else if (train) {
     opt = std::make_unique<torch::optim::Adam>(model->parameters(), torch::optim::AdamOptions(1e-3));
   }
-  torch::Tensor x = torch::randn({batch, 3, size, size}).contiguous(torch::MemoryFormat::ChannelsLast);
-  torch::Tensor y = torch::randint(0, 101, {batch}, torch::kLong);
+  torch::Tensor x = torch::randn({batch, 3, size, size}, device)
+                      .contiguous(torch::MemoryFormat::ChannelsLast);
+  torch::Tensor y = torch::randint(0, 101, {batch}, torch::TensorOptions(device).dtype(torch::kLong));
   auto step = [&] {
     if (train) {
       (void)traind::train::TrainStep(model, *opt, x, y, bf16).loss.item<float>();
     } else {
       torch::NoGradGuard ng;
-      traind::train::ScopedBf16Autocast autocast(bf16);
+      traind::train::ScopedBf16Autocast autocast(bf16, device.type());
       model->eval();
       (void)model->forward(x).sum().item<float>();
     }
@@ -72,17 +84,25 @@ int main(int argc, char** argv) {
   const int steps = Arg(argc, argv, "--steps", 10);
   const int size = Arg(argc, argv, "--image_size", 128);
   const int batch = Arg(argc, argv, "--batch", 32);
+  const std::string device_name = StrArg(argc, argv, "--device", "cpu");
+  if (device_name == "cuda" && !torch::cuda::is_available()) {
+    std::fprintf(stderr, "engine_bench: --device cuda but this LibTorch sees no CUDA device\n");
+    return 1;
+  }
+  const torch::Device device(device_name);
+  // Fixed shapes: let cuDNN pick the fastest algorithms once.
+  if (device.is_cuda()) at::globalContext().setBenchmarkCuDNN(true);
   torch::set_num_threads(threads);
-  std::printf("engine: ResNet-18 %dx%d, batch %d, %d threads, %d timed steps\n", size, size,
-              batch, threads, steps);
+  std::printf("engine: ResNet-18 %dx%d, batch %d, %d threads, %d timed steps, device %s\n",
+              size, size, batch, threads, steps, device.str().c_str());
   const bool bf16 = Arg(argc, argv, "--bf16", 1) != 0;
   for (const char* mode : {"finetune", "scratch", "eval"}) {
-    std::printf("engine %-8s %7.1f img/s\n", mode, Measure(mode, steps, batch, size, false));
+    std::printf("engine %-8s %7.1f img/s\n", mode, Measure(mode, steps, batch, size, false, device));
     std::fflush(stdout);
   }
   if (bf16) {
     for (const char* mode : {"finetune", "scratch", "eval"}) {
-      std::printf("engine-bf16 %-8s %7.1f img/s\n", mode, Measure(mode, steps, batch, size, true));
+      std::printf("engine-bf16 %-8s %7.1f img/s\n", mode, Measure(mode, steps, batch, size, true, device));
       std::fflush(stdout);
     }
   }

@@ -16,7 +16,7 @@
 #include "absl/time/time.h"
 #include "common/flags.h"
 #include "server/server.h"
-#include "server/train/trainer.h"
+#include "server/train/allocator.h"
 
 namespace {
 

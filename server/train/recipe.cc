@@ -5,8 +5,6 @@
 #include <string>
 #include <vector>
 
-#include <ATen/autocast_mode.h>
-
 #include "server/train/weights.h"
 
 namespace traind::train {
@@ -75,39 +73,6 @@ std::unique_ptr<torch::optim::Adam> BuildOptimizer(ResNet18& model, const TrainC
   }
   return std::make_unique<torch::optim::Adam>(groups,
                                               torch::optim::AdamOptions(config.learning_rate));
-}
-
-ScopedBf16Autocast::ScopedBf16Autocast(bool enabled) : enabled_(enabled) {
-  if (!enabled_) return;
-  was_enabled_ = at::autocast::is_cpu_enabled();
-  was_dtype_ = at::autocast::get_autocast_cpu_dtype();
-  at::autocast::set_cpu_enabled(true);
-  at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
-  at::autocast::increment_nesting();
-}
-
-ScopedBf16Autocast::~ScopedBf16Autocast() {
-  if (!enabled_) return;
-  // Weights cast for this scope are cached until the outermost scope ends.
-  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-  at::autocast::set_cpu_enabled(was_enabled_);
-  at::autocast::set_autocast_cpu_dtype(was_dtype_);
-}
-
-StepResult TrainStep(ResNet18& model, torch::optim::Optimizer& optimizer,
-                     const torch::Tensor& images, const torch::Tensor& labels, bool bf16) {
-  model->train();
-  optimizer.zero_grad();
-  StepResult r;
-  {
-    ScopedBf16Autocast autocast(bf16);
-    r.logits = model->forward(images);
-    r.loss = torch::nn::functional::cross_entropy(r.logits, labels);
-  }
-  r.logits = r.logits.to(torch::kFloat);
-  r.loss.backward();
-  optimizer.step();
-  return r;
 }
 
 }  // namespace traind::train

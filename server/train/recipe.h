@@ -1,5 +1,6 @@
 // The reference recipe's pieces, shared by the trainer and the golden tests:
-// model initialisation, freezing and optimizer groups, and one training step.
+// model initialisation, freezing and optimizer groups (the step itself is in
+// step.h).
 //
 // Thread-safety: BuildModel may be called from several threads (it
 // serialises use of LibTorch's global generator); the rest act on objects
@@ -14,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "server/train/config.h"
 #include "server/train/model.h"
+#include "server/train/step.h"
 
 namespace traind::train {
 
@@ -27,33 +29,6 @@ absl::StatusOr<ResNet18> BuildModel(const TrainConfig& config, int64_t num_class
 // every block outside config.trainable_blocks and fc, then Adam with two
 // groups: fc at learning_rate, the trainable blocks at backbone_learning_rate.
 std::unique_ptr<torch::optim::Adam> BuildOptimizer(ResNet18& model, const TrainConfig& config);
-
-// Runs the ops of its scope in bfloat16 where LibTorch's CPU autocast policy
-// allows (convolutions, linear layers) and in float32 elsewhere (losses,
-// reductions); parameters and optimizer state stay float32. Thread-local.
-class ScopedBf16Autocast {
- public:
-  explicit ScopedBf16Autocast(bool enabled);
-  ~ScopedBf16Autocast();
-  ScopedBf16Autocast(const ScopedBf16Autocast&) = delete;
-  ScopedBf16Autocast& operator=(const ScopedBf16Autocast&) = delete;
-
- private:
-  const bool enabled_;
-  bool was_enabled_ = false;
-  c10::ScalarType was_dtype_ = c10::ScalarType::BFloat16;
-};
-
-struct StepResult {
-  torch::Tensor logits;
-  torch::Tensor loss;  // mean cross-entropy of the batch
-};
-
-// One step: forward in training mode, cross-entropy, backward, update; the
-// forward pass under bfloat16 autocast when `bf16`.
-StepResult TrainStep(ResNet18& model, torch::optim::Optimizer& optimizer,
-                     const torch::Tensor& images, const torch::Tensor& labels,
-                     bool bf16 = false);
 
 }  // namespace traind::train
 

@@ -1,7 +1,5 @@
 #include "server/train/trainer.h"
 
-#include <malloc.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -204,7 +202,7 @@ class Run {
       torch::Tensor y = batch.labels.to(device_);
       torch::Tensor logits;
       {
-        ScopedBf16Autocast autocast(config_.bf16);
+        ScopedBf16Autocast autocast(config_.bf16, device_.type());
         logits = model_->forward(x);
       }
       logits = logits.to(torch::kFloat);
@@ -336,12 +334,6 @@ absl::Status CheckWeightsFile(const std::string& path) {
            return true;
          })
       .status();
-}
-
-void TuneAllocator() {
-  // glibc caps the mmap threshold at 32 MiB on 64-bit machines.
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
 }
 
 }  // namespace traind::train

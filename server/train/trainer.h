@@ -55,11 +55,6 @@ absl::StatusOr<std::vector<TrialOutcome>> RunSweep(
 // NOT_FOUND if there is no such file.
 absl::Status CheckWeightsFile(const std::string& path);
 
-// Sets process-wide allocator options that keep large activation buffers
-// mapped between steps (2-3x faster training with glibc). Call once at
-// start-up, before the first tensor.
-void TuneAllocator();
-
 }  // namespace traind::train
 
 #endif  // TRAIND_SERVER_TRAIN_TRAINER_H_

@@ -1,0 +1,46 @@
+// The engine's core: one training step and bfloat16 autocast. Depends on LibTorch alone (no OpenCV, gRPC, SQLite or Abseil), so
+// that it and bench/engine_bench build against any LibTorch, CUDA builds
+// included (see bench/gpu_check.sh).
+//
+// Thread-safety: autocast state is thread-local; TrainStep acts on objects
+// owned by the caller.
+#ifndef TRAIND_SERVER_TRAIN_STEP_H_
+#define TRAIND_SERVER_TRAIN_STEP_H_
+
+#include <torch/torch.h>
+
+#include "server/train/model.h"
+
+namespace traind::train {
+
+// Runs the ops of its scope in bfloat16 where LibTorch's autocast policy for
+// `device` allows (convolutions, linear layers) and in float32 elsewhere
+// (losses, reductions); parameters and optimizer state stay float32.
+class ScopedBf16Autocast {
+ public:
+  explicit ScopedBf16Autocast(bool enabled, torch::DeviceType device = torch::kCPU);
+  ~ScopedBf16Autocast();
+  ScopedBf16Autocast(const ScopedBf16Autocast&) = delete;
+  ScopedBf16Autocast& operator=(const ScopedBf16Autocast&) = delete;
+
+ private:
+  const bool enabled_;
+  const torch::DeviceType device_;
+  bool was_enabled_ = false;
+  c10::ScalarType was_dtype_ = c10::ScalarType::BFloat16;
+};
+
+struct StepResult {
+  torch::Tensor logits;
+  torch::Tensor loss;  // mean cross-entropy of the batch
+};
+
+// One step: forward in training mode, cross-entropy, backward, update; the
+// forward pass under bfloat16 autocast (on the images' device) when `bf16`.
+StepResult TrainStep(ResNet18& model, torch::optim::Optimizer& optimizer,
+                     const torch::Tensor& images, const torch::Tensor& labels,
+                     bool bf16 = false);
+
+}  // namespace traind::train
+
+#endif  // TRAIND_SERVER_TRAIN_STEP_H_
