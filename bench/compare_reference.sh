@@ -64,4 +64,9 @@ for m in ours:
           f"{r.get('train_img_s', 0):9.1f} {m['images_per_second']:12.1f} | "
           f"{r.get('val_acc', 0):11.4f} {m.get('validation_accuracy', 0):14.4f} | "
           f"{r.get('train_loss', 0):14.4f} {m.get('train_loss', 0):17.4f}")
+print("traind epoch time by phase (s): steps / waiting for batches / validation / rest")
+for m in ours:
+    parts = [m.get(k, 0) for k in ("step_seconds", "data_seconds", "validation_seconds")]
+    rest = m["seconds"] - sum(parts)
+    print(f"{m.get('epoch', 0):>5} | " + " / ".join(f"{p:.1f}" for p in parts + [rest]))
 PY

@@ -47,6 +47,9 @@ void ToProto(const train::EpochResult& r, trainer::v1::EpochMetrics* m) {
   m->set_validation_accuracy(r.validation_accuracy);
   m->set_seconds(r.seconds);
   m->set_images_per_second(r.images_per_second);
+  m->set_step_seconds(r.step_seconds);
+  m->set_data_seconds(r.data_seconds);
+  m->set_validation_seconds(r.validation_seconds);
 }
 
 void ToProto(const train::TrialOutcome& o, trainer::v1::TrialResult* t) {

@@ -78,6 +78,11 @@ struct EpochResult {
   double validation_accuracy = 0;
   double seconds = 0;
   double images_per_second = 0;
+  // Where the epoch's wall time went: training steps (forward, backward,
+  // update, loss read-back), waiting for the loader, validation.
+  double step_seconds = 0;
+  double data_seconds = 0;
+  double validation_seconds = 0;
 };
 
 struct DatasetSummary {

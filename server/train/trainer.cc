@@ -129,8 +129,12 @@ class Run {
       model_->train();
       EvalTotals train;
       double train_seconds = 0;
+      double data_seconds = 0;
       Batch batch;
-      for (int b = 0; loader.Next(&batch); ++b) {
+      for (int b = 0;; ++b) {
+        const auto wait_start = Clock::now();
+        if (!loader.Next(&batch)) break;
+        data_seconds += Seconds(wait_start);
         if (cancel_.cancelled()) return absl::CancelledError("cancelled");
         const auto step_start = Clock::now();
         torch::Tensor x = batch.images.to(device_);
@@ -160,7 +164,9 @@ class Run {
         sink_->OnBatch(progress);
       }
       if (cancel_.cancelled()) return absl::CancelledError("cancelled");
+      const auto validation_start = Clock::now();
       EvalTotals val = Evaluate(data.validation, epoch);
+      const double validation_seconds = Seconds(validation_start);
 
       EpochResult er;
       er.trial = config_.trial;
@@ -172,6 +178,9 @@ class Run {
           static_cast<double>(val.correct) / std::max<int64_t>(1, val.count);
       er.seconds = Seconds(epoch_start);
       er.images_per_second = train_seconds > 0 ? train.count / train_seconds : 0;
+      er.step_seconds = train_seconds;
+      er.data_seconds = data_seconds;
+      er.validation_seconds = validation_seconds;
       result.epochs.push_back(er);
       sink_->OnEpoch(er);
     }

@@ -76,6 +76,20 @@ TEST_F(TrainerTest, SameSeedSameMetricsWhateverTheLoaderThreads) {
   EXPECT_EQ(one.dataset.class_names, (std::vector<std::string>{"c0", "c1", "c2"}));
 }
 
+TEST_F(TrainerTest, EpochTimeIsBrokenDownByPhase) {
+  RecordingSink sink;
+  CancelToken cancel;
+  ASSERT_TRUE(Train(Config(1), &sink, cancel).ok());
+  ASSERT_EQ(sink.epochs.size(), 2u);
+  for (const EpochResult& e : sink.epochs) {
+    EXPECT_GT(e.step_seconds, 0);
+    EXPECT_GE(e.data_seconds, 0);
+    EXPECT_GT(e.validation_seconds, 0);
+    EXPECT_LE(e.step_seconds + e.data_seconds + e.validation_seconds, e.seconds);
+    EXPECT_NEAR(e.images_per_second, 24 / e.step_seconds, 1e-6 * e.images_per_second);
+  }
+}
+
 TEST_F(TrainerTest, CancelledBeforeStartAndBadWeightsAreReported) {
   RecordingSink sink;
   CancelToken cancel;
