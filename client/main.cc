@@ -13,7 +13,8 @@ int main(int argc, char** argv) {
       "  trainctl submit --dataset=NAME [--kind=scratch|finetune|sweep] [...] [--watch]\n"
       "  trainctl submit -f job.json [--watch]\n"
       "  trainctl watch JOB | status JOB | list | cancel JOB\n"
-      "  trainctl weights JOB -o FILE [--format=pth|safetensors]\n"
+      "  trainctl weights JOB -o FILE [--format=pth|safetensors]   (continues an interrupted download)\n"
+      "  trainctl delete JOB    (a finished job: its events, checkpoints and weights)\n"
       "  trainctl demo-data DIR [--classes=4] [--per_class=40]\n"
       "Global: --server=HOST:PORT (or $TRAINCTL_SERVER), --output=human|json");
   std::vector<std::string> args = traind::NormalizeFlagDashes(argc, argv);

@@ -261,6 +261,21 @@ class HumanRenderer {
                     t.learning_rate(), t.backbone_learning_rate());
         break;
       }
+      case trainer::v1::JobEvent::kResumed: {
+        EndLine();
+        const auto& r = e.resumed();
+        if (r.checkpoint_sha256().empty()) {
+          std::printf("attempt %d: no checkpoint to continue from; starting over\n",
+                      r.attempt());
+        } else {
+          std::printf("attempt %d: resumed from epoch %d%s (checkpoint sha256 %.12s..., "
+                      "verified)\n",
+                      r.attempt(), r.epoch(),
+                      r.next_batch() > 0 ? absl::StrCat(", batch ", r.next_batch()).c_str() : "",
+                      r.checkpoint_sha256().c_str());
+        }
+        break;
+      }
       case trainer::v1::JobEvent::kTrialFinished: {
         EndLine();
         const auto& r = e.trial_finished().result();
@@ -540,6 +555,23 @@ int Cancel(TrainingService::Stub& stub, const std::string& id) {
   return 0;
 }
 
+int Delete(TrainingService::Stub& stub, const std::string& id) {
+  grpc::ClientContext ctx;
+  SetUnaryDeadline(&ctx);
+  trainer::v1::DeleteJobRequest req;
+  req.set_job_id(id);
+  trainer::v1::DeleteJobResponse resp;
+  grpc::Status st = stub.DeleteJob(&ctx, req, &resp);
+  if (!st.ok()) FailRpc("delete " + id, st);
+  if (JsonOutput()) {
+    std::printf("{\"job_id\":\"%s\",\"freed_bytes\":%lld}\n", id.c_str(),
+                static_cast<long long>(resp.freed_bytes()));
+  } else {
+    std::printf("deleted %s (%.1f MB freed)\n", id.c_str(), resp.freed_bytes() / 1e6);
+  }
+  return 0;
+}
+
 int Weights(TrainingService::Stub& stub, const std::string& id) {
   const std::string out = absl::GetFlag(FLAGS_o);
   if (out.empty()) Fail("weights: -o FILE is required");
@@ -553,20 +585,51 @@ int Weights(TrainingService::Stub& stub, const std::string& id) {
   } else {
     Fail("--format: must be pth or safetensors");
   }
+  // An interrupted download leaves FILE.part and, beside it, the digest the
+  // server announced; the next run continues from the part's end if the
+  // server still has the same file, and starts over otherwise.
   const std::string part = out + ".part";
-  std::ofstream file(part, std::ios::binary | std::ios::trunc);
+  const std::string part_sha = out + ".part.sha256";
+  auto cleanup = [&] {
+    std::remove(part.c_str());
+    std::remove(part_sha.c_str());
+  };
+  std::string expected_sha;
+  int64_t received = 0;
+  Sha256 sha;
+  {
+    std::ifstream meta(part_sha);
+    std::ifstream have(part, std::ios::binary);
+    if (meta && have && (meta >> expected_sha) && expected_sha.size() == 64) {
+      std::string buf(1 << 20, '\0');
+      while (have.read(buf.data(), static_cast<std::streamsize>(buf.size())) || have.gcount()) {
+        sha.Update(absl::string_view(buf.data(), static_cast<size_t>(have.gcount())));
+        received += have.gcount();
+      }
+    } else {
+      expected_sha.clear();
+    }
+  }
+  const int64_t resumed_at = received;
+  req.set_offset(received);
+  std::ofstream file(part, std::ios::binary | (received > 0 ? std::ios::app : std::ios::trunc));
   if (!file) Fail(absl::StrCat("cannot write ", part));
   grpc::ClientContext ctx;
   auto reader = stub.GetWeights(&ctx, req);
   trainer::v1::GetWeightsResponse msg;
   trainer::v1::WeightsHeader header;
   bool have_header = false;
-  int64_t received = 0;
-  Sha256 sha;
+  bool stale = false;
   while (reader->Read(&msg)) {
     if (msg.has_header()) {
       header = msg.header();
       have_header = true;
+      if (!expected_sha.empty() && header.sha256() != expected_sha) {
+        stale = true;  // the job's weights changed since the part was written
+        ctx.TryCancel();
+        break;
+      }
+      std::ofstream(part_sha, std::ios::trunc) << header.sha256() << "\n";
     }
     if (!msg.chunk().empty()) {
       if (msg.offset() != received) {
@@ -579,9 +642,19 @@ int Weights(TrainingService::Stub& stub, const std::string& id) {
   }
   grpc::Status st = reader->Finish();
   file.close();
-  auto cleanup = [&part] { std::remove(part.c_str()); };
-  if (!st.ok()) {
+  if (stale) {
     cleanup();
+    return Weights(stub, id);  // once more, from the start
+  }
+  if (!st.ok()) {
+    if (received == resumed_at) {
+      if (received == 0) cleanup();
+    } else {
+      std::fprintf(stderr,
+                   "trainctl: weights: download interrupted at %lld of %lld bytes; run the same "
+                   "command again to continue\n",
+                   static_cast<long long>(received), static_cast<long long>(header.total_size()));
+    }
     FailRpc("weights " + id, st);
   }
   if (!file || !have_header) {
@@ -594,6 +667,7 @@ int Weights(TrainingService::Stub& stub, const std::string& id) {
     Fail(absl::StrCat("weights: download corrupt (", received, " of ", header.total_size(),
                       " bytes, sha256 ", digest, " instead of ", header.sha256(), ")"));
   }
+  std::remove(part_sha.c_str());
   if (std::rename(part.c_str(), out.c_str()) != 0) {
     cleanup();
     Fail(absl::StrCat("cannot rename ", part, " to ", out));
@@ -602,8 +676,11 @@ int Weights(TrainingService::Stub& stub, const std::string& id) {
     std::printf("{\"path\":\"%s\",\"size\":%lld,\"sha256\":\"%s\",\"format\":\"%s\"}\n",
                 out.c_str(), static_cast<long long>(received), digest.c_str(), format.c_str());
   } else {
-    std::printf("wrote %s (%.1f MB, sha256 %s, verified)\n", out.c_str(), received / 1e6,
-                digest.c_str());
+    std::printf("wrote %s (%.1f MB, sha256 %s, verified%s)\n", out.c_str(), received / 1e6,
+                digest.c_str(),
+                resumed_at > 0
+                    ? absl::StrCat("; continued from byte ", resumed_at).c_str()
+                    : "");
   }
   return 0;
 }
@@ -640,6 +717,7 @@ int Dispatch(const std::vector<std::string>& args) {
   if (cmd == "list") return List(*stub);
   if (cmd == "cancel") return Cancel(*stub, need_arg("JOB"));
   if (cmd == "weights") return Weights(*stub, need_arg("JOB"));
+  if (cmd == "delete") return Delete(*stub, need_arg("JOB"));
   Fail(absl::StrCat("unknown command \"", cmd, "\"; see trainctl --help"));
 }
 

@@ -32,6 +32,7 @@ struct JobManager::Entry {
   Job job;                        // guarded by JobManager::mu_
   train::CancelToken cancel;
   bool interrupted = false;       // by shutdown; guarded by JobManager::mu_
+  absl::Status store_error;       // a failed write; guarded by JobManager::mu_
 };
 
 namespace {
@@ -118,15 +119,28 @@ class JobManager::Sink final : public train::SweepSink {
     m->set_loss(b.loss);
     m->set_images_per_second(b.images_per_second);
     absl::MutexLock lock(&m_->mu_);
+    m->set_attempt(e_->job.attempt());
     m_->Emit(*e_, std::move(ev));
   }
   void OnEpoch(const train::EpochResult& r) override {
     JobEvent ev;
     ToProto(r, ev.mutable_epoch());
     absl::MutexLock lock(&m_->mu_);
+    ev.mutable_epoch()->set_attempt(e_->job.attempt());
     *e_->job.mutable_latest() = ev.epoch();
     m_->Emit(*e_, std::move(ev));
     m_->Persist(*e_);
+  }
+  absl::Status OnCheckpoint(const train::CheckpointInfo& c) override {
+    CheckpointRecord record;
+    record.epoch = c.epoch;
+    record.next_batch = c.next_batch;
+    record.global_step = c.global_step;
+    record.path = c.path;
+    record.sha256 = c.sha256;
+    record.size = c.size;
+    absl::MutexLock lock(&m_->mu_);
+    return m_->RecordCheckpoint(*e_, record);
   }
   void OnInfo(const std::string& text) override { Log(trainer::v1::LogMessage::INFO, text); }
   void OnWarning(const std::string& text) override {
@@ -217,8 +231,18 @@ absl::Status JobManager::Recover() {
     if (!s.request_id.empty()) request_ids_[s.request_id] = entry->job.id();
     switch (entry->job.state()) {
       case trainer::v1::RUNNING:
+        if (entry->job.attempts_without_progress() >= options_.max_attempts_without_progress) {
+          SetState(*entry, trainer::v1::FAILED,
+                   absl::StrCat("the daemon stopped during ",
+                                entry->job.attempts_without_progress(),
+                                " attempts in a row without a new checkpoint (last good: ",
+                                entry->job.checkpoint_epochs(),
+                                " epochs); not retrying. Resubmit to start over"));
+          break;
+        }
         SetState(*entry, trainer::v1::QUEUED,
-                 "daemon restarted while the job was running; it runs again");
+                 absl::StrCat("daemon restarted while attempt ", entry->job.attempt(),
+                              " was running; it continues from its last checkpoint"));
         queue_.push_back(entry);
         break;
       case trainer::v1::CANCELLING:
@@ -243,6 +267,10 @@ void JobManager::Emit(Entry& entry, JobEvent event) {
   event.set_time_ms(NowMs());
   if (auto st = store_->AppendEvent(entry.job.id(), event); !st.ok()) {
     std::fprintf(stderr, "traind: %s\n", std::string(st.message()).c_str());
+    // An event that cannot be stored cannot be streamed: stop the job and
+    // report why once it has stopped.
+    if (entry.store_error.ok()) entry.store_error = st;
+    entry.cancel.Cancel();
     return;
   }
   entry.job.set_last_seq(event.seq());
@@ -251,7 +279,64 @@ void JobManager::Emit(Entry& entry, JobEvent event) {
 void JobManager::Persist(Entry& entry) {
   if (auto st = store_->UpdateJob(entry.job); !st.ok()) {
     std::fprintf(stderr, "traind: %s\n", std::string(st.message()).c_str());
+    if (entry.store_error.ok() && !IsTerminal(entry.job.state())) entry.store_error = st;
+    entry.cancel.Cancel();
   }
+}
+
+absl::Status JobManager::RecordCheckpoint(Entry& entry, const CheckpointRecord& checkpoint) {
+  CheckpointRecord record = checkpoint;
+  record.job_id = entry.job.id();
+  record.attempt = entry.job.attempt();
+  if (auto st = store_->InsertCheckpoint(record); !st.ok()) {
+    fs::remove(record.path);
+    return st;
+  }
+  entry.job.set_checkpoint_epochs(record.epoch - 1);
+  entry.job.set_checkpoint_global_step(record.global_step);
+  entry.job.set_attempts_without_progress(0);
+  Persist(entry);
+  // Keep the newest few; the record goes first, so a crash in between leaves
+  // an unrecorded file rather than a record without its file.
+  auto all = store_->ListCheckpoints(record.job_id);
+  if (!all.ok()) return absl::OkStatus();
+  for (size_t i = std::max(1, options_.keep_checkpoints); i < all->size(); ++i) {
+    if (store_->DeleteCheckpoint(record.job_id, (*all)[i].path).ok()) {
+      std::error_code ec;
+      fs::remove((*all)[i].path, ec);
+    }
+  }
+  return absl::OkStatus();
+}
+
+CheckpointRecord JobManager::PickCheckpoint(const std::shared_ptr<Entry>& entry) {
+  std::string id;
+  {
+    absl::MutexLock lock(&mu_);
+    id = entry->job.id();
+  }
+  auto all = store_->ListCheckpoints(id);
+  if (!all.ok()) return {};
+  for (const CheckpointRecord& c : *all) {
+    auto sha = Sha256File(c.path);
+    std::string problem;
+    if (!sha.ok()) {
+      problem = std::string(sha.status().message());
+    } else if (*sha != c.sha256) {
+      problem = absl::StrCat("its SHA-256 is ", sha->substr(0, 12), "..., the recorded one ",
+                             c.sha256.substr(0, 12), "...");
+    } else {
+      return c;
+    }
+    JobEvent ev;
+    ev.mutable_log()->set_level(trainer::v1::LogMessage::WARNING);
+    ev.mutable_log()->set_text(absl::StrCat("checkpoint ", fs::path(c.path).filename().string(),
+                                            " (", c.epoch - 1, " epochs) is damaged: ", problem,
+                                            "; falling back to the one before it"));
+    absl::MutexLock lock(&mu_);
+    Emit(*entry, std::move(ev));
+  }
+  return {};
 }
 
 void JobManager::SetState(Entry& entry, JobState state, const std::string& reason) {
@@ -461,6 +546,39 @@ absl::StatusOr<JobManager::WeightsFile> JobManager::Weights(
   return file;
 }
 
+absl::StatusOr<int64_t> JobManager::Delete(const std::string& id) {
+  auto entry = Find(id);
+  if (!entry) return absl::NotFoundError(absl::StrCat("no job \"", id, "\""));
+  absl::MutexLock lock(&mu_);
+  if (!IsTerminal(entry->job.state())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job ", id, " is ", trainer::v1::JobState_Name(entry->job.state()),
+        "; only a finished job can be deleted (cancel it first)"));
+  }
+  for (const auto& [other_id, other] : jobs_) {
+    if (!IsTerminal(other->job.state()) && other->job.spec().from_job() == id) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "job ", other_id, " starts from the weights of ", id, " and has not ended"));
+    }
+  }
+  // Rows first: a crash in between leaves files without rows, never rows
+  // pointing at missing files.
+  if (auto st = store_->DeleteJob(id); !st.ok()) return st;
+  int64_t freed = 0;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(JobDir(id), ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    if (it->is_regular_file(ec)) freed += static_cast<int64_t>(it->file_size(ec));
+  }
+  fs::remove_all(JobDir(id), ec);
+  jobs_.erase(id);
+  by_index_.erase(std::remove(by_index_.begin(), by_index_.end(), entry), by_index_.end());
+  for (auto it = request_ids_.begin(); it != request_ids_.end();) {
+    it = it->second == id ? request_ids_.erase(it) : std::next(it);
+  }
+  return freed;
+}
+
 void JobManager::BeginShutdown() {
   absl::MutexLock lock(&mu_);
   if (stopping_) return;
@@ -468,7 +586,7 @@ void JobManager::BeginShutdown() {
   for (auto& [id, e] : jobs_) {
     if (e->job.state() == trainer::v1::RUNNING) {
       e->interrupted = true;
-      e->cancel.Cancel();
+      e->cancel.Interrupt();
     }
   }
 }
@@ -498,6 +616,9 @@ void JobManager::WorkerLoop() {
       entry = queue_.front();
       queue_.pop_front();
       entry->job.set_start_time_ms(NowMs());
+      entry->job.set_attempt(entry->job.attempt() + 1);
+      // Reset by the attempt's first checkpoint; counts crashes without one.
+      entry->job.set_attempts_without_progress(entry->job.attempts_without_progress() + 1);
       SetState(*entry, trainer::v1::RUNNING, "");
     }
     RunJob(entry);
@@ -533,6 +654,22 @@ void JobManager::RunJob(const std::shared_ptr<Entry>& entry) {
         config.initial_weights = *weights;
       } else {
         status = weights.status();
+      }
+    }
+    if (status.ok() && spec.kind() != trainer::v1::SWEEP) {
+      config.checkpoint_dir = (fs::path(dir) / "checkpoints").string();
+      const CheckpointRecord resume = PickCheckpoint(entry);
+      config.resume_from = resume.path;
+      absl::MutexLock lock(&mu_);
+      if (entry->job.attempt() > 1) {
+        JobEvent ev;
+        auto* r = ev.mutable_resumed();
+        r->set_attempt(entry->job.attempt());
+        r->set_epoch(resume.path.empty() ? 0 : resume.epoch - 1);
+        r->set_next_batch(resume.path.empty() ? 0 : resume.next_batch);
+        r->set_global_step(resume.global_step);
+        r->set_checkpoint_sha256(resume.sha256);
+        Emit(*entry, std::move(ev));
       }
     }
     if (status.ok() && spec.kind() == trainer::v1::SWEEP) {
@@ -576,6 +713,12 @@ void JobManager::RunJob(const std::shared_ptr<Entry>& entry) {
 
   absl::MutexLock lock(&mu_);
   Job& job = entry->job;
+  job.set_attempts_without_progress(0);  // it ended on its own
+  if (!entry->store_error.ok()) {
+    status = absl::Status(entry->store_error.code(),
+                          absl::StrCat("cannot record the job's progress: ",
+                                       entry->store_error.message()));
+  }
   if (status.ok()) {
     job.set_weights_sha256(sha);
     job.set_weights_size(size);
@@ -584,7 +727,9 @@ void JobManager::RunJob(const std::shared_ptr<Entry>& entry) {
     SetState(*entry, trainer::v1::SUCCEEDED, "");
   } else if (absl::IsCancelled(status) && entry->interrupted) {
     SetState(*entry, trainer::v1::QUEUED,
-             "interrupted by daemon shutdown; it runs again when traind restarts");
+             absl::StrCat("interrupted by daemon shutdown at ", job.checkpoint_epochs(),
+                          " epochs (global step ", job.checkpoint_global_step(),
+                          ", checkpointed); it continues when traind restarts"));
   } else if (absl::IsCancelled(status)) {
     SetState(*entry, trainer::v1::CANCELLED, "cancelled by request");
   } else {

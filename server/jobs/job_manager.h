@@ -41,6 +41,11 @@ class JobManager {
     int workers = 1;
     // Intra-op threads of a job whose spec does not say.
     int threads_per_job = 2;
+    // Checkpoints kept per job (the newest ones); at least 1.
+    int keep_checkpoints = 2;
+    // A job whose runs end this many times in a row (daemon crashes) without
+    // writing a new checkpoint is FAILED instead of run again.
+    int max_attempts_without_progress = 3;
   };
 
   // Opens the store, re-queues jobs that were running when the daemon
@@ -85,8 +90,13 @@ class JobManager {
   absl::StatusOr<WeightsFile> Weights(const std::string& id,
                                       trainer::v1::WeightsFormat format);
 
-  // Stops taking work and wakes every waiter; running jobs are interrupted
-  // and will run again after a restart. Idempotent.
+  // Removes a finished job: rows, events, checkpoints, weights. Returns the
+  // bytes freed. FAILED_PRECONDITION for a job that has not ended.
+  absl::StatusOr<int64_t> Delete(const std::string& id);
+
+  // Stops taking work and wakes every waiter; running jobs write a checkpoint
+  // at their next batch boundary and continue from it after a restart.
+  // Idempotent.
   void BeginShutdown() ABSL_LOCKS_EXCLUDED(mu_);
   bool shutting_down() ABSL_LOCKS_EXCLUDED(mu_);
   // BeginShutdown, then waits for the workers to finish.
@@ -100,6 +110,10 @@ class JobManager {
   absl::Status Recover();
   void WorkerLoop();
   void RunJob(const std::shared_ptr<Entry>& entry);
+  // The newest checkpoint of `entry` whose file matches its recorded digest;
+  // warns about each damaged one it passes over. Empty path when none.
+  CheckpointRecord PickCheckpoint(const std::shared_ptr<Entry>& entry);
+  absl::Status RecordCheckpoint(Entry& entry, const CheckpointRecord& checkpoint);
   std::string JobDir(const std::string& id) const;
   absl::StatusOr<std::string> InitialWeightsPath(const trainer::v1::JobSpec& spec);
 

@@ -24,6 +24,17 @@ constexpr const char* kMigrations[] = {
     "  seq INTEGER NOT NULL,"
     "  event BLOB NOT NULL,"
     "  PRIMARY KEY (job_id, seq)) WITHOUT ROWID;",
+    // 2: checkpoint files.
+    "CREATE TABLE checkpoints ("
+    "  job_id TEXT NOT NULL,"
+    "  epoch INTEGER NOT NULL,"
+    "  next_batch INTEGER NOT NULL,"
+    "  global_step INTEGER NOT NULL,"
+    "  path TEXT NOT NULL,"
+    "  sha256 TEXT NOT NULL,"
+    "  size INTEGER NOT NULL,"
+    "  attempt INTEGER NOT NULL,"
+    "  PRIMARY KEY (job_id, path)) WITHOUT ROWID;",
 };
 
 // A prepared statement that finalises itself.
@@ -138,6 +149,7 @@ absl::StatusOr<int64_t> Store::NextIndex() {
 
 absl::Status Store::InsertJob(const StoredJob& job) {
   absl::MutexLock lock(&mu_);
+  return Durably([&]() -> absl::Status {
   Statement s(db_, "INSERT INTO jobs (idx, id, state, request_id, job) VALUES (?, ?, ?, ?, ?);");
   if (!s.ok()) return SqlError(db_, "prepare insert job");
   s.Bind(1, job.index);
@@ -151,16 +163,116 @@ absl::Status Store::InsertJob(const StoredJob& job) {
   s.BindBlob(5, job.job.SerializeAsString());
   if (s.Step() != SQLITE_DONE) return SqlError(db_, "insert job " + job.job.id());
   return absl::OkStatus();
+  });
+}
+
+template <typename F>
+absl::Status Store::Durably(F&& body) {
+  if (auto st = Exec("PRAGMA synchronous=FULL;"); !st.ok()) return st;
+  absl::Status st = body();
+  if (auto st2 = Exec("PRAGMA synchronous=NORMAL;"); !st2.ok() && st.ok()) st = st2;
+  return st;
 }
 
 absl::Status Store::UpdateJob(const Job& job) {
   absl::MutexLock lock(&mu_);
-  Statement s(db_, "UPDATE jobs SET state = ?, job = ? WHERE id = ?;");
-  if (!s.ok()) return SqlError(db_, "prepare update job");
-  s.Bind(1, static_cast<int64_t>(job.state()));
-  s.BindBlob(2, job.SerializeAsString());
-  s.Bind(3, job.id());
-  if (s.Step() != SQLITE_DONE) return SqlError(db_, "update job " + job.id());
+  return Durably([&]() -> absl::Status {
+    Statement s(db_, "UPDATE jobs SET state = ?, job = ? WHERE id = ?;");
+    if (!s.ok()) return SqlError(db_, "prepare update job");
+    s.Bind(1, static_cast<int64_t>(job.state()));
+    s.BindBlob(2, job.SerializeAsString());
+    s.Bind(3, job.id());
+    if (s.Step() != SQLITE_DONE) return SqlError(db_, "update job " + job.id());
+    return absl::OkStatus();
+  });
+}
+
+absl::Status Store::DeleteJob(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  return Durably([&]() -> absl::Status {
+    if (auto st = Exec("BEGIN IMMEDIATE;"); !st.ok()) return st;
+    for (const char* sql : {"DELETE FROM events WHERE job_id = ?;",
+                            "DELETE FROM checkpoints WHERE job_id = ?;",
+                            "DELETE FROM jobs WHERE id = ?;"}) {
+      Statement s(db_, sql);
+      if (s.ok()) s.Bind(1, job_id);
+      if (!s.ok() || s.Step() != SQLITE_DONE) {
+        absl::Status st = SqlError(db_, "delete job " + job_id);
+        Exec("ROLLBACK;").IgnoreError();
+        return st;
+      }
+    }
+    return Exec("COMMIT;");
+  });
+}
+
+absl::Status Store::InsertCheckpoint(const CheckpointRecord& c) {
+  absl::MutexLock lock(&mu_);
+  return Durably([&]() -> absl::Status {
+    Statement s(db_,
+                "INSERT OR REPLACE INTO checkpoints (job_id, epoch, next_batch, global_step, "
+                "path, sha256, size, attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?);");
+    if (!s.ok()) return SqlError(db_, "prepare insert checkpoint");
+    s.Bind(1, c.job_id);
+    s.Bind(2, static_cast<int64_t>(c.epoch));
+    s.Bind(3, static_cast<int64_t>(c.next_batch));
+    s.Bind(4, c.global_step);
+    s.Bind(5, c.path);
+    s.Bind(6, c.sha256);
+    s.Bind(7, c.size);
+    s.Bind(8, static_cast<int64_t>(c.attempt));
+    if (s.Step() != SQLITE_DONE) return SqlError(db_, "insert checkpoint of " + c.job_id);
+    return absl::OkStatus();
+  });
+}
+
+absl::Status Store::DeleteCheckpoint(const std::string& job_id, const std::string& path) {
+  absl::MutexLock lock(&mu_);
+  Statement s(db_, "DELETE FROM checkpoints WHERE job_id = ? AND path = ?;");
+  if (!s.ok()) return SqlError(db_, "prepare delete checkpoint");
+  s.Bind(1, job_id);
+  s.Bind(2, path);
+  if (s.Step() != SQLITE_DONE) return SqlError(db_, "delete checkpoint of " + job_id);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<CheckpointRecord>> Store::ListCheckpoints(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  Statement s(db_,
+              "SELECT epoch, next_batch, global_step, path, sha256, size, attempt "
+              "FROM checkpoints WHERE job_id = ? ORDER BY global_step DESC, epoch DESC;");
+  if (!s.ok()) return SqlError(db_, "prepare list checkpoints");
+  s.Bind(1, job_id);
+  std::vector<CheckpointRecord> out;
+  int rc;
+  while ((rc = s.Step()) == SQLITE_ROW) {
+    CheckpointRecord c;
+    c.job_id = job_id;
+    c.epoch = static_cast<int>(s.Int(0));
+    c.next_batch = static_cast<int>(s.Int(1));
+    c.global_step = s.Int(2);
+    c.path = s.Text(3);
+    c.sha256 = s.Text(4);
+    c.size = s.Int(5);
+    c.attempt = static_cast<int>(s.Int(6));
+    out.push_back(std::move(c));
+  }
+  if (rc != SQLITE_DONE) return SqlError(db_, "list checkpoints of " + job_id);
+  return out;
+}
+
+absl::Status Store::IntegrityCheck() {
+  absl::MutexLock lock(&mu_);
+  Statement s(db_, "PRAGMA integrity_check;");
+  if (!s.ok()) return SqlError(db_, "prepare integrity check");
+  std::string findings;
+  int rc;
+  while ((rc = s.Step()) == SQLITE_ROW) {
+    const std::string line = s.Text(0);
+    if (line != "ok") absl::StrAppend(&findings, findings.empty() ? "" : "; ", line);
+  }
+  if (rc != SQLITE_DONE) return SqlError(db_, "integrity check");
+  if (!findings.empty()) return absl::DataLossError("store: integrity check: " + findings);
   return absl::OkStatus();
 }
 

@@ -23,6 +23,18 @@ struct sqlite3;
 
 namespace traind::jobs {
 
+// A checkpoint file of a job, as recorded after it was written durably.
+struct CheckpointRecord {
+  std::string job_id;
+  int epoch = 1;       // epoch the run continues with
+  int next_batch = 0;  // first batch of `epoch` not yet trained
+  int64_t global_step = 0;
+  std::string path;
+  std::string sha256;
+  int64_t size = 0;
+  int attempt = 1;
+};
+
 struct StoredJob {
   int64_t index = 0;  // submission order, from 1
   std::string request_id;
@@ -41,7 +53,11 @@ class Store {
   // The index the next inserted job gets.
   absl::StatusOr<int64_t> NextIndex();
   absl::Status InsertJob(const StoredJob& job);
+  // Job rows are written with synchronous=FULL: a state change that was
+  // acknowledged survives a power cut, not only a crash.
   absl::Status UpdateJob(const trainer::v1::Job& job);
+  // Removes the job's row, events and checkpoint records in one transaction.
+  absl::Status DeleteJob(const std::string& job_id);
   // Every job, in submission order.
   absl::StatusOr<std::vector<StoredJob>> LoadJobs();
 
@@ -53,10 +69,22 @@ class Store {
   // Highest seq of `job_id`, 0 if none.
   absl::StatusOr<int64_t> LastSeq(const std::string& job_id);
 
+  // Checkpoint records (synchronous=FULL).
+  absl::Status InsertCheckpoint(const CheckpointRecord& checkpoint);
+  absl::Status DeleteCheckpoint(const std::string& job_id, const std::string& path);
+  // The job's checkpoints, newest (highest global step) first.
+  absl::StatusOr<std::vector<CheckpointRecord>> ListCheckpoints(const std::string& job_id);
+
+  // PRAGMA integrity_check: OK, or DATA_LOSS with SQLite's findings.
+  absl::Status IntegrityCheck();
+
  private:
   explicit Store(sqlite3* db) : db_(db) {}
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Migrate() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Runs `body` with synchronous=FULL, then back to NORMAL.
+  template <typename F>
+  absl::Status Durably(F&& body) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Mutex mu_;
   sqlite3* const db_ ABSL_PT_GUARDED_BY(mu_);

@@ -103,10 +103,17 @@ Status TrainingServiceImpl::GetWeights(
                           : request->format();
   auto file = manager_->Weights(request->job_id(), format);
   if (!file.ok()) return ToGrpcStatus(file.status());
+  if (request->offset() < 0 || request->offset() > file->size) {
+    return Status(grpc::StatusCode::INVALID_ARGUMENT,
+                  absl::StrCat("offset: ", request->offset(), " is outside the file's ",
+                               file->size, " bytes"));
+  }
   std::ifstream in(file->path, std::ios::binary);
   if (!in) {
     return Status(grpc::StatusCode::DATA_LOSS, absl::StrCat("cannot open ", file->path));
   }
+  int64_t offset = request->offset();
+  in.seekg(offset);
   trainer::v1::GetWeightsResponse first;
   auto* header = first.mutable_header();
   header->set_total_size(file->size);
@@ -114,7 +121,6 @@ Status TrainingServiceImpl::GetWeights(
   header->set_format(format);
   if (!writer->Write(first)) return Status(grpc::StatusCode::CANCELLED, "client went away");
   std::string buf(kChunkBytes, '\0');
-  int64_t offset = 0;
   while (offset < file->size) {
     if (context->IsCancelled()) return Status(grpc::StatusCode::CANCELLED, "client went away");
     const int64_t want = std::min<int64_t>(kChunkBytes, file->size - offset);
@@ -129,6 +135,15 @@ Status TrainingServiceImpl::GetWeights(
     if (!writer->Write(msg)) return Status(grpc::StatusCode::CANCELLED, "client went away");
     offset += want;
   }
+  return Status::OK;
+}
+
+Status TrainingServiceImpl::DeleteJob(ServerContext* context,
+                                      const trainer::v1::DeleteJobRequest* request,
+                                      trainer::v1::DeleteJobResponse* response) {
+  auto freed = manager_->Delete(request->job_id());
+  if (!freed.ok()) return ToGrpcStatus(freed.status());
+  response->set_freed_bytes(*freed);
   return Status::OK;
 }
 

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
+
 namespace traind::train {
 
 enum class Kind { kFinetune, kScratch };
@@ -57,6 +59,12 @@ struct TrainConfig {
   int trial = 0;
   // Added to the global batch index reported (sweeps continue counting).
   int64_t global_step_offset = 0;
+  // Where checkpoints are written (after every epoch, and at the batch
+  // boundary where an Interrupt() lands); empty: none.
+  std::string checkpoint_dir;
+  // A checkpoint to continue from (already verified by the caller); empty:
+  // start afresh.
+  std::string resume_from;
 };
 
 struct BatchProgress {
@@ -85,6 +93,20 @@ struct EpochResult {
   double validation_seconds = 0;
 };
 
+// A checkpoint as written: `epoch` is the epoch the run continues with and
+// next_batch the first of its batches not yet trained (0: the epoch has not
+// started, every earlier epoch is trained and validated).
+struct CheckpointInfo {
+  int epoch = 1;
+  int next_batch = 0;
+  int64_t global_step = 0;
+  std::string path;
+  std::string sha256;  // hex digest of the file
+  int64_t size = 0;
+  // Epochs fully trained and validated at this point.
+  int completed_epochs() const { return epoch - 1; }
+};
+
 struct DatasetSummary {
   std::vector<std::string> class_names;
   int train_images = 0;
@@ -101,16 +123,29 @@ class ProgressSink {
   virtual void OnEpoch(const EpochResult& epoch) = 0;
   virtual void OnInfo(const std::string& text) = 0;
   virtual void OnWarning(const std::string& text) = 0;
+  // A checkpoint was written durably. An error fails the run (the caller
+  // could not record it).
+  virtual absl::Status OnCheckpoint(const CheckpointInfo& checkpoint) {
+    return absl::OkStatus();
+  }
 };
 
-// Set from any thread; the run stops at the next batch boundary.
+// Set from any thread; the run stops at the next batch boundary. After
+// Interrupt() (a daemon shutting down) it first writes a checkpoint there,
+// when the run has a checkpoint folder.
 class CancelToken {
  public:
   void Cancel() { cancelled_.store(true, std::memory_order_relaxed); }
+  void Interrupt() {
+    interrupted_.store(true, std::memory_order_relaxed);
+    Cancel();
+  }
   bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
+  bool interrupted() const { return interrupted_.load(std::memory_order_relaxed); }
 
  private:
   std::atomic<bool> cancelled_{false};
+  std::atomic<bool> interrupted_{false};
 };
 
 struct TrainResult {

@@ -11,7 +11,10 @@
 #include <torch/torch.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/file_util.h"
+#include "common/sha256.h"
+#include "server/train/checkpoint.h"
 #include "server/train/data.h"
 #include "server/train/model.h"
 #include "server/train/recipe.h"
@@ -108,14 +111,52 @@ class Run {
                                result.dataset.validation_images,
                                " validation images, ", num_classes, " classes"));
 
-    auto order_gen = at::detail::createCPUGenerator(config_.data.seed);
-    int64_t global_step = config_.global_step_offset;
-    for (int epoch = 1; epoch <= config_.epochs; ++epoch) {
+    order_gen_ = at::detail::createCPUGenerator(config_.data.seed);
+    RunPosition pos;
+    pos.global_step = config_.global_step_offset;
+    if (!config_.resume_from.empty()) {
+      auto bytes = ReadFile(config_.resume_from);
+      if (!bytes.ok()) return bytes.status();
+      auto restored = RestoreCheckpoint(*bytes, model_, *optimizer);
+      if (!restored.ok()) return restored.status();
+      pos = std::move(*restored);
+      if (pos.next_batch > 0 && pos.order.size() != data.train.images.size()) {
+        return absl::DataLossError(absl::StrCat(
+            "checkpoint: its data order has ", pos.order.size(), " images, the training split ",
+            data.train.images.size(), "; the dataset changed since it was written"));
+      }
+      order_gen_.set_state(pos.order_rng);
+      sink_->OnInfo(absl::StrCat("continuing at epoch ", pos.epoch, ", batch ", pos.next_batch,
+                                 " from checkpoint ", config_.resume_from));
+    }
+    for (int epoch = pos.epoch; epoch <= config_.epochs; ++epoch) {
       const auto epoch_start = Clock::now();
-      torch::Tensor perm = torch::randperm(
-          static_cast<int64_t>(data.train.images.size()), order_gen, torch::kLong);
-      std::vector<int64_t> order(perm.data_ptr<int64_t>(),
-                                 perm.data_ptr<int64_t>() + perm.numel());
+      const bool resumed_mid_epoch = epoch == pos.epoch && pos.next_batch > 0;
+      std::vector<int64_t> order;
+      int first_batch = 0;
+      EvalTotals train;
+      double train_seconds = 0;
+      double data_seconds = 0;
+      double earlier_seconds = 0;  // spent on this epoch before a resume
+      if (resumed_mid_epoch) {
+        order = pos.order;
+        first_batch = pos.next_batch;
+        train = {pos.loss_sum, pos.correct, pos.count};
+        train_seconds = pos.step_seconds;
+        data_seconds = pos.data_seconds;
+        earlier_seconds = pos.elapsed_seconds;
+      } else {
+        torch::Tensor perm = torch::randperm(
+            static_cast<int64_t>(data.train.images.size()), order_gen_, torch::kLong);
+        order.assign(perm.data_ptr<int64_t>(), perm.data_ptr<int64_t>() + perm.numel());
+      }
+      const int64_t bs = config_.batch_size;
+      const int batches = static_cast<int>((static_cast<int64_t>(order.size()) + bs - 1) / bs);
+      first_batch = std::min(first_batch, batches);
+      // Each sample's augmentation is seeded by its dataset index, so the
+      // batches after first_batch come out as they would have.
+      std::vector<int64_t> rest(order.begin() + std::min<int64_t>(first_batch * bs, order.size()),
+                                order.end());
       BatchLoader::Options lo;
       lo.batch_size = config_.batch_size;
       lo.augment = true;
@@ -124,18 +165,37 @@ class Run {
       lo.epoch = epoch;
       lo.threads = config_.data.loader_threads;
       lo.prefetch = PrefetchDepth();
-      BatchLoader loader(data.train, std::move(order), lo);
+      BatchLoader loader(data.train, std::move(rest), lo);
+
+      // Where the run stands before batch b of this epoch.
+      auto position = [&](int b) {
+        RunPosition p;
+        p.epoch = epoch;
+        p.next_batch = b;
+        p.global_step = pos.global_step;
+        p.order = order;
+        p.loss_sum = train.loss_sum;
+        p.correct = train.correct;
+        p.count = train.count;
+        p.elapsed_seconds = earlier_seconds + Seconds(epoch_start);
+        p.step_seconds = train_seconds;
+        p.data_seconds = data_seconds;
+        return p;
+      };
+      auto stop = [&](int b) -> absl::Status {
+        if (cancel_.interrupted()) {
+          if (auto st = WriteCheckpoint(*optimizer, position(b)); !st.ok()) return st;
+        }
+        return absl::CancelledError("cancelled");
+      };
 
       model_->train();
-      EvalTotals train;
-      double train_seconds = 0;
-      double data_seconds = 0;
       Batch batch;
-      for (int b = 0;; ++b) {
+      for (int b = first_batch;; ++b) {
         const auto wait_start = Clock::now();
         if (!loader.Next(&batch)) break;
         data_seconds += Seconds(wait_start);
-        if (cancel_.cancelled()) return absl::CancelledError("cancelled");
+        if (cancel_.cancelled()) return stop(b);
         const auto step_start = Clock::now();
         torch::Tensor x = batch.images.to(device_);
         torch::Tensor y = batch.labels.to(device_);
@@ -157,13 +217,13 @@ class Run {
         progress.trial = config_.trial;
         progress.epoch = epoch;
         progress.batch = b;
-        progress.batches = static_cast<int>(loader.num_batches());
-        progress.global_step = global_step++;
+        progress.batches = batches;
+        progress.global_step = pos.global_step++;
         progress.loss = loss_value;
         progress.images_per_second = step_seconds > 0 ? n / step_seconds : 0;
         sink_->OnBatch(progress);
       }
-      if (cancel_.cancelled()) return absl::CancelledError("cancelled");
+      if (cancel_.cancelled()) return stop(batches);
       const auto validation_start = Clock::now();
       EvalTotals val = Evaluate(data.validation, epoch);
       const double validation_seconds = Seconds(validation_start);
@@ -176,13 +236,18 @@ class Run {
       er.validation_loss = val.loss_sum / std::max<int64_t>(1, val.count);
       er.validation_accuracy =
           static_cast<double>(val.correct) / std::max<int64_t>(1, val.count);
-      er.seconds = Seconds(epoch_start);
+      er.seconds = earlier_seconds + Seconds(epoch_start);
       er.images_per_second = train_seconds > 0 ? train.count / train_seconds : 0;
       er.step_seconds = train_seconds;
       er.data_seconds = data_seconds;
       er.validation_seconds = validation_seconds;
       result.epochs.push_back(er);
       sink_->OnEpoch(er);
+      // The next epoch's start: its order is drawn from the generator's state.
+      RunPosition next;
+      next.epoch = epoch + 1;
+      next.global_step = pos.global_step;
+      if (auto st = WriteCheckpoint(*optimizer, std::move(next)); !st.ok()) return st;
     }
     if (auto st = WriteWeights(); !st.ok()) return st;
     return result;
@@ -234,6 +299,30 @@ class Run {
     return cores >= config_.threads + config_.data.loader_threads ? 4 : 0;
   }
 
+  // Writes `pos` (plus the model, the optimizer and the order generator's
+  // state) durably under checkpoint_dir and reports it to the sink.
+  absl::Status WriteCheckpoint(torch::optim::Adam& optimizer, RunPosition pos) {
+    if (config_.checkpoint_dir.empty()) return absl::OkStatus();
+    pos.order_rng = order_gen_.get_state();
+    auto bytes = SerializeCheckpoint(model_, optimizer, pos);
+    if (!bytes.ok()) return bytes.status();
+    std::error_code ec;
+    std::filesystem::create_directories(config_.checkpoint_dir, ec);
+    CheckpointInfo info;
+    info.epoch = pos.epoch;
+    info.next_batch = pos.next_batch;
+    info.global_step = pos.global_step;
+    info.path = (std::filesystem::path(config_.checkpoint_dir) /
+                 absl::StrFormat("epoch-%03d-batch-%05d.safetensors", pos.epoch, pos.next_batch))
+                    .string();
+    if (auto st = WriteFileAtomically(info.path, *bytes); !st.ok()) {
+      return absl::Status(st.code(), absl::StrCat("checkpoint: ", st.message()));
+    }
+    info.sha256 = Sha256Hex(*bytes);
+    info.size = static_cast<int64_t>(bytes->size());
+    return sink_->OnCheckpoint(info);
+  }
+
   absl::Status WriteWeights() {
     NamedTensors tensors;
     for (auto& [name, t] : StateDict(*model_)) {
@@ -260,6 +349,7 @@ class Run {
   const CancelToken& cancel_;
   torch::Device device_{torch::kCPU};
   ResNet18 model_{nullptr};
+  at::Generator order_gen_;
 };
 
 template <typename F>
@@ -305,6 +395,8 @@ absl::StatusOr<std::vector<TrialOutcome>> RunSweep(
       config.learning_rate = trials[i].learning_rate;
       config.backbone_learning_rate = trials[i].backbone_learning_rate;
       config.global_step_offset = global_step;
+      config.checkpoint_dir.clear();  // trials restart from their beginning
+      config.resume_from.clear();
       config.output_pth = (std::filesystem::path(output_dir) /
                            absl::StrCat("trial-", i + 1, ".pth")).string();
       config.output_safetensors = (std::filesystem::path(output_dir) /
