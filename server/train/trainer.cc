@@ -196,6 +196,18 @@ class Run {
         if (!loader.Next(&batch)) break;
         data_seconds += Seconds(wait_start);
         if (cancel_.cancelled()) return stop(b);
+        if (batch.labels.size(0) < 2) {
+          // BatchNorm cannot train on one image (PyTorch raises); a last
+          // batch of one is left out rather than failing the run.
+          if (!warned_single_) {
+            sink_->OnWarning(absl::StrCat(
+                "the last batch of each epoch holds a single image, which BatchNorm cannot "
+                "train on; it is skipped (", data.train.images.size(), " training images, batch size ",
+                config_.batch_size, ")"));
+            warned_single_ = true;
+          }
+          continue;
+        }
         const auto step_start = Clock::now();
         torch::Tensor x = batch.images.to(device_);
         torch::Tensor y = batch.labels.to(device_);
@@ -350,6 +362,7 @@ class Run {
   torch::Device device_{torch::kCPU};
   ResNet18 model_{nullptr};
   at::Generator order_gen_;
+  bool warned_single_ = false;
 };
 
 template <typename F>

@@ -7,6 +7,8 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include "common/file_util.h"
+#include "common/sha256.h"
 #include "tests/test_util.h"
 
 namespace traind::train {
@@ -17,7 +19,16 @@ namespace fs = std::filesystem;
 class RecordingSink : public ProgressSink {
  public:
   void OnDataset(const DatasetSummary& d) override { dataset = d; }
-  void OnBatch(const BatchProgress& b) override { losses.push_back(b.loss); }
+  void OnBatch(const BatchProgress& b) override {
+    losses.push_back(b.loss);
+    if (interrupt && b.epoch == interrupt_epoch && b.batch == interrupt_batch) {
+      interrupt->Interrupt();
+    }
+  }
+  absl::Status OnCheckpoint(const CheckpointInfo& c) override {
+    checkpoints.push_back(c);
+    return absl::OkStatus();
+  }
   void OnEpoch(const EpochResult& e) override { epochs.push_back(e); }
   void OnInfo(const std::string&) override {}
   void OnWarning(const std::string& w) override { warnings.push_back(w); }
@@ -26,12 +37,23 @@ class RecordingSink : public ProgressSink {
   std::vector<double> losses;
   std::vector<EpochResult> epochs;
   std::vector<std::string> warnings;
+  std::vector<CheckpointInfo> checkpoints;
+  // Interrupts (as a shutdown does) after this batch.
+  CancelToken* interrupt = nullptr;
+  int interrupt_epoch = 0;
+  int interrupt_batch = 0;
 };
+
+std::string Slurp(const fs::path& p) {
+  auto bytes = ReadFile(p.string());
+  return bytes.ok() ? *bytes : std::string();
+}
 
 class TrainerTest : public testing::Test {
  protected:
   void SetUp() override {
     dir_ = testing_util::FreshTestDir("trainer_test");
+    out_ = testing_util::FreshTestDir("trainer_test_out");  // not inside the dataset
     std::mt19937 rng(7);
     for (int k = 0; k < 3; ++k) {
       fs::create_directories(dir_ / ("c" + std::to_string(k)));
@@ -58,6 +80,7 @@ class TrainerTest : public testing::Test {
   }
 
   fs::path dir_;
+  fs::path out_;
 };
 
 TEST_F(TrainerTest, SameSeedSameMetricsWhateverTheLoaderThreads) {
@@ -102,6 +125,104 @@ TEST_F(TrainerTest, CancelledBeforeStartAndBadWeightsAreReported) {
   EXPECT_EQ(Train(ft, &sink, live).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(CheckWeightsFile((dir_ / "missing.pth").string()).code(),
             absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace traind::train
+
+namespace traind::train {
+namespace {
+
+// A run interrupted mid-epoch and continued from its checkpoint, or continued
+// from an epoch-end checkpoint, ends with exactly the weights of a run that
+// was never interrupted: same batches, same losses, same bytes.
+TEST_F(TrainerTest, ResumedRunsEndBitIdenticalToAnUninterruptedRun) {
+  TrainConfig base = Config(1);
+  base.epochs = 3;
+  auto variant = [&](const std::string& name) {
+    TrainConfig c = base;
+    c.checkpoint_dir = (out_ / ("ck-" + name)).string();
+    c.output_safetensors = (out_ / (name + ".safetensors")).string();
+    return c;
+  };
+  CancelToken none;
+  RecordingSink full;
+  const TrainConfig straight = variant("straight");
+  ASSERT_TRUE(Train(straight, &full, none).ok());
+  ASSERT_EQ(full.checkpoints.size(), 3u);  // after each epoch
+  EXPECT_EQ(full.checkpoints[0].epoch, 2);
+  EXPECT_EQ(full.checkpoints[0].next_batch, 0);
+  for (const auto& c : full.checkpoints) EXPECT_EQ(Sha256Hex(Slurp(c.path)), c.sha256);
+
+  // Interrupted after batch 2 of epoch 2: a checkpoint before batch 3.
+  TrainConfig interrupted = variant("interrupted");
+  CancelToken token;
+  RecordingSink first;
+  first.interrupt = &token;
+  first.interrupt_epoch = 2;
+  first.interrupt_batch = 2;
+  EXPECT_EQ(Train(interrupted, &first, token).status().code(), absl::StatusCode::kCancelled);
+  ASSERT_EQ(first.checkpoints.size(), 2u);
+  const CheckpointInfo mid = first.checkpoints[1];
+  EXPECT_EQ(mid.epoch, 2);
+  EXPECT_EQ(mid.next_batch, 3);
+  EXPECT_EQ(mid.global_step, 5 + 3);
+
+  TrainConfig resumed = interrupted;
+  resumed.resume_from = mid.path;
+  RecordingSink second;
+  ASSERT_TRUE(Train(resumed, &second, none).ok());
+  // The batches after the checkpoint, then epoch 3's.
+  ASSERT_EQ(second.losses.size(), full.losses.size() - 8);
+  EXPECT_TRUE(std::equal(second.losses.begin(), second.losses.end(), full.losses.begin() + 8));
+  ASSERT_EQ(second.epochs.size(), 2u);
+  EXPECT_EQ(second.epochs[0].epoch, 2);
+  EXPECT_EQ(second.epochs[0].train_loss, full.epochs[1].train_loss);  // whole-epoch totals
+  EXPECT_EQ(second.epochs[1].validation_loss, full.epochs[2].validation_loss);
+  EXPECT_EQ(Slurp(resumed.output_safetensors), Slurp(straight.output_safetensors));
+
+  // From the end of epoch 1.
+  TrainConfig from_epoch = variant("from-epoch");
+  from_epoch.resume_from = first.checkpoints[0].path;
+  RecordingSink third;
+  ASSERT_TRUE(Train(from_epoch, &third, none).ok());
+  EXPECT_EQ(third.losses.size(), 10u);
+  EXPECT_EQ(Slurp(from_epoch.output_safetensors), Slurp(straight.output_safetensors));
+}
+
+TEST_F(TrainerTest, DamagedOrForeignCheckpointsAreRefusedWithTheReason) {
+  TrainConfig c = Config(1);
+  c.epochs = 1;
+  c.checkpoint_dir = (out_ / "ck").string();
+  RecordingSink sink;
+  CancelToken none;
+  ASSERT_TRUE(Train(c, &sink, none).ok());
+  ASSERT_EQ(sink.checkpoints.size(), 1u);
+  const std::string good = Slurp(sink.checkpoints[0].path);
+
+  auto resume_with = [&](const std::string& bytes) {
+    const std::string path = (out_ / "bad.safetensors").string();
+    EXPECT_TRUE(WriteFileAtomically(path, bytes).ok());
+    TrainConfig r = c;
+    r.epochs = 2;
+    r.resume_from = path;
+    RecordingSink s;
+    return Train(r, &s, none).status();
+  };
+  absl::Status truncated = resume_with(good.substr(0, good.size() / 2));
+  EXPECT_EQ(truncated.code(), absl::StatusCode::kDataLoss) << truncated;
+  EXPECT_NE(truncated.message().find("checkpoint"), absl::string_view::npos) << truncated;
+
+  // A checkpoint of a run with another number of classes.
+  TrainConfig other = c;
+  other.data.exclude_classes = {"c2"};
+  other.checkpoint_dir = (out_ / "ck-other").string();
+  RecordingSink other_sink;
+  auto other_run = Train(other, &other_sink, none);
+  ASSERT_TRUE(other_run.ok()) << other_run.status();
+  absl::Status foreign = resume_with(Slurp(other_sink.checkpoints[0].path));
+  EXPECT_EQ(foreign.code(), absl::StatusCode::kDataLoss) << foreign;
+  EXPECT_NE(foreign.message().find("fc.weight"), absl::string_view::npos) << foreign;
 }
 
 }  // namespace
