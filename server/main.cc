@@ -46,6 +46,10 @@ ABSL_FLAG(int, workers, 1, "jobs trained at the same time");
 ABSL_FLAG(int, threads_per_job, 0,
           "intra-op threads of a job whose spec does not say (0: all cores / workers)");
 ABSL_FLAG(int, grace_seconds, 10, "how long shutdown waits for open calls");
+ABSL_FLAG(int, keep_checkpoints, 2, "checkpoints kept per job, newest first (at least 1)");
+ABSL_FLAG(int, max_attempts_without_progress, 3,
+          "a job whose runs end this many times in a row (daemon crashes) without a new "
+          "checkpoint is FAILED instead of run again");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
@@ -75,6 +79,9 @@ int main(int argc, char** argv) {
   jobs.weights_root = absl::GetFlag(FLAGS_weights_root);
   if (jobs.weights_root.empty()) jobs.weights_root = jobs.state_dir + "/weights";
   jobs.workers = absl::GetFlag(FLAGS_workers);
+  jobs.keep_checkpoints = std::max(1, absl::GetFlag(FLAGS_keep_checkpoints));
+  jobs.max_attempts_without_progress =
+      std::max(1, absl::GetFlag(FLAGS_max_attempts_without_progress));
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   jobs.threads_per_job = absl::GetFlag(FLAGS_threads_per_job);
   if (jobs.threads_per_job <= 0) jobs.threads_per_job = std::max(1, cores / std::max(1, jobs.workers));

@@ -46,7 +46,7 @@ class Daemon:
                f"--data-root={self.data_root}", f"--weights-root={self.weights_root}",
                "--threads-per-job=2"] + self.extra
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
+                                     text=True, preexec_fn=getattr(self, "preexec", None))
         # The startup line names the address actually bound.
         for line in self.proc.stdout:
             if "serving on" in line:
