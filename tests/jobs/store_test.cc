@@ -64,6 +64,54 @@ TEST(StoreTest, JobsAndEventsSurviveReopen) {
   EXPECT_EQ((*store)->ReadEvents("job-1", 0, 2)->size(), 2u);
 }
 
+TEST(StoreTest, CheckpointsAreListedNewestFirstAndDeletedWithTheirJob) {
+  const std::string path = FreshDb("checkpoints.db");
+  auto store = Store::Open(path);
+  ASSERT_TRUE(store.ok()) << store.status();
+  Store& s = **store;
+  ASSERT_TRUE(s.InsertJob(MakeJob(1, "r1")).ok());
+  ASSERT_TRUE(s.InsertJob(MakeJob(2, "r2")).ok());
+  auto checkpoint = [](const std::string& job, int epoch, int batch, int64_t step) {
+    CheckpointRecord c;
+    c.job_id = job;
+    c.epoch = epoch;
+    c.next_batch = batch;
+    c.global_step = step;
+    c.path = job + "/epoch-" + std::to_string(epoch) + "-" + std::to_string(batch);
+    c.sha256 = std::string(64, 'a');
+    c.size = 10;
+    c.attempt = 1;
+    return c;
+  };
+  ASSERT_TRUE(s.InsertCheckpoint(checkpoint("job-1", 2, 0, 10)).ok());
+  ASSERT_TRUE(s.InsertCheckpoint(checkpoint("job-1", 3, 4, 24)).ok());
+  ASSERT_TRUE(s.InsertCheckpoint(checkpoint("job-1", 3, 0, 20)).ok());
+  ASSERT_TRUE(s.InsertCheckpoint(checkpoint("job-2", 2, 0, 10)).ok());
+  trainer::v1::JobEvent e;
+  e.set_seq(1);
+  ASSERT_TRUE(s.AppendEvent("job-1", e).ok());
+  ASSERT_TRUE(s.AppendEvent("job-2", e).ok());
+
+  auto listed = s.ListCheckpoints("job-1");
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->size(), 3u);
+  EXPECT_EQ((*listed)[0].global_step, 24);
+  EXPECT_EQ((*listed)[0].next_batch, 4);
+  EXPECT_EQ((*listed)[2].global_step, 10);
+  ASSERT_TRUE(s.DeleteCheckpoint("job-1", (*listed)[2].path).ok());
+  EXPECT_EQ(s.ListCheckpoints("job-1")->size(), 2u);
+
+  ASSERT_TRUE(s.DeleteJob("job-1").ok());
+  EXPECT_TRUE(s.ListCheckpoints("job-1")->empty());
+  EXPECT_TRUE(s.ReadEvents("job-1", 0, 10)->empty());
+  auto jobs = s.LoadJobs();
+  ASSERT_EQ(jobs->size(), 1u);
+  EXPECT_EQ((*jobs)[0].job.id(), "job-2");
+  EXPECT_EQ(s.ListCheckpoints("job-2")->size(), 1u);
+  EXPECT_EQ(s.ReadEvents("job-2", 0, 10)->size(), 1u);
+  EXPECT_TRUE(s.IntegrityCheck().ok());
+}
+
 TEST(StoreTest, DuplicateSequenceNumberIsRefused) {
   auto store = Store::Open(FreshDb("dup.db"));
   ASSERT_TRUE(store.ok());
