@@ -140,10 +140,13 @@ class DurabilityTest(unittest.TestCase):
                 self.assertTrue(all(b.get("attempt") == 1
                                     for b in of_kind(events[:after], "batch")))
                 self.assertEqual(of_kind(events, "state")[-1]["state"], "SUCCEEDED")
+                first_after = next(e for e in events[after:] if "batch" in e)
+                resume_ms = int(first_after["time_ms"]) - int(events[after]["time_ms"])
                 got = self.download(d, job, f"{name}.safetensors")
                 diff = max_abs_diff(want, got)
                 print(f"{name}: resumed at epoch {resumed[0].get('epoch', 0)} batch "
-                      f"{resumed[0].get('next_batch', 0)}; max |weight difference| vs the "
+                      f"{resumed[0].get('next_batch', 0)}, first batch {resume_ms} ms after the "
+                      f"resume event; max |weight difference| vs the "
                       f"uninterrupted run: {diff:g} (sha256 equal: {sha256(want) == sha256(got)})")
                 self.assertEqual(diff, 0.0)
 
@@ -179,6 +182,24 @@ class DurabilityTest(unittest.TestCase):
         print(f"{cycles} kill cycles: {len(resumed)} resumes from a checkpoint, "
               f"{len(acknowledged)} acknowledged jobs all present, integrity ok every time; "
               f"{len(recorded)} checkpoints kept at the end")
+
+    def test_a_job_that_keeps_crashing_without_progress_stops(self):
+        limit = ("--max_attempts_without_progress=2",)
+        d = self.daemon(extra=limit)
+        job = d.submit(*spec(5, 160))
+        for attempt in (1, 2):
+            w = Watcher(d.address, job)
+            running = []
+            w.read_until(lambda e: e.get("state", {}).get("state") == "RUNNING" and
+                         running.append(e) is None and len(running) == attempt)
+            d.stop(sig=signal.SIGKILL)  # before the first checkpoint
+            w.proc.kill()
+            w.finish()
+            self.assertEqual(db_rows(self.state, "SELECT COUNT(*) FROM checkpoints"), [(0,)])
+            d = self.daemon(listen=d.address, extra=limit)
+        status = d.status(job)
+        self.assertEqual(status["state"], "FAILED")
+        self.assertIn("2 attempts in a row without a new checkpoint", status["error"])
 
     def test_damaged_newest_checkpoint_falls_back_to_the_previous(self):
         d = self.daemon()
