@@ -13,7 +13,8 @@ int main(int argc, char** argv) {
       "  trainctl submit --dataset=NAME [--kind=scratch|finetune|sweep] [...] [--watch]\n"
       "  trainctl submit -f job.json [--watch]\n"
       "  trainctl watch JOB | status JOB | list | cancel JOB\n"
-      "  trainctl weights JOB -o FILE [--format=pth|safetensors]   (continues an interrupted download)\n"
+      "  trainctl weights JOB -o FILE [--format=pth|safetensors] [--trial=T]\n"
+      "                   (continues an interrupted download; a sweep's best trial by default)\n"
       "  trainctl delete JOB    (a finished job: its events, checkpoints and weights)\n"
       "  trainctl demo-data DIR [--classes=4] [--per_class=40]\n"
       "Global: --server=HOST:PORT (or $TRAINCTL_SERVER), --output=human|json");

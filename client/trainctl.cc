@@ -66,6 +66,7 @@ ABSL_FLAG(int, limit, 0, "list: at most this many jobs (0: all)");
 // weights
 ABSL_FLAG(std::string, o, "", "weights: output file");
 ABSL_FLAG(std::string, format, "pth", "weights: pth or safetensors");
+ABSL_FLAG(int, trial, 0, "weights: this sweep trial's weights (default: the best trial's)");
 // demo-data
 ABSL_FLAG(int, classes, 4, "demo-data: number of shape classes (2-6)");
 ABSL_FLAG(int, per_class, 40, "demo-data: images per class");
@@ -257,8 +258,19 @@ class HumanRenderer {
         EndLine();
         const auto& t = e.trial_started();
         trial_epochs_ = t.epochs();
-        std::printf("trial %d: %d epoch(s), lr %g, backbone lr %g\n", t.trial(), t.epochs(),
-                    t.learning_rate(), t.backbone_learning_rate());
+        std::vector<std::string> settings;
+        for (const auto& st : t.settings()) {
+          if (st.name() != "epochs" && st.name() != "learning_rate" &&
+              st.name() != "backbone_learning_rate") {
+            settings.push_back(absl::StrFormat("%s %g", st.name(), st.value()));
+          }
+        }
+        std::printf("trial %d: %d epoch(s), lr %g, backbone lr %g%s%s%s\n", t.trial(),
+                    t.epochs(), t.learning_rate(), t.backbone_learning_rate(),
+                    settings.empty() ? "" : ", ", absl::StrJoin(settings, ", ").c_str(),
+                    t.run() != 0 && t.run() != t.trial()
+                        ? absl::StrCat(" (read from trial ", t.run(), "'s run)").c_str()
+                        : "");
         break;
       }
       case trainer::v1::JobEvent::kResumed: {
@@ -279,8 +291,10 @@ class HumanRenderer {
       case trainer::v1::JobEvent::kTrialFinished: {
         EndLine();
         const auto& r = e.trial_finished().result();
-        std::printf("trial %d done: val loss %.4f, val acc %s\n", r.trial(),
-                    r.final().validation_loss(), Pct(r.final().validation_accuracy()).c_str());
+        std::printf("trial %d done after %d epoch(s): val loss %.4f, val acc %s%s%s\n",
+                    r.trial(), r.epochs_run(), r.final().validation_loss(),
+                    Pct(r.final().validation_accuracy()).c_str(),
+                    r.stopped().empty() ? "" : "; ", r.stopped().c_str());
         break;
       }
       default:
@@ -475,13 +489,43 @@ void PrintJob(const trainer::v1::Job& j) {
                 j.weights_sha256().c_str());
   }
   if (!j.trials().empty()) {
-    std::printf("\n%-6s %-7s %-9s %-12s %-10s %-8s %s\n", "rank", "trial", "epochs", "lr",
-                "val loss", "val acc", "epoch s");
+    // Ranked by final validation loss, as the reference reported its grid.
+    std::vector<trainer::v1::TrialResult> ranked(j.trials().begin(), j.trials().end());
+    std::stable_sort(ranked.begin(), ranked.end(), [](const auto& a, const auto& b) {
+      return a.final().validation_loss() < b.final().validation_loss();
+    });
+    std::printf("\n%-5s %-6s %-44s %-9s %-8s %-7s %-8s %s\n", "rank", "trial", "settings",
+                "val loss", "val acc", "epochs", "time s", "note");
     int rank = 1;
-    for (const auto& t : j.trials()) {
-      std::printf("%-6d %-7d %-9d %-12g %-10.4f %-8s %.1f\n", rank++, t.trial(), t.epochs(),
-                  t.learning_rate(), t.final().validation_loss(),
-                  Pct(t.final().validation_accuracy()).c_str(), t.final().seconds());
+    for (const auto& t : ranked) {
+      std::vector<std::string> settings;
+      for (const auto& s : t.settings()) {
+        if (s.name() == "epochs") continue;
+        settings.push_back(absl::StrFormat(
+            "%s %g",
+            s.name() == "learning_rate"            ? "lr"
+            : s.name() == "backbone_learning_rate" ? "backbone"
+                                                   : s.name().c_str(),
+            s.value()));
+      }
+      std::string note;
+      if (t.run() != 0 && t.run() != t.trial()) note = absl::StrCat("shares trial ", t.run(), "'s run");
+      if (!t.stopped().empty()) note = "stopped early (ASHA)";
+      std::printf("%-5d %-6d %-44s %-9.4f %-8s %-7s %-8.1f %s\n", rank++, t.trial(),
+                  absl::StrJoin(settings, ", ").c_str(), t.final().validation_loss(),
+                  Pct(t.final().validation_accuracy()).c_str(),
+                  absl::StrCat(t.epochs_run(), "/", t.epochs()).c_str(), t.seconds(),
+                  note.c_str());
+    }
+    const auto& sum = j.sweep_summary();
+    if (sum.epochs_requested() > 0) {
+      std::printf("cost       %d epochs trained for trials asking %d in all (%.0f%% saved)%s\n",
+                  sum.epochs_trained(), sum.epochs_requested(),
+                  100.0 * (1.0 - static_cast<double>(sum.epochs_trained()) /
+                                     sum.epochs_requested()),
+                  sum.trials_stopped() > 0
+                      ? absl::StrCat("; ", sum.trials_stopped(), " trial(s) stopped by ASHA").c_str()
+                      : "");
     }
   }
 }
@@ -577,6 +621,7 @@ int Weights(TrainingService::Stub& stub, const std::string& id) {
   if (out.empty()) Fail("weights: -o FILE is required");
   trainer::v1::GetWeightsRequest req;
   req.set_job_id(id);
+  req.set_trial(absl::GetFlag(FLAGS_trial));
   const std::string format = absl::AsciiStrToLower(absl::GetFlag(FLAGS_format));
   if (format == "pth") {
     req.set_format(trainer::v1::PTH);

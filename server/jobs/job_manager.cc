@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <set>
 #include <filesystem>
 #include <system_error>
 
@@ -53,12 +54,49 @@ void ToProto(const train::EpochResult& r, trainer::v1::EpochMetrics* m) {
   m->set_validation_seconds(r.validation_seconds);
 }
 
+void ToProto(const std::vector<std::pair<std::string, double>>& settings,
+             google::protobuf::RepeatedPtrField<trainer::v1::SweepSetting>* out) {
+  for (const auto& [name, value] : settings) {
+    auto* s = out->Add();
+    s->set_name(name);
+    s->set_value(value);
+  }
+}
+
 void ToProto(const train::TrialOutcome& o, trainer::v1::TrialResult* t) {
-  t->set_trial(o.trial);
+  t->set_trial(o.spec.trial);
   t->set_epochs(o.spec.epochs);
   t->set_learning_rate(o.spec.learning_rate);
   t->set_backbone_learning_rate(o.spec.backbone_learning_rate);
   ToProto(o.final, t->mutable_final());
+  ToProto(o.spec.AllSettings(), t->mutable_settings());
+  t->set_epochs_run(o.epochs_run);
+  t->set_stopped(o.stopped);
+  t->set_seconds(o.seconds);
+  t->set_run(o.run);
+}
+
+train::SweepPlan ToPlan(const trainer::v1::SweepGrid& g) {
+  train::SweepPlan p;
+  p.epochs.assign(g.epochs().begin(), g.epochs().end());
+  p.learning_rates.assign(g.learning_rates().begin(), g.learning_rates().end());
+  p.backbone_lr_ratio = g.backbone_lr_ratio();
+  for (const auto& param : g.parameters()) {
+    train::SweepParam sp;
+    sp.name = param.name();
+    sp.values.assign(param.values().begin(), param.values().end());
+    sp.min = param.min();
+    sp.max = param.max();
+    sp.log = param.log();
+    p.params.push_back(std::move(sp));
+  }
+  p.random = g.search() == trainer::v1::SweepGrid::RANDOM;
+  p.random_trials = g.has_random_trials() ? g.random_trials() : 8;
+  p.random_seed = g.random_seed();
+  p.asha_rungs.assign(g.asha().rungs().begin(), g.asha().rungs().end());
+  p.asha_reduction_factor =
+      g.asha().has_reduction_factor() ? g.asha().reduction_factor() : 3.0;
+  return p;
 }
 
 train::TrainConfig ToConfig(const JobSpec& spec, const std::string& dataset_dir) {
@@ -128,6 +166,10 @@ class JobManager::Sink final : public train::SweepSink {
     absl::MutexLock lock(&m_->mu_);
     ev.mutable_epoch()->set_attempt(e_->job.attempt());
     *e_->job.mutable_latest() = ev.epoch();
+    if (e_->job.spec().kind() == trainer::v1::SWEEP) {
+      auto* summary = e_->job.mutable_sweep_summary();
+      summary->set_epochs_trained(summary->epochs_trained() + 1);
+    }
     m_->Emit(*e_, std::move(ev));
     m_->Persist(*e_);
   }
@@ -146,13 +188,15 @@ class JobManager::Sink final : public train::SweepSink {
   void OnWarning(const std::string& text) override {
     Log(trainer::v1::LogMessage::WARNING, text);
   }
-  void OnTrialStarted(int trial, const train::TrialSpec& spec) override {
+  void OnTrialStarted(const train::TrialSpec& spec, int run) override {
     JobEvent ev;
     auto* t = ev.mutable_trial_started();
-    t->set_trial(trial);
+    t->set_trial(spec.trial);
     t->set_epochs(spec.epochs);
     t->set_learning_rate(spec.learning_rate);
     t->set_backbone_learning_rate(spec.backbone_learning_rate);
+    ToProto(spec.AllSettings(), t->mutable_settings());
+    t->set_run(run);
     absl::MutexLock lock(&m_->mu_);
     m_->Emit(*e_, std::move(ev));
   }
@@ -160,7 +204,15 @@ class JobManager::Sink final : public train::SweepSink {
     JobEvent ev;
     ToProto(o, ev.mutable_trial_finished()->mutable_result());
     absl::MutexLock lock(&m_->mu_);
+    // Recorded with the job at once: finished trials stay finished across
+    // restarts.
+    *e_->job.add_trials() = ev.trial_finished().result();
+    if (!o.stopped.empty()) {
+      auto* summary = e_->job.mutable_sweep_summary();
+      summary->set_trials_stopped(summary->trials_stopped() + 1);
+    }
     m_->Emit(*e_, std::move(ev));
+    m_->Persist(*e_);
   }
 
  private:
@@ -401,6 +453,11 @@ absl::StatusOr<std::string> JobManager::Submit(JobSpec spec,
   ApplyDefaults(&spec);
   if (!spec.has_threads()) spec.set_threads(options_.threads_per_job);
   if (auto st = ValidateSpec(spec); !st.ok()) return st;
+  if (spec.kind() == trainer::v1::SWEEP) {
+    if (auto trials = train::ExpandTrials(ToPlan(spec.sweep())); !trials.ok()) {
+      return trials.status();
+    }
+  }
   auto dataset = ResolveBeneath(options_.data_root, spec.dataset(), "dataset");
   if (!dataset.ok()) return dataset.status();
   if (spec.kind() == trainer::v1::SCRATCH) {
@@ -522,7 +579,7 @@ bool JobManager::WaitForEvents(const std::string& id, int64_t after_seq,
 }
 
 absl::StatusOr<JobManager::WeightsFile> JobManager::Weights(
-    const std::string& id, trainer::v1::WeightsFormat format) {
+    const std::string& id, trainer::v1::WeightsFormat format, int trial) {
   auto entry = Find(id);
   if (!entry) return absl::NotFoundError(absl::StrCat("no job \"", id, "\""));
   {
@@ -533,9 +590,21 @@ absl::StatusOr<JobManager::WeightsFile> JobManager::Weights(
           "; weights exist only for SUCCEEDED jobs"));
     }
   }
+  std::string stem = "weights";
+  if (trial != 0) {
+    absl::MutexLock lock(&mu_);
+    const auto& trials = entry->job.trials();
+    if (std::none_of(trials.begin(), trials.end(),
+                     [trial](const trainer::v1::TrialResult& t) { return t.trial() == trial; })) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "trial: job ", id, " has no finished trial ", trial,
+          entry->job.spec().kind() == trainer::v1::SWEEP ? "" : " (it is not a sweep)"));
+    }
+    stem = absl::StrCat("trial-", trial);
+  }
   WeightsFile file;
   file.path = (fs::path(JobDir(id)) /
-               (format == trainer::v1::SAFETENSORS ? "weights.safetensors" : "weights.pth"))
+               (stem + (format == trainer::v1::SAFETENSORS ? ".safetensors" : ".pth")))
                   .string();
   std::error_code ec;
   file.size = static_cast<int64_t>(fs::file_size(file.path, ec));
@@ -636,7 +705,6 @@ void JobManager::RunJob(const std::shared_ptr<Entry>& entry) {
   Sink sink(this, entry);
   const std::string dir = JobDir(id);
   absl::Status status;
-  std::vector<train::TrialOutcome> trials;
   std::error_code ec;
   fs::create_directories(dir, ec);
   auto dataset = ResolveBeneath(options_.data_root, spec.dataset(), "dataset");
@@ -673,18 +741,34 @@ void JobManager::RunJob(const std::shared_ptr<Entry>& entry) {
       }
     }
     if (status.ok() && spec.kind() == trainer::v1::SWEEP) {
-      std::vector<train::TrialSpec> grid;
-      for (int epochs : spec.sweep().epochs()) {
-        for (double lr : spec.sweep().learning_rates()) {
-          grid.push_back({epochs, lr, lr * spec.sweep().backbone_lr_ratio()});
+      const train::SweepPlan plan = ToPlan(spec.sweep());
+      auto trials = train::ExpandTrials(plan);
+      std::set<int> finished;
+      {
+        absl::MutexLock lock(&mu_);
+        for (const auto& t : entry->job.trials()) finished.insert(t.trial());
+        if (trials.ok()) {
+          int requested = 0;
+          for (const auto& t : *trials) requested += t.epochs;
+          entry->job.mutable_sweep_summary()->set_epochs_requested(requested);
         }
       }
-      auto outcome = train::RunSweep(config, grid, dir, &sink, entry->cancel);
+      auto outcome = trials.ok() ? train::RunSweep(config, plan, *trials, finished, dir, &sink,
+                                                   entry->cancel)
+                                 : absl::StatusOr<train::SweepResult>(trials.status());
       if (outcome.ok()) {
-        trials = *outcome;
+        absl::MutexLock lock(&mu_);
+        auto* ranked = entry->job.mutable_trials();
+        std::stable_sort(ranked->begin(), ranked->end(),
+                         [](const trainer::v1::TrialResult& a,
+                            const trainer::v1::TrialResult& b) {
+                           return a.final().validation_loss() < b.final().validation_loss();
+                         });
         // The sweep's weights are its best trial's.
-        for (const auto& [from, to] : {std::pair{trials[0].output_pth, config.output_pth},
-                                       std::pair{trials[0].output_safetensors,
+        const std::string best = (fs::path(dir) / absl::StrCat("trial-", (*ranked)[0].trial()))
+                                     .string();
+        for (const auto& [from, to] : {std::pair{best + ".pth", config.output_pth},
+                                       std::pair{best + ".safetensors",
                                                  config.output_safetensors}}) {
           fs::copy_file(from, to, fs::copy_options::overwrite_existing, ec);
           if (ec) {
@@ -722,8 +806,6 @@ void JobManager::RunJob(const std::shared_ptr<Entry>& entry) {
   if (status.ok()) {
     job.set_weights_sha256(sha);
     job.set_weights_size(size);
-    job.clear_trials();
-    for (const auto& t : trials) ToProto(t, job.add_trials());
     SetState(*entry, trainer::v1::SUCCEEDED, "");
   } else if (absl::IsCancelled(status) && entry->interrupted) {
     SetState(*entry, trainer::v1::QUEUED,

@@ -86,9 +86,10 @@ class JobManager {
     int64_t size = 0;
     std::string sha256;
   };
-  // The final weights of a SUCCEEDED job; FAILED_PRECONDITION otherwise.
+  // The final weights of a SUCCEEDED job (for a sweep, its best trial's, or
+  // trial `trial`'s when not 0); FAILED_PRECONDITION for an unfinished job.
   absl::StatusOr<WeightsFile> Weights(const std::string& id,
-                                      trainer::v1::WeightsFormat format);
+                                      trainer::v1::WeightsFormat format, int trial = 0);
 
   // Removes a finished job: rows, events, checkpoints, weights. Returns the
   // bytes freed. FAILED_PRECONDITION for a job that has not ended.

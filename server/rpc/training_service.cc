@@ -101,7 +101,10 @@ Status TrainingServiceImpl::GetWeights(
   const auto format = request->format() == trainer::v1::WEIGHTS_FORMAT_UNSPECIFIED
                           ? trainer::v1::PTH
                           : request->format();
-  auto file = manager_->Weights(request->job_id(), format);
+  if (request->trial() < 0) {
+    return Status(grpc::StatusCode::INVALID_ARGUMENT, "trial: must be >= 0");
+  }
+  auto file = manager_->Weights(request->job_id(), format, request->trial());
   if (!file.ok()) return ToGrpcStatus(file.status());
   if (request->offset() < 0 || request->offset() > file->size) {
     return Status(grpc::StatusCode::INVALID_ARGUMENT,

@@ -4,7 +4,9 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <map>
+#include <set>
 #include <thread>
 
 #include <opencv2/core.hpp>
@@ -260,6 +262,11 @@ class Run {
       next.epoch = epoch + 1;
       next.global_step = pos.global_step;
       if (auto st = WriteCheckpoint(*optimizer, std::move(next)); !st.ok()) return st;
+      if (after_epoch_) {
+        auto go = after_epoch_(er);
+        if (!go.ok()) return go.status();
+        if (!*go) break;
+      }
     }
     if (auto st = WriteWeights(); !st.ok()) return st;
     return result;
@@ -336,20 +343,32 @@ class Run {
   }
 
   absl::Status WriteWeights() {
+    return WriteWeightsTo(config_.output_pth, config_.output_safetensors);
+  }
+
+ public:
+  // Called after each epoch's metrics and checkpoint; false ends the run
+  // early (successfully).
+  void set_after_epoch(std::function<absl::StatusOr<bool>(const EpochResult&)> f) {
+    after_epoch_ = std::move(f);
+  }
+
+  // The model's current weights as a torch.save archive and/or safetensors.
+  absl::Status WriteWeightsTo(const std::string& pth, const std::string& safetensors) {
     NamedTensors tensors;
     for (auto& [name, t] : StateDict(*model_)) {
       // Plain contiguous CPU tensors: the layout torch.load users expect.
       tensors.emplace_back(name, t.detach().to(torch::kCPU).contiguous());
     }
-    if (!config_.output_pth.empty()) {
+    if (!pth.empty()) {
       auto bytes = SerializeTorchArchive(tensors);
       if (!bytes.ok()) return bytes.status();
-      if (auto st = WriteFileAtomically(config_.output_pth, *bytes); !st.ok()) return st;
+      if (auto st = WriteFileAtomically(pth, *bytes); !st.ok()) return st;
     }
-    if (!config_.output_safetensors.empty()) {
+    if (!safetensors.empty()) {
       auto bytes = SerializeSafetensors(tensors);
       if (!bytes.ok()) return bytes.status();
-      if (auto st = WriteFileAtomically(config_.output_safetensors, *bytes); !st.ok()) {
+      if (auto st = WriteFileAtomically(safetensors, *bytes); !st.ok()) {
         return st;
       }
     }
@@ -363,6 +382,7 @@ class Run {
   ResNet18 model_{nullptr};
   at::Generator order_gen_;
   bool warned_single_ = false;
+  std::function<absl::StatusOr<bool>(const EpochResult&)> after_epoch_;
 };
 
 template <typename F>
@@ -390,51 +410,97 @@ absl::StatusOr<TrainResult> Train(const TrainConfig& config, ProgressSink* sink,
   });
 }
 
-absl::StatusOr<std::vector<TrialOutcome>> RunSweep(
-    const TrainConfig& base, const std::vector<TrialSpec>& trials,
-    const std::string& output_dir, SweepSink* sink, const CancelToken& cancel) {
-  return CatchingLibraryErrors([&]() -> absl::StatusOr<std::vector<TrialOutcome>> {
+absl::StatusOr<SweepResult> RunSweep(const TrainConfig& base, const SweepPlan& plan,
+                                     const std::vector<TrialSpec>& trials,
+                                     const std::set<int>& finished, const std::string& output_dir,
+                                     SweepSink* sink, const CancelToken& cancel) {
+  return CatchingLibraryErrors([&]() -> absl::StatusOr<SweepResult> {
     if (trials.empty()) return absl::InvalidArgumentError("sweep: no trials");
     auto data = LoadData(base.data, sink);
     if (!data.ok()) return data.status();
-    std::vector<TrialOutcome> outcomes;
+    SweepResult result;
+    for (const auto& t : trials) result.epochs_requested += t.epochs;
+    AshaRule asha(plan.asha_rungs, plan.asha_reduction_factor);
     int64_t global_step = 0;
-    for (size_t i = 0; i < trials.size(); ++i) {
+    for (const std::vector<size_t>& group : GroupRuns(trials)) {
       if (cancel.cancelled()) return absl::CancelledError("cancelled");
+      std::vector<const TrialSpec*> todo;
+      for (size_t i : group) {
+        if (!finished.count(trials[i].trial)) todo.push_back(&trials[i]);
+      }
+      if (todo.empty()) continue;  // done before a restart
+      const TrialSpec& longest = trials[group.back()];
       TrainConfig config = base;
       config.kind = Kind::kFinetune;
-      config.trial = static_cast<int>(i + 1);
-      config.epochs = trials[i].epochs;
-      config.learning_rate = trials[i].learning_rate;
-      config.backbone_learning_rate = trials[i].backbone_learning_rate;
+      if (auto st = ApplyTrial(longest, &config); !st.ok()) return st;
+      config.trial = longest.trial;
       config.global_step_offset = global_step;
-      config.checkpoint_dir.clear();  // trials restart from their beginning
+      config.output_pth.clear();
+      config.output_safetensors.clear();
+      config.checkpoint_dir.clear();  // runs restart from their beginning
       config.resume_from.clear();
-      config.output_pth = (std::filesystem::path(output_dir) /
-                           absl::StrCat("trial-", i + 1, ".pth")).string();
-      config.output_safetensors = (std::filesystem::path(output_dir) /
-                                   absl::StrCat("trial-", i + 1, ".safetensors")).string();
-      sink->OnTrialStarted(config.trial, trials[i]);
-      auto result = Run(config, sink, cancel).Execute(*data);
-      if (!result.ok()) return result.status();
-      TrialOutcome outcome;
-      outcome.trial = config.trial;
-      outcome.spec = trials[i];
-      outcome.final = result->epochs.back();
-      outcome.output_pth = config.output_pth;
-      outcome.output_safetensors = config.output_safetensors;
+      for (const TrialSpec* t : todo) sink->OnTrialStarted(*t, longest.trial);
+
+      Run run(config, sink, cancel);
+      double seconds = 0;
+      int epochs_run = 0;
+      auto finish = [&](const TrialSpec& t, const EpochResult& er,
+                        const std::string& stopped) -> absl::Status {
+        TrialOutcome o;
+        o.spec = t;
+        o.run = longest.trial;
+        o.final = er;
+        o.final.trial = t.trial;
+        o.epochs_run = er.epoch;
+        o.seconds = seconds;
+        o.stopped = stopped;
+        const auto base_name = std::filesystem::path(output_dir) / absl::StrCat("trial-", t.trial);
+        o.output_pth = base_name.string() + ".pth";
+        o.output_safetensors = base_name.string() + ".safetensors";
+        if (auto st = run.WriteWeightsTo(o.output_pth, o.output_safetensors); !st.ok()) return st;
+        if (!stopped.empty()) ++result.trials_stopped;
+        sink->OnTrialFinished(o);
+        result.outcomes.push_back(std::move(o));
+        return absl::OkStatus();
+      };
+      run.set_after_epoch([&](const EpochResult& er) -> absl::StatusOr<bool> {
+        seconds += er.seconds;
+        epochs_run = er.epoch;
+        for (const TrialSpec* t : todo) {
+          if (t->epochs == er.epoch) {
+            if (auto st = finish(*t, er, ""); !st.ok()) return st;
+          }
+        }
+        if (!asha.IsRung(er.epoch)) return true;
+        const AshaRule::Decision d = asha.Judge(er.epoch, er.validation_loss);
+        if (d.keep || er.epoch >= longest.epochs) return true;
+        const std::string why = absl::StrFormat(
+            "ASHA: stopped at rung epoch %d: validation loss %.4f is not among the best 1/%g "
+            "of the %d runs that reached this rung before it (cutoff %.4f)",
+            er.epoch, er.validation_loss, plan.asha_reduction_factor, d.earlier, d.cutoff);
+        for (const TrialSpec* t : todo) {
+          if (t->epochs > er.epoch) {
+            if (auto st = finish(*t, er, why); !st.ok()) return st;
+          }
+        }
+        return false;
+      });
+      auto trained = run.Execute(*data);
+      if (!trained.ok()) return trained.status();
+      result.epochs_trained += epochs_run;
       const int64_t batches_per_epoch =
-          (result->dataset.train_images + base.batch_size - 1) / base.batch_size;
-      global_step += batches_per_epoch * trials[i].epochs;
-      sink->OnTrialFinished(outcome);
-      outcomes.push_back(outcome);
+          (trained->dataset.train_images + config.batch_size - 1) / config.batch_size;
+      global_step += batches_per_epoch * epochs_run;
     }
-    std::stable_sort(outcomes.begin(), outcomes.end(),
-                     [](const TrialOutcome& a, const TrialOutcome& b) {
-                       return a.final.validation_loss < b.final.validation_loss;
-                     });
-    return outcomes;
+    return result;
   });
+}
+
+void RankByValidationLoss(std::vector<TrialOutcome>* outcomes) {
+  std::stable_sort(outcomes->begin(), outcomes->end(),
+                   [](const TrialOutcome& a, const TrialOutcome& b) {
+                     return a.final.validation_loss < b.final.validation_loss;
+                   });
 }
 
 absl::Status CheckWeightsFile(const std::string& path) {

@@ -7,11 +7,13 @@
 #ifndef TRAIND_SERVER_TRAIN_TRAINER_H_
 #define TRAIND_SERVER_TRAIN_TRAINER_H_
 
+#include <set>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "server/train/config.h"
+#include "server/train/sweep.h"
 
 namespace traind::train {
 
@@ -21,33 +23,43 @@ namespace traind::train {
 absl::StatusOr<TrainResult> Train(const TrainConfig& config, ProgressSink* sink,
                                   const CancelToken& cancel);
 
-struct TrialSpec {
-  int epochs = 1;
-  double learning_rate = 1e-3;
-  double backbone_learning_rate = 1e-4;
-};
-
 struct TrialOutcome {
-  int trial = 0;  // from 1
   TrialSpec spec;
-  EpochResult final;
+  int run = 0;         // the trial whose run trained it
+  EpochResult final;   // figures of its last trained epoch
+  int epochs_run = 0;
+  double seconds = 0;  // wall time of its epochs
+  std::string stopped;  // why it stopped early; empty if it ran all its epochs
   std::string output_pth;
   std::string output_safetensors;
 };
 
-// Progress of a sweep: the run's events plus trial boundaries.
+// Progress of a sweep: the runs' events plus trial boundaries.
 class SweepSink : public ProgressSink {
  public:
-  virtual void OnTrialStarted(int trial, const TrialSpec& spec) = 0;
+  virtual void OnTrialStarted(const TrialSpec& trial, int run) = 0;
   virtual void OnTrialFinished(const TrialOutcome& outcome) = 0;
 };
 
-// Runs one fine-tune trial per entry of `trials` (base's epochs and learning
-// rates replaced), each writing its weights under `output_dir`/trial-N.*.
-// Returns the outcomes ranked by final validation loss, best first.
-absl::StatusOr<std::vector<TrialOutcome>> RunSweep(
-    const TrainConfig& base, const std::vector<TrialSpec>& trials,
-    const std::string& output_dir, SweepSink* sink, const CancelToken& cancel);
+struct SweepResult {
+  std::vector<TrialOutcome> outcomes;  // trials run by this call, in finishing order
+  int epochs_requested = 0;            // all trials' epochs summed
+  int epochs_trained = 0;              // by this call
+  int trials_stopped = 0;
+};
+
+// Runs the fine-tune trials of a sweep (base's settings overridden by each
+// trial's), one run per group of trials that differ only in epochs, read at
+// each trial's epoch count. Trials in `finished` are not reported again (a
+// run whose trials are all finished is skipped). ASHA stops runs at plan.asha_rungs. Each trial's weights go to
+// `output_dir`/trial-N.{pth,safetensors}.
+absl::StatusOr<SweepResult> RunSweep(const TrainConfig& base, const SweepPlan& plan,
+                                     const std::vector<TrialSpec>& trials,
+                                     const std::set<int>& finished, const std::string& output_dir,
+                                     SweepSink* sink, const CancelToken& cancel);
+
+// Best (lowest final validation loss) first; ties keep their order.
+void RankByValidationLoss(std::vector<TrialOutcome>* outcomes);
 
 // Checks that `path` is a state_dict (torch.save zip or safetensors) that
 // fits a ResNet-18 backbone (any classifier shape): INVALID_ARGUMENT naming

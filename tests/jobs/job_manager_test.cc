@@ -220,7 +220,7 @@ TEST_F(JobManagerTest, InterruptedJobRunsAgainAfterRestartWithoutSeqGaps) {
   EXPECT_EQ(events.back().state().state(), trainer::v1::CANCELLED);
 }
 
-TEST_F(JobManagerTest, SweepRunsEveryGridPointAndRanksByValidationLoss) {
+TEST_F(JobManagerTest, SweepSharesEpochPrefixesAndRanksByValidationLoss) {
   auto m = Start();
   auto base = m->Submit(Scratch(1), "");
   ASSERT_TRUE(base.ok());
@@ -247,9 +247,17 @@ TEST_F(JobManagerTest, SweepRunsEveryGridPointAndRanksByValidationLoss) {
   }
   EXPECT_EQ(started, 4);
   EXPECT_EQ(finished, 4);
-  EXPECT_EQ(epochs, 1 + 2 + 1 + 2);
+  // The 1-epoch trials are read from the 2-epoch runs: 4 epochs, not 6.
+  EXPECT_EQ(epochs, 2 + 2);
   auto job = m->GetJob(*id);
+  EXPECT_EQ(job->sweep_summary().epochs_requested(), 6);
+  EXPECT_EQ(job->sweep_summary().epochs_trained(), 4);
   ASSERT_EQ(job->trials_size(), 4);
+  for (const auto& t : job->trials()) {
+    EXPECT_EQ(t.epochs_run(), t.epochs());
+    EXPECT_EQ(t.run(), t.learning_rate() == 1e-3 ? 2 : 4) << t.trial();
+    EXPECT_EQ(t.settings(0).name(), "epochs");
+  }
   for (int i = 1; i < 4; ++i) {
     EXPECT_LE(job->trials(i - 1).final().validation_loss(),
               job->trials(i).final().validation_loss());
