@@ -96,6 +96,7 @@ train::SweepPlan ToPlan(const trainer::v1::SweepGrid& g) {
   p.asha_rungs.assign(g.asha().rungs().begin(), g.asha().rungs().end());
   p.asha_reduction_factor =
       g.asha().has_reduction_factor() ? g.asha().reduction_factor() : 3.0;
+  p.parallel_runs = g.has_parallel_runs() ? g.parallel_runs() : 1;
   return p;
 }
 

@@ -135,15 +135,24 @@ class ProgressSink {
 // when the run has a checkpoint folder.
 class CancelToken {
  public:
+  CancelToken() = default;
+  // Also fires when `parent` does.
+  explicit CancelToken(const CancelToken* parent) : parent_(parent) {}
+
   void Cancel() { cancelled_.store(true, std::memory_order_relaxed); }
   void Interrupt() {
     interrupted_.store(true, std::memory_order_relaxed);
     Cancel();
   }
-  bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
-  bool interrupted() const { return interrupted_.load(std::memory_order_relaxed); }
+  bool cancelled() const {
+    return cancelled_.load(std::memory_order_relaxed) || (parent_ && parent_->cancelled());
+  }
+  bool interrupted() const {
+    return interrupted_.load(std::memory_order_relaxed) || (parent_ && parent_->interrupted());
+  }
 
  private:
+  const CancelToken* const parent_ = nullptr;
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> interrupted_{false};
 };

@@ -110,6 +110,17 @@ absl::Status ApplyTrial(const TrialSpec& t, TrainConfig* c) {
 }
 
 absl::StatusOr<std::vector<TrialSpec>> ExpandTrials(const SweepPlan& plan) {
+  if (plan.parallel_runs < 1 || plan.parallel_runs > 16) {
+    return Invalid("parallel_runs", absl::StrCat("must be in [1, 16], got ", plan.parallel_runs));
+  }
+  if (plan.asha_reduction_factor <= 1 || !std::isfinite(plan.asha_reduction_factor)) {
+    return Invalid("asha.reduction_factor", "must be > 1");
+  }
+  for (size_t i = 0; i < plan.asha_rungs.size(); ++i) {
+    if (plan.asha_rungs[i] < 1 || (i > 0 && plan.asha_rungs[i] <= plan.asha_rungs[i - 1])) {
+      return Invalid("asha.rungs", "must be increasing epochs >= 1");
+    }
+  }
   if (plan.epochs.empty()) return Invalid("epochs", "needs at least one value");
   if (plan.learning_rates.empty()) return Invalid("learning_rates", "needs at least one value");
   for (int e : plan.epochs) {

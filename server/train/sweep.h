@@ -35,6 +35,7 @@ struct SweepPlan {
   uint64_t random_seed = 0;
   std::vector<int> asha_rungs;  // empty: no early stopping
   double asha_reduction_factor = 3;
+  int parallel_runs = 1;  // runs trained side by side, sharing the job's threads
 };
 
 struct TrialSpec {

@@ -1,11 +1,13 @@
 #include "server/train/trainer.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -421,27 +423,44 @@ absl::StatusOr<SweepResult> RunSweep(const TrainConfig& base, const SweepPlan& p
     SweepResult result;
     for (const auto& t : trials) result.epochs_requested += t.epochs;
     AshaRule asha(plan.asha_rungs, plan.asha_reduction_factor);
-    int64_t global_step = 0;
-    for (const std::vector<size_t>& group : GroupRuns(trials)) {
-      if (cancel.cancelled()) return absl::CancelledError("cancelled");
+    std::mutex mu;  // guards result and asha across concurrent runs
+    const auto groups = GroupRuns(trials);
+    // Global steps continue across runs as if they ran one after another.
+    std::vector<int64_t> step_offsets;
+    int64_t offset = 0;
+    const int64_t n_train = static_cast<int64_t>(data->train.images.size());
+    for (const auto& group : groups) {
+      step_offsets.push_back(offset);
+      TrainConfig c = base;
+      (void)ApplyTrial(trials[group.back()], &c);
+      offset += (n_train + c.batch_size - 1) / c.batch_size * c.epochs;
+    }
+    const int parallel = std::max(1, std::min<int>(plan.parallel_runs, groups.size()));
+    CancelToken stop_all(&cancel);
+
+    auto run_group = [&](size_t g) -> absl::Status {
+      const std::vector<size_t>& group = groups[g];
       std::vector<const TrialSpec*> todo;
       for (size_t i : group) {
         if (!finished.count(trials[i].trial)) todo.push_back(&trials[i]);
       }
-      if (todo.empty()) continue;  // done before a restart
+      if (todo.empty()) return absl::OkStatus();  // done before a restart
       const TrialSpec& longest = trials[group.back()];
       TrainConfig config = base;
       config.kind = Kind::kFinetune;
       if (auto st = ApplyTrial(longest, &config); !st.ok()) return st;
       config.trial = longest.trial;
-      config.global_step_offset = global_step;
+      config.global_step_offset = step_offsets[g];
+      // Concurrent runs share the job's threads instead of oversubscribing.
+      config.threads = std::max(1, base.threads / parallel);
+      config.data.loader_threads = std::max(1, base.data.loader_threads / parallel);
       config.output_pth.clear();
       config.output_safetensors.clear();
       config.checkpoint_dir.clear();  // runs restart from their beginning
       config.resume_from.clear();
       for (const TrialSpec* t : todo) sink->OnTrialStarted(*t, longest.trial);
 
-      Run run(config, sink, cancel);
+      Run run(config, sink, stop_all);
       double seconds = 0;
       int epochs_run = 0;
       auto finish = [&](const TrialSpec& t, const EpochResult& er,
@@ -458,8 +477,9 @@ absl::StatusOr<SweepResult> RunSweep(const TrainConfig& base, const SweepPlan& p
         o.output_pth = base_name.string() + ".pth";
         o.output_safetensors = base_name.string() + ".safetensors";
         if (auto st = run.WriteWeightsTo(o.output_pth, o.output_safetensors); !st.ok()) return st;
-        if (!stopped.empty()) ++result.trials_stopped;
         sink->OnTrialFinished(o);
+        std::lock_guard<std::mutex> lock(mu);
+        if (!stopped.empty()) ++result.trials_stopped;
         result.outcomes.push_back(std::move(o));
         return absl::OkStatus();
       };
@@ -472,7 +492,11 @@ absl::StatusOr<SweepResult> RunSweep(const TrainConfig& base, const SweepPlan& p
           }
         }
         if (!asha.IsRung(er.epoch)) return true;
-        const AshaRule::Decision d = asha.Judge(er.epoch, er.validation_loss);
+        AshaRule::Decision d;
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          d = asha.Judge(er.epoch, er.validation_loss);
+        }
         if (d.keep || er.epoch >= longest.epochs) return true;
         const std::string why = absl::StrFormat(
             "ASHA: stopped at rung epoch %d: validation loss %.4f is not among the best 1/%g "
@@ -487,11 +511,36 @@ absl::StatusOr<SweepResult> RunSweep(const TrainConfig& base, const SweepPlan& p
       });
       auto trained = run.Execute(*data);
       if (!trained.ok()) return trained.status();
+      std::lock_guard<std::mutex> lock(mu);
       result.epochs_trained += epochs_run;
-      const int64_t batches_per_epoch =
-          (trained->dataset.train_images + config.batch_size - 1) / config.batch_size;
-      global_step += batches_per_epoch * epochs_run;
-    }
+      return absl::OkStatus();
+    };
+
+    // `parallel` runs at a time, each taking the next group; the first error
+    // cancels the rest.
+    std::atomic<size_t> next{0};
+    absl::Status first_error;
+    auto worker = [&] {
+      for (size_t g; (g = next.fetch_add(1)) < groups.size();) {
+        if (stop_all.cancelled()) return;
+        absl::Status st = CatchingLibraryErrors([&]() -> absl::StatusOr<bool> {
+                            if (auto s2 = run_group(g); !s2.ok()) return s2;
+                            return true;
+                          }).status();
+        if (!st.ok()) {
+          std::lock_guard<std::mutex> lock(mu);
+          if (first_error.ok()) first_error = st;
+          if (!absl::IsCancelled(st)) stop_all.Cancel();  // the other runs stop too
+          return;
+        }
+      }
+    };
+    std::vector<std::thread> threads;
+    for (int i = 1; i < parallel; ++i) threads.emplace_back(worker);
+    worker();
+    for (auto& t : threads) t.join();
+    if (!first_error.ok()) return first_error;
+    if (cancel.cancelled()) return absl::CancelledError("cancelled");
     return result;
   });
 }

@@ -3,6 +3,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import time
 import unittest
 
@@ -142,6 +143,24 @@ class SweepTest(unittest.TestCase):
         self.assertEqual(self.d.status(job)["sweep_summary"].get("trials_stopped", 0),
                          len(stopped))
 
+    def test_parallel_runs_give_the_same_trials(self):
+        results = []
+        for parallel in (1, 2):
+            space = {"epochs": [1, 2], "learning_rates": [1e-3, 2e-3], "parallel_runs": parallel}
+            # One thread per run either way, so the numbers can match exactly.
+            job = self.submit_file({"kind": "SWEEP", "image_size": 32, "threads": 1,
+                                    "sweep": space}, f"par{parallel}.json")
+            events, p = self.d.watch(job)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            seqs = [int(e["seq"]) for e in events]
+            self.assertEqual(seqs, list(range(1, len(seqs) + 1)))
+            results.append({t["trial"]: t["final"]["validation_loss"]
+                            for t in self.d.status(job)["trials"]})
+        self.assertEqual(sorted(results[0]), [1, 2, 3, 4])
+        self.assertEqual(sorted(results[1]), [1, 2, 3, 4])
+        # Concurrent runs share nothing that changes their numbers.
+        self.assertEqual(results[0], results[1])
+
     def test_cancelling_a_sweep_leaves_no_trial_running(self):
         sweep = self.submit_file({"kind": "SWEEP"}, "cancel.json")
         deadline = time.time() + 120
@@ -156,6 +175,39 @@ class SweepTest(unittest.TestCase):
         self.assertEqual(running, [])
         finished = self.d.status(sweep).get("trials", [])
         self.assertLess(len(finished), 6)
+
+
+class SweepRestartTest(unittest.TestCase):
+    def test_finished_trials_stay_finished_after_a_kill(self):
+        root = temp_root("traind-sweep-restart-")
+        try:
+            data = os.path.join(root, "data")
+            os.makedirs(os.path.join(root, "w"))
+            make_subset(os.path.join(data, "subset"))
+            args = (os.path.join(root, "state"), data, os.path.join(root, "w"))
+            d = Daemon(*args).start()
+            base = d.submit("--kind=scratch", "--dataset=subset", "--epochs=1",
+                            "--image_size=32", "--batch_size=8")
+            d.watch(base)
+            job = d.submit("--kind=sweep", "--dataset=subset", f"--from_job={base}",
+                           "--image_size=32", "--batch_size=8")
+            deadline = time.time() + 300
+            while len(d.status(job).get("trials", [])) < 2:  # trials 1 and 2 of run 3
+                self.assertLess(time.time(), deadline)
+                time.sleep(0.05)
+            before = {t["trial"]: t for t in d.status(job)["trials"]}
+            d.stop(sig=signal.SIGKILL)
+            d = Daemon(*args, listen=d.address).start()
+            events, p = d.watch(job)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            finished = [r["result"]["trial"] for r in of_kind(events, "trial_finished")]
+            self.assertEqual(sorted(finished), [1, 2, 3, 4, 5, 6])  # each exactly once
+            after = {t["trial"]: t for t in d.status(job)["trials"]}
+            for n, t in before.items():
+                self.assertEqual(after[n]["final"], t["final"])
+            d.stop()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
