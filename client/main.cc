@@ -16,6 +16,10 @@ int main(int argc, char** argv) {
       "  trainctl weights JOB -o FILE [--format=pth|safetensors] [--trial=T]\n"
       "                   (continues an interrupted download; a sweep's best trial by default)\n"
       "  trainctl delete JOB    (a finished job: its events, checkpoints and weights)\n"
+      "  trainctl tensorboard [JOB]   (prints the tensorboard --logdir to use)\n"
+      "  trainctl plot JOB -o curves.png\n"
+      "  trainctl report JOB [--confusion confusion.png]\n"
+      "  trainctl classify JOB IMAGE [IMAGE ...] [--top=5] [--trial=T]\n"
       "  trainctl demo-data DIR [--classes=4] [--per_class=40]\n"
       "Global: --server=HOST:PORT (or $TRAINCTL_SERVER), --output=human|json");
   std::vector<std::string> args = traind::NormalizeFlagDashes(argc, argv);

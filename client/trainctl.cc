@@ -9,12 +9,15 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <random>
 #include <thread>
 
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
+
+#include <opencv2/imgcodecs.hpp>
 
 #include "absl/flags/flag.h"
 #include "absl/status/status.h"
@@ -27,6 +30,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "client/charts.h"
 #include "client/demo_data.h"
 #include "common/file_util.h"
 #include "common/sha256.h"
@@ -64,9 +68,11 @@ ABSL_FLAG(int, reconnect_seconds, 300, "watch: give up reconnecting after this l
 ABSL_FLAG(std::string, state, "", "list: only jobs in these states (comma-separated)");
 ABSL_FLAG(int, limit, 0, "list: at most this many jobs (0: all)");
 // weights
-ABSL_FLAG(std::string, o, "", "weights: output file");
+ABSL_FLAG(std::string, o, "", "weights, plot: output file");
 ABSL_FLAG(std::string, format, "pth", "weights: pth or safetensors");
 ABSL_FLAG(int, trial, 0, "weights: this sweep trial's weights (default: the best trial's)");
+ABSL_FLAG(int, top, 5, "classify: classes shown per image");
+ABSL_FLAG(std::string, confusion, "", "report: also draw the confusion matrix into this PNG");
 // demo-data
 ABSL_FLAG(int, classes, 4, "demo-data: number of shape classes (2-6)");
 ABSL_FLAG(int, per_class, 40, "demo-data: images per class");
@@ -295,6 +301,18 @@ class HumanRenderer {
                     r.trial(), r.epochs_run(), r.final().validation_loss(),
                     Pct(r.final().validation_accuracy()).c_str(),
                     r.stopped().empty() ? "" : "; ", r.stopped().c_str());
+        // The live ranking so far, best validation loss first.
+        finished_.push_back(r);
+        std::stable_sort(finished_.begin(), finished_.end(), [](const auto& a, const auto& b) {
+          return a.final().validation_loss() < b.final().validation_loss();
+        });
+        std::vector<std::string> ranking;
+        for (size_t i = 0; i < finished_.size() && i < 5; ++i) {
+          ranking.push_back(absl::StrFormat("#%d trial %d (%.4f)", i + 1, finished_[i].trial(),
+                                            finished_[i].final().validation_loss()));
+        }
+        std::printf("  ranking: %s%s\n", absl::StrJoin(ranking, ", ").c_str(),
+                    finished_.size() > 5 ? ", ..." : "");
         break;
       }
       default:
@@ -354,6 +372,7 @@ class HumanRenderer {
   const bool tty_;
   bool open_line_ = false;
   int trial_epochs_ = 0;
+  std::vector<trainer::v1::TrialResult> finished_;
   int epoch_ = 0;
   double loss_sum_ = 0;
   int count_ = 0;
@@ -599,6 +618,209 @@ int Cancel(TrainingService::Stub& stub, const std::string& id) {
   return 0;
 }
 
+// The job's events so far (replayed up to the last one when asked).
+std::vector<trainer::v1::JobEvent> History(TrainingService::Stub& stub, const std::string& id) {
+  const trainer::v1::Job job = GetJobOrFail(stub, id);
+  std::vector<trainer::v1::JobEvent> events;
+  if (job.last_seq() == 0) return events;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  trainer::v1::StreamMetricsRequest req;
+  req.set_job_id(id);
+  auto reader = stub.StreamMetrics(&ctx, req);
+  trainer::v1::StreamMetricsResponse msg;
+  while (reader->Read(&msg)) {
+    events.push_back(msg.event());
+    if (msg.event().seq() >= job.last_seq()) {
+      ctx.TryCancel();
+      break;
+    }
+  }
+  grpc::Status st = reader->Finish();
+  if (!st.ok() && st.error_code() != grpc::StatusCode::CANCELLED) FailRpc("plot " + id, st);
+  return events;
+}
+
+void WriteImage(const std::string& path, const cv::Mat& img) {
+  bool ok = false;
+  try {
+    ok = cv::imwrite(path, img);
+  } catch (const cv::Exception& e) {
+    Fail(absl::StrCat("cannot write ", path, ": ", e.what()));
+  }
+  if (!ok) Fail(absl::StrCat("cannot write ", path, " (use a .png name in a writable folder)"));
+}
+
+int Plot(TrainingService::Stub& stub, const std::string& id) {
+  const std::string out = absl::GetFlag(FLAGS_o);
+  if (out.empty()) Fail("plot: -o FILE.png is required");
+  const trainer::v1::Job job = GetJobOrFail(stub, id);
+  const auto events = History(stub, id);
+  std::vector<Panel> panels(2);
+  panels[0] = {"Loss", "epoch", "cross-entropy (nats)", {}};
+  panels[1] = {"Accuracy", "epoch", "accuracy (%)", {}};
+  if (job.spec().kind() == trainer::v1::SWEEP) {
+    // One validation line per sweep run (trials sharing a run share its line).
+    std::map<int, std::map<int, trainer::v1::EpochMetrics>> runs;
+    for (const auto& e : events) {
+      if (e.has_epoch()) runs[e.epoch().trial()][e.epoch().epoch()] = e.epoch();
+    }
+    size_t i = 0;
+    for (const auto& [run, epochs] : runs) {
+      Series loss{absl::StrCat("trial ", run, " val"), {}, PaletteColor(i), 2, true};
+      Series acc = loss;
+      for (const auto& [epoch, m] : epochs) {
+        loss.points.emplace_back(epoch, m.validation_loss());
+        acc.points.emplace_back(epoch, 100 * m.validation_accuracy());
+      }
+      panels[0].series.push_back(loss);
+      panels[1].series.push_back(acc);
+      ++i;
+    }
+    panels[0].title = "Validation loss per sweep run";
+    panels[1].title = "Validation accuracy per sweep run";
+  } else {
+    // Later attempts supersede earlier points of the same step or epoch.
+    std::map<int64_t, std::pair<double, double>> batches;  // step -> (x, loss)
+    std::map<int, trainer::v1::EpochMetrics> epochs;
+    for (const auto& e : events) {
+      if (e.has_batch() && e.batch().batches() > 0) {
+        const auto& b = e.batch();
+        batches[b.global_step()] = {b.epoch() - 1 + (b.batch() + 1.0) / b.batches(), b.loss()};
+      }
+      if (e.has_epoch()) epochs[e.epoch().epoch()] = e.epoch();
+    }
+    Series raw{"batch loss", {}, cv::Scalar(230, 200, 170), 1, false};
+    Series smooth{"batch loss (smoothed)", {}, PaletteColor(0), 2, false};
+    double ema = 0;
+    bool first = true;
+    for (const auto& [step, point] : batches) {
+      raw.points.push_back(point);
+      ema = first ? point.second : 0.9 * ema + 0.1 * point.second;
+      first = false;
+      smooth.points.emplace_back(point.first, ema);
+    }
+    Series train_loss{"train loss (epoch)", {}, PaletteColor(1), 2, true};
+    Series val_loss{"validation loss", {}, PaletteColor(2), 2, true};
+    Series train_acc{"train accuracy", {}, PaletteColor(1), 2, true};
+    Series val_acc{"validation accuracy", {}, PaletteColor(2), 2, true};
+    for (const auto& [epoch, m] : epochs) {
+      train_loss.points.emplace_back(epoch, m.train_loss());
+      val_loss.points.emplace_back(epoch, m.validation_loss());
+      train_acc.points.emplace_back(epoch, 100 * m.train_accuracy());
+      val_acc.points.emplace_back(epoch, 100 * m.validation_accuracy());
+    }
+    panels[0].series = {raw, smooth, train_loss, val_loss};
+    panels[1].series = {train_acc, val_acc};
+  }
+  for (auto& p : panels) p.title = absl::StrCat(id, ": ", p.title);
+  const cv::Mat img = Chart(panels).Render();
+  WriteImage(out, img);
+  if (JsonOutput()) {
+    std::printf("{\"path\":\"%s\",\"width\":%d,\"height\":%d}\n", out.c_str(), img.cols,
+                img.rows);
+  } else {
+    std::printf("wrote %s (%dx%d)\n", out.c_str(), img.cols, img.rows);
+  }
+  return 0;
+}
+
+int Report(TrainingService::Stub& stub, const std::string& id) {
+  const trainer::v1::Job job = GetJobOrFail(stub, id);
+  if (!job.has_evaluation()) {
+    Fail(absl::StrCat("report: job ", id, " has no evaluation yet (it is ",
+                      State(job.state()), "; reports exist once a non-sweep job SUCCEEDED)"),
+         4);
+  }
+  const auto& ev = job.evaluation();
+  const std::string confusion = absl::GetFlag(FLAGS_confusion);
+  if (!confusion.empty()) {
+    const int n = ev.classes_size();
+    if (ev.confusion_size() != n * n) Fail("report: the stored confusion matrix is malformed");
+    std::vector<int64_t> counts(ev.confusion().begin(), ev.confusion().end());
+    std::vector<std::string> names;
+    for (const auto& c : ev.classes()) names.push_back(c.name());
+    WriteImage(confusion, DrawConfusion(counts, n, names));
+  }
+  if (JsonOutput()) {
+    std::printf("%s\n", ToJson(job).c_str());
+    return 0;
+  }
+  std::printf("job        %s (%s, %d classes)\n", id.c_str(), job.spec().dataset().c_str(),
+              ev.classes_size());
+  std::printf("top-1      %s of %lld validation images\n", Pct(ev.top1_accuracy()).c_str(),
+              static_cast<long long>(ev.images()));
+  std::printf("top-5      %s\n", Pct(ev.top5_accuracy()).c_str());
+  std::vector<trainer::v1::ClassMetrics> worst(ev.classes().begin(), ev.classes().end());
+  std::stable_sort(worst.begin(), worst.end(), [](const auto& a, const auto& b) {
+    return a.recall() < b.recall();
+  });
+  worst.resize(std::min<size_t>(10, worst.size()));
+  std::printf("\nworst classes (by accuracy on their validation images)\n");
+  std::printf("%-28s %8s %9s %10s\n", "class", "images", "accuracy", "precision");
+  for (const auto& c : worst) {
+    std::printf("%-28s %8lld %9s %10s\n", c.name().c_str(), static_cast<long long>(c.support()),
+                Pct(c.recall()).c_str(), Pct(c.precision()).c_str());
+  }
+  if (!confusion.empty()) std::printf("\nwrote %s\n", confusion.c_str());
+  return 0;
+}
+
+int Classify(TrainingService::Stub& stub, const std::vector<std::string>& args) {
+  if (args.size() < 4) Fail("classify: usage: trainctl classify JOB IMAGE [IMAGE ...] [--top=5]");
+  trainer::v1::ClassifyRequest req;
+  req.set_job_id(args[2]);
+  req.set_top_k(absl::GetFlag(FLAGS_top));
+  req.set_trial(absl::GetFlag(FLAGS_trial));
+  for (size_t i = 3; i < args.size(); ++i) {
+    auto bytes = ReadFile(args[i]);
+    if (!bytes.ok()) Fail(absl::StrCat("classify: ", bytes.status().message()));
+    req.add_images(*bytes);
+  }
+  grpc::ClientContext ctx;
+  SetUnaryDeadline(&ctx);
+  trainer::v1::ClassifyResponse resp;
+  grpc::Status st = stub.Classify(&ctx, req, &resp);
+  if (!st.ok()) FailRpc("classify " + args[2], st);
+  if (JsonOutput()) {
+    std::printf("%s\n", ToJson(resp).c_str());
+    return 0;
+  }
+  for (int i = 0; i < resp.results_size(); ++i) {
+    std::vector<std::string> top;
+    for (const auto& p : resp.results(i).predictions()) {
+      top.push_back(absl::StrFormat("%s %.1f%%", p.class_name(), 100 * p.probability()));
+    }
+    std::printf("%s: %s\n", args[3 + i].c_str(), absl::StrJoin(top, ", ").c_str());
+  }
+  return 0;
+}
+
+// Where to point TensorBoard: every job's event files sit under one folder.
+int Tensorboard(TrainingService::Stub& stub, const std::vector<std::string>& args) {
+  if (args.size() > 3) Fail(absl::StrCat("tensorboard: unexpected argument ", args[3]));
+  std::string dir;
+  if (args.size() == 3) {
+    dir = GetJobOrFail(stub, args[2]).tensorboard_dir();
+  } else {
+    grpc::ClientContext ctx;
+    SetUnaryDeadline(&ctx);
+    trainer::v1::ListJobsRequest req;
+    req.set_page_size(1);
+    trainer::v1::ListJobsResponse resp;
+    grpc::Status st = stub.ListJobs(&ctx, req, &resp);
+    if (!st.ok()) FailRpc("tensorboard", st);
+    if (resp.jobs().empty()) Fail("tensorboard: no jobs yet, so no event files");
+    dir = std::filesystem::path(resp.jobs(0).tensorboard_dir()).parent_path().string();
+  }
+  if (JsonOutput()) {
+    std::printf("{\"logdir\":\"%s\"}\n", dir.c_str());
+  } else {
+    std::printf("tensorboard --logdir %s\n", dir.c_str());
+  }
+  return 0;
+}
+
 int Delete(TrainingService::Stub& stub, const std::string& id) {
   grpc::ClientContext ctx;
   SetUnaryDeadline(&ctx);
@@ -763,6 +985,10 @@ int Dispatch(const std::vector<std::string>& args) {
   if (cmd == "cancel") return Cancel(*stub, need_arg("JOB"));
   if (cmd == "weights") return Weights(*stub, need_arg("JOB"));
   if (cmd == "delete") return Delete(*stub, need_arg("JOB"));
+  if (cmd == "tensorboard") return Tensorboard(*stub, args);
+  if (cmd == "plot") return Plot(*stub, need_arg("JOB"));
+  if (cmd == "classify") return Classify(*stub, args);
+  if (cmd == "report") return Report(*stub, need_arg("JOB"));
   Fail(absl::StrCat("unknown command \"", cmd, "\"; see trainctl --help"));
 }
 

@@ -35,6 +35,9 @@ std::string DefaultStateDir() {
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "host:port to serve on; port 0 picks a free port");
 ABSL_FLAG(std::string, port_file, "", "write the bound port to this file once serving");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "serve Prometheus metrics over HTTP at host:port/metrics (port 0: a free port); "
+          "empty: off");
 ABSL_FLAG(std::string, state_dir, DefaultStateDir(),
           "folder of the job database and per-job artifacts");
 ABSL_FLAG(std::string, data_root, "",
@@ -72,6 +75,7 @@ int main(int argc, char** argv) {
   traind::Server::Options options;
   options.listen = absl::GetFlag(FLAGS_listen);
   options.port_file = absl::GetFlag(FLAGS_port_file);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   auto& jobs = options.jobs;
   jobs.state_dir = absl::GetFlag(FLAGS_state_dir);
   jobs.data_root = absl::GetFlag(FLAGS_data_root);
@@ -100,6 +104,11 @@ int main(int argc, char** argv) {
       "%d thread(s) per job)\n",
       host.c_str(), (*server)->port(), jobs.state_dir.c_str(), jobs.data_root.c_str(),
       jobs.weights_root.c_str(), jobs.workers, jobs.threads_per_job);
+  if ((*server)->metrics_port() > 0) {
+    const std::string& m = options.metrics_listen;
+    std::printf("traind: metrics on http://%s:%d/metrics\n", m.substr(0, m.rfind(':')).c_str(),
+                (*server)->metrics_port());
+  }
   std::fflush(stdout);
 
   int sig = 0;

@@ -7,13 +7,19 @@
 
 #include <memory>
 #include <string>
+#include <thread>
 
 #include <grpcpp/server.h>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "server/jobs/job_manager.h"
+#include "server/rpc/metrics.h"
 #include "server/rpc/training_service.h"
+
+namespace httplib {
+class Server;
+}
 
 namespace traind {
 
@@ -24,6 +30,9 @@ class Server {
     std::string listen = "127.0.0.1:50051";
     // If set, the bound port is written here (atomically) once serving.
     std::string port_file;
+    // host:port of the Prometheus /metrics HTTP endpoint; empty: none; port 0
+    // picks a free port.
+    std::string metrics_listen;
     jobs::JobManager::Options jobs;
   };
 
@@ -32,6 +41,8 @@ class Server {
 
   // The port actually bound.
   int port() const { return port_; }
+  // The metrics port actually bound; 0 when not serving metrics.
+  int metrics_port() const { return metrics_port_; }
   // Health NOT_SERVING, streams end with UNAVAILABLE, running jobs are
   // interrupted (they run again after a restart), then everything stops.
   void Shutdown(absl::Duration grace);
@@ -43,6 +54,10 @@ class Server {
   std::unique_ptr<rpc::TrainingServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
+  std::unique_ptr<rpc::RpcMetrics> metrics_;
+  std::unique_ptr<httplib::Server> http_;
+  std::thread http_thread_;
+  int metrics_port_ = 0;
   bool stopped_ = false;
 };
 

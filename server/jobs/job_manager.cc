@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <cstdio>
 #include <set>
 #include <filesystem>
@@ -17,6 +18,7 @@
 #include "common/sha256.h"
 #include "common/spec.h"
 #include "server/jobs/paths.h"
+#include "server/jobs/tfevents.h"
 #include "server/train/config.h"
 #include "server/train/trainer.h"
 
@@ -34,6 +36,7 @@ struct JobManager::Entry {
   train::CancelToken cancel;
   bool interrupted = false;       // by shutdown; guarded by JobManager::mu_
   absl::Status store_error;       // a failed write; guarded by JobManager::mu_
+  double images_per_second = 0;   // latest batch; guarded by JobManager::mu_
 };
 
 namespace {
@@ -134,8 +137,13 @@ train::TrainConfig ToConfig(const JobSpec& spec, const std::string& dataset_dir)
 // Turns engine progress into job events. Called on the job's worker thread.
 class JobManager::Sink final : public train::SweepSink {
  public:
-  Sink(JobManager* manager, std::shared_ptr<Entry> entry)
-      : m_(manager), e_(std::move(entry)) {}
+  Sink(JobManager* manager, std::shared_ptr<Entry> entry, std::string runs_dir,
+       const JobSpec& spec)
+      : m_(manager),
+        e_(std::move(entry)),
+        runs_dir_(std::move(runs_dir)),
+        learning_rate_(spec.learning_rate()),
+        backbone_learning_rate_(spec.backbone_learning_rate()) {}
 
   void OnDataset(const train::DatasetSummary& d) override {
     absl::MutexLock lock(&m_->mu_);
@@ -157,11 +165,23 @@ class JobManager::Sink final : public train::SweepSink {
     m->set_global_step(b.global_step);
     m->set_loss(b.loss);
     m->set_images_per_second(b.images_per_second);
+    Scalars(b.trial, b.epoch, b.global_step, {{"Loss/train_batch", b.loss}}, false);
     absl::MutexLock lock(&m_->mu_);
+    e_->images_per_second = b.images_per_second;
     m->set_attempt(e_->job.attempt());
     m_->Emit(*e_, std::move(ev));
   }
   void OnEpoch(const train::EpochResult& r) override {
+    auto [lr, backbone_lr] = LearningRates(r.trial);
+    Scalars(r.trial, r.epoch, r.epoch,
+            {{"Loss/train_epoch", r.train_loss},
+             {"Accuracy/train_epoch", r.train_accuracy},
+             {"Loss/validation_epoch", r.validation_loss},
+             {"Accuracy/validation_epoch", r.validation_accuracy},
+             {"LearningRate/classifier", lr},
+             {"LearningRate/backbone", backbone_lr},
+             {"Throughput/images_per_second", r.images_per_second}},
+            true);
     JobEvent ev;
     ToProto(r, ev.mutable_epoch());
     absl::MutexLock lock(&m_->mu_);
@@ -172,6 +192,32 @@ class JobManager::Sink final : public train::SweepSink {
       summary->set_epochs_trained(summary->epochs_trained() + 1);
     }
     m_->Emit(*e_, std::move(ev));
+    m_->Persist(*e_);
+  }
+  void OnEvaluation(const train::Evaluation& ev) override {
+    absl::MutexLock lock(&m_->mu_);
+    Job& job = e_->job;
+    if (job.spec().kind() == trainer::v1::SWEEP) return;
+    auto* out = job.mutable_evaluation();
+    out->Clear();
+    const int n = ev.num_classes;
+    out->set_images(ev.images);
+    out->set_top1_accuracy(ev.images ? static_cast<double>(ev.top1_correct) / ev.images : 0);
+    out->set_top5_accuracy(ev.images ? static_cast<double>(ev.top5_correct) / ev.images : 0);
+    for (int64_t c : ev.confusion) out->add_confusion(c);
+    for (int k = 0; k < n; ++k) {
+      int64_t support = 0, predicted = 0;
+      for (int j = 0; j < n; ++j) {
+        support += ev.confusion[k * n + j];
+        predicted += ev.confusion[j * n + k];
+      }
+      const int64_t right = ev.confusion[k * n + k];
+      auto* c = out->add_classes();
+      c->set_name(k < job.class_names_size() ? job.class_names(k) : absl::StrCat(k));
+      c->set_support(support);
+      c->set_recall(support ? static_cast<double>(right) / support : 0);
+      c->set_precision(predicted ? static_cast<double>(right) / predicted : 0);
+    }
     m_->Persist(*e_);
   }
   absl::Status OnCheckpoint(const train::CheckpointInfo& c) override {
@@ -190,6 +236,11 @@ class JobManager::Sink final : public train::SweepSink {
     Log(trainer::v1::LogMessage::WARNING, text);
   }
   void OnTrialStarted(const train::TrialSpec& spec, int run) override {
+    {
+      absl::MutexLock lock(&tb_mu_);
+      run_trials_[run].push_back({spec.trial, spec.epochs});
+      learning_rates_[spec.trial] = {spec.learning_rate, spec.backbone_learning_rate};
+    }
     JobEvent ev;
     auto* t = ev.mutable_trial_started();
     t->set_trial(spec.trial);
@@ -225,8 +276,73 @@ class JobManager::Sink final : public train::SweepSink {
     m_->Emit(*e_, std::move(ev));
   }
 
+  // TensorBoard scalars of run `run` (0 outside sweeps) at `epoch`, into
+  // runs/<job>/ or, in a sweep, into the folder of every trial that this run
+  // trains up to that epoch (runs/<job>/trial-N/). A file that cannot be
+  // written is reported once and given up: the job itself goes on.
+  void Scalars(int run, int epoch, int64_t step,
+               std::initializer_list<std::pair<const char*, double>> values, bool flush) {
+    std::vector<int> trials;
+    std::string problem;
+    {
+      absl::MutexLock lock(&tb_mu_);
+      if (tb_failed_) return;
+      auto it = run_trials_.find(run);
+      if (it == run_trials_.end()) {
+        trials.push_back(run);
+      } else {
+        for (const auto& [trial, epochs] : it->second) {
+          if (epochs >= epoch) trials.push_back(trial);
+        }
+      }
+      const double now = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
+      for (int trial : trials) {
+        auto& writer = writers_[trial];
+        absl::Status st;
+        if (!writer) {
+          auto created = EventFileWriter::Create(
+              trial == 0 ? runs_dir_
+                         : (fs::path(runs_dir_) / absl::StrCat("trial-", trial)).string());
+          if (created.ok()) {
+            writer = std::move(*created);
+          } else {
+            st = created.status();
+          }
+        }
+        for (const auto& [tag, value] : values) {
+          if (st.ok()) st = writer->AddScalar(tag, step, value, now);
+        }
+        if (st.ok() && flush) st = writer->Flush();
+        if (!st.ok()) {
+          tb_failed_ = true;
+          problem = std::string(st.message());
+          break;
+        }
+      }
+    }
+    if (!problem.empty()) {
+      OnWarning(absl::StrCat(problem, "; no more TensorBoard records for this job"));
+    }
+  }
+
+  std::pair<double, double> LearningRates(int trial) {
+    absl::MutexLock lock(&tb_mu_);
+    auto it = learning_rates_.find(trial);
+    if (it != learning_rates_.end()) return it->second;
+    return {learning_rate_, backbone_learning_rate_};
+  }
+
   JobManager* const m_;
   const std::shared_ptr<Entry> e_;
+  const std::string runs_dir_;
+  const double learning_rate_;
+  const double backbone_learning_rate_;
+  absl::Mutex tb_mu_;
+  bool tb_failed_ ABSL_GUARDED_BY(tb_mu_) = false;
+  std::map<int, std::unique_ptr<EventFileWriter>> writers_ ABSL_GUARDED_BY(tb_mu_);
+  // Sweep runs and the (trial, epochs) they train.
+  std::map<int, std::vector<std::pair<int, int>>> run_trials_ ABSL_GUARDED_BY(tb_mu_);
+  std::map<int, std::pair<double, double>> learning_rates_ ABSL_GUARDED_BY(tb_mu_);
 };
 
 absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(Options options) {
@@ -309,6 +425,10 @@ absl::Status JobManager::Recover() {
     }
   }
   return absl::OkStatus();
+}
+
+std::string JobManager::RunsDir(const std::string& id) const {
+  return (fs::path(options_.state_dir) / "runs" / id).string();
 }
 
 std::string JobManager::JobDir(const std::string& id) const {
@@ -494,6 +614,7 @@ absl::StatusOr<std::string> JobManager::Submit(JobSpec spec,
   *job.mutable_spec() = spec;
   job.set_state(trainer::v1::QUEUED);
   job.set_create_time_ms(NowMs());
+  job.set_tensorboard_dir(RunsDir(job.id()));
   StoredJob stored{entry->index, request_id, job};
   if (auto st = store_->InsertJob(stored); !st.ok()) return st;
   jobs_[job.id()] = entry;
@@ -616,6 +737,76 @@ absl::StatusOr<JobManager::WeightsFile> JobManager::Weights(
   return file;
 }
 
+JobManager::Gauges JobManager::Snapshot() {
+  Gauges g;
+  absl::MutexLock lock(&mu_);
+  g.queued = static_cast<int>(queue_.size());
+  for (const auto& e : by_index_) {
+    if (e->job.state() == trainer::v1::RUNNING || e->job.state() == trainer::v1::CANCELLING) {
+      ++g.running;
+      g.images_per_second.emplace_back(e->job.id(), e->images_per_second);
+    }
+  }
+  return g;
+}
+
+absl::StatusOr<trainer::v1::ClassifyResponse> JobManager::Classify(
+    const trainer::v1::ClassifyRequest& request) {
+  constexpr size_t kMaxImages = 64;
+  constexpr size_t kMaxImageBytes = size_t{8} << 20;
+  if (request.images().empty()) return absl::InvalidArgumentError("images: none given");
+  if (static_cast<size_t>(request.images_size()) > kMaxImages) {
+    return absl::InvalidArgumentError(absl::StrCat("images: at most ", kMaxImages, " per call"));
+  }
+  for (int i = 0; i < request.images_size(); ++i) {
+    if (request.images(i).size() > kMaxImageBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "images[", i, "]: ", request.images(i).size(), " bytes, more than the 8 MiB limit"));
+    }
+  }
+  if (request.top_k() < 0 || request.top_k() > 100) {
+    return absl::InvalidArgumentError("top_k: must be in [1, 100]");
+  }
+  const int top_k = request.top_k() == 0 ? 5 : request.top_k();
+  // Resolves the weights (and refuses unfinished jobs and unknown trials).
+  auto weights = Weights(request.job_id(), trainer::v1::SAFETENSORS, request.trial());
+  if (!weights.ok()) return weights.status();
+  Job job;
+  {
+    auto entry = Find(request.job_id());
+    if (!entry) return absl::NotFoundError(absl::StrCat("no job \"", request.job_id(), "\""));
+    absl::MutexLock lock(&mu_);
+    job = entry->job;
+  }
+  std::shared_ptr<train::Classifier> classifier;
+  {
+    absl::MutexLock lock(&classifiers_mu_);
+    auto& slot = classifiers_[{job.id(), request.trial()}];
+    if (!slot) {
+      auto loaded = train::Classifier::Load(weights->path, job.num_classes(),
+                                            job.spec().image_size(), options_.threads_per_job);
+      if (!loaded.ok()) return loaded.status();
+      slot = std::move(*loaded);
+    }
+    classifier = slot;
+  }
+  std::vector<std::string> images(request.images().begin(), request.images().end());
+  auto predictions = classifier->Classify(images, top_k);
+  if (!predictions.ok()) return predictions.status();
+  trainer::v1::ClassifyResponse response;
+  for (const auto& per_image : *predictions) {
+    auto* r = response.add_results();
+    for (const auto& p : per_image) {
+      auto* out = r->add_predictions();
+      out->set_class_index(p.class_index);
+      out->set_class_name(p.class_index < job.class_names_size() ? job.class_names(p.class_index)
+                                                                 : absl::StrCat(p.class_index));
+      out->set_probability(p.probability);
+    }
+  }
+  return response;
+}
+
 absl::StatusOr<int64_t> JobManager::Delete(const std::string& id) {
   auto entry = Find(id);
   if (!entry) return absl::NotFoundError(absl::StrCat("no job \"", id, "\""));
@@ -641,7 +832,14 @@ absl::StatusOr<int64_t> JobManager::Delete(const std::string& id) {
     if (it->is_regular_file(ec)) freed += static_cast<int64_t>(it->file_size(ec));
   }
   fs::remove_all(JobDir(id), ec);
+  fs::remove_all(RunsDir(id), ec);
   jobs_.erase(id);
+  {
+    absl::MutexLock classifiers_lock(&classifiers_mu_);
+    for (auto it = classifiers_.begin(); it != classifiers_.end();) {
+      it = it->first.first == id ? classifiers_.erase(it) : std::next(it);
+    }
+  }
   by_index_.erase(std::remove(by_index_.begin(), by_index_.end(), entry), by_index_.end());
   for (auto it = request_ids_.begin(); it != request_ids_.end();) {
     it = it->second == id ? request_ids_.erase(it) : std::next(it);
@@ -703,7 +901,7 @@ void JobManager::RunJob(const std::shared_ptr<Entry>& entry) {
     spec = entry->job.spec();
     id = entry->job.id();
   }
-  Sink sink(this, entry);
+  Sink sink(this, entry, RunsDir(id), spec);
   const std::string dir = JobDir(id);
   absl::Status status;
   std::error_code ec;

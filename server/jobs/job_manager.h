@@ -24,6 +24,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/jobs/store.h"
+#include "server/train/classifier.h"
 #include "trainer/v1/training_service.pb.h"
 
 namespace traind::jobs {
@@ -91,6 +92,19 @@ class JobManager {
   absl::StatusOr<WeightsFile> Weights(const std::string& id,
                                       trainer::v1::WeightsFormat format, int trial = 0);
 
+  struct Gauges {
+    int queued = 0;
+    int running = 0;
+    // Running jobs' latest batch throughput, by job id.
+    std::vector<std::pair<std::string, double>> images_per_second;
+  };
+  Gauges Snapshot() ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Classifies encoded images with a SUCCEEDED job's final weights (or a
+  // sweep trial's); the loaded model is cached per job and trial.
+  absl::StatusOr<trainer::v1::ClassifyResponse> Classify(
+      const trainer::v1::ClassifyRequest& request);
+
   // Removes a finished job: rows, events, checkpoints, weights. Returns the
   // bytes freed. FAILED_PRECONDITION for a job that has not ended.
   absl::StatusOr<int64_t> Delete(const std::string& id);
@@ -116,6 +130,8 @@ class JobManager {
   CheckpointRecord PickCheckpoint(const std::shared_ptr<Entry>& entry);
   absl::Status RecordCheckpoint(Entry& entry, const CheckpointRecord& checkpoint);
   std::string JobDir(const std::string& id) const;
+  // TensorBoard event files of a job: <state_dir>/runs/<id>/.
+  std::string RunsDir(const std::string& id) const;
   absl::StatusOr<std::string> InitialWeightsPath(const trainer::v1::JobSpec& spec);
 
   // Assigns the next seq, persists the event, then publishes it.
@@ -138,6 +154,11 @@ class JobManager {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 
   std::vector<std::thread> workers_;
+
+  // Loaded models for Classify, by (job id, trial).
+  absl::Mutex classifiers_mu_;
+  std::map<std::pair<std::string, int>, std::shared_ptr<train::Classifier>> classifiers_
+      ABSL_GUARDED_BY(classifiers_mu_);
   int lock_fd_ = -1;  // flock on <state_dir>/LOCK, held for the manager's life
 };
 

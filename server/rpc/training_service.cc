@@ -141,6 +141,15 @@ Status TrainingServiceImpl::GetWeights(
   return Status::OK;
 }
 
+Status TrainingServiceImpl::Classify(ServerContext* context,
+                                     const trainer::v1::ClassifyRequest* request,
+                                     trainer::v1::ClassifyResponse* response) {
+  auto result = manager_->Classify(*request);
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *response = std::move(*result);
+  return Status::OK;
+}
+
 Status TrainingServiceImpl::DeleteJob(ServerContext* context,
                                       const trainer::v1::DeleteJobRequest* request,
                                       trainer::v1::DeleteJobResponse* response) {

@@ -33,6 +33,9 @@ class TrainingServiceImpl final : public trainer::v1::TrainingService::Service {
   grpc::Status GetWeights(
       grpc::ServerContext* context, const trainer::v1::GetWeightsRequest* request,
       grpc::ServerWriter<trainer::v1::GetWeightsResponse>* writer) override;
+  grpc::Status Classify(grpc::ServerContext* context,
+                        const trainer::v1::ClassifyRequest* request,
+                        trainer::v1::ClassifyResponse* response) override;
   grpc::Status DeleteJob(grpc::ServerContext* context,
                          const trainer::v1::DeleteJobRequest* request,
                          trainer::v1::DeleteJobResponse* response) override;

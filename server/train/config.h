@@ -113,6 +113,17 @@ struct DatasetSummary {
   int validation_images = 0;
 };
 
+// How the final model classifies the validation split (from the last
+// epoch's validation pass).
+struct Evaluation {
+  int num_classes = 0;
+  int64_t images = 0;
+  int64_t top1_correct = 0;
+  int64_t top5_correct = 0;  // true class among the 5 highest logits
+  // num_classes x num_classes, row-major: [true class][predicted class].
+  std::vector<int64_t> confusion;
+};
+
 // Receives progress from the training thread. Implementations must return
 // quickly: training waits for them.
 class ProgressSink {
@@ -123,6 +134,8 @@ class ProgressSink {
   virtual void OnEpoch(const EpochResult& epoch) = 0;
   virtual void OnInfo(const std::string& text) = 0;
   virtual void OnWarning(const std::string& text) = 0;
+  // The final model's validation figures, once at the end of a run.
+  virtual void OnEvaluation(const Evaluation& evaluation) {}
   // A checkpoint was written durably. An error fails the run (the caller
   // could not record it).
   virtual absl::Status OnCheckpoint(const CheckpointInfo& checkpoint) {

@@ -412,6 +412,21 @@ absl::StatusOr<cv::Mat> DecodeImage(const std::string& path, int size) {
   return ResizeSquare(rgb, size);
 }
 
+absl::StatusOr<cv::Mat> DecodeImageBytes(const std::string& bytes, int size) {
+  cv::Mat bgr;
+  try {
+    const cv::Mat raw(1, static_cast<int>(bytes.size()), CV_8UC1,
+                      const_cast<char*>(bytes.data()));
+    bgr = cv::imdecode(raw, cv::IMREAD_COLOR);
+  } catch (const cv::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("not a decodable image: ", e.what()));
+  }
+  if (bgr.empty()) return absl::InvalidArgumentError("not a decodable image");
+  cv::Mat rgb;
+  cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
+  return ResizeSquare(rgb, size);
+}
+
 DecodedImageCache& DecodedImageCache::Global() {
   static auto* cache = new DecodedImageCache(size_t{2} << 30);
   return *cache;

@@ -98,6 +98,9 @@ DecodedSet DecodeImages(const std::vector<ImageRecord>& records, int size,
 
 // Decodes and resizes one image to size x size RGB.
 absl::StatusOr<cv::Mat> DecodeImage(const std::string& path, int size);
+// The same from encoded bytes (JPEG, PNG, ...); INVALID_ARGUMENT when they do
+// not decode.
+absl::StatusOr<cv::Mat> DecodeImageBytes(const std::string& bytes, int size);
 
 // The augmentation ops at fixed parameters, on CV_8UC3 RGB images, each
 // meant to match torchvision's functional op on a PIL image.

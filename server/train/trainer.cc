@@ -82,6 +82,7 @@ struct EvalTotals {
   double loss_sum = 0;
   int64_t correct = 0;
   int64_t count = 0;
+  Evaluation detail;  // validation passes only
 };
 
 class Run {
@@ -145,7 +146,9 @@ class Run {
       if (resumed_mid_epoch) {
         order = pos.order;
         first_batch = pos.next_batch;
-        train = {pos.loss_sum, pos.correct, pos.count};
+        train.loss_sum = pos.loss_sum;
+        train.correct = pos.correct;
+        train.count = pos.count;
         train_seconds = pos.step_seconds;
         data_seconds = pos.data_seconds;
         earlier_seconds = pos.elapsed_seconds;
@@ -259,6 +262,7 @@ class Run {
       er.validation_seconds = validation_seconds;
       result.epochs.push_back(er);
       sink_->OnEpoch(er);
+      last_evaluation_ = std::move(val.detail);
       // The next epoch's start: its order is drawn from the generator's state.
       RunPosition next;
       next.epoch = epoch + 1;
@@ -271,6 +275,7 @@ class Run {
       }
     }
     if (auto st = WriteWeights(); !st.ok()) return st;
+    if (last_evaluation_.images > 0) sink_->OnEvaluation(last_evaluation_);
     return result;
   }
 
@@ -291,6 +296,9 @@ class Run {
     lo.prefetch = PrefetchDepth();
     BatchLoader loader(set, std::move(order), lo);
     EvalTotals totals;
+    const int64_t classes = model_->fc()->weight.size(0);
+    totals.detail.num_classes = static_cast<int>(classes);
+    totals.detail.confusion.assign(classes * classes, 0);
     Batch batch;
     while (loader.Next(&batch)) {
       torch::Tensor x = batch.images.to(device_);
@@ -306,9 +314,20 @@ class Run {
                              torch::nn::functional::CrossEntropyFuncOptions()
                                  .reduction(torch::kSum))
                              .item<double>();
-      totals.correct += logits.argmax(1).eq(y).sum().item<int64_t>();
+      const torch::Tensor predicted = logits.argmax(1);
+      totals.correct += predicted.eq(y).sum().item<int64_t>();
       totals.count += y.size(0);
+      const torch::Tensor top5 = std::get<1>(logits.topk(std::min<int64_t>(5, classes), 1));
+      totals.detail.top5_correct += top5.eq(y.unsqueeze(1)).any(1).sum().item<int64_t>();
+      const torch::Tensor truth = y.to(torch::kCPU).contiguous();
+      const torch::Tensor guess = predicted.to(torch::kCPU).contiguous();
+      for (int64_t i = 0; i < truth.size(0); ++i) {
+        ++totals.detail.confusion[truth.data_ptr<int64_t>()[i] * classes +
+                                  guess.data_ptr<int64_t>()[i]];
+      }
     }
+    totals.detail.images = totals.count;
+    totals.detail.top1_correct = totals.correct;
     return totals;
   }
 
@@ -384,6 +403,7 @@ class Run {
   ResNet18 model_{nullptr};
   at::Generator order_gen_;
   bool warned_single_ = false;
+  Evaluation last_evaluation_;
   std::function<absl::StatusOr<bool>(const EpochResult&)> after_epoch_;
 };
 

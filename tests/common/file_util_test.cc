@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include "common/crc32c.h"
 #include "common/flags.h"
 #include "common/sha256.h"
 
@@ -17,6 +18,15 @@ TEST(Sha256Test, KnownVectors) {
   incremental.Update("a");
   incremental.Update("bc");
   EXPECT_EQ(incremental.HexDigest(), Sha256Hex("abc"));
+}
+
+TEST(Crc32cTest, KnownVectorsAndTfRecordMask) {
+  EXPECT_EQ(Crc32c("123456789"), 0xe3069283u);  // the CRC-32C check value
+  EXPECT_EQ(Crc32c(""), 0u);
+  EXPECT_EQ(Crc32c(std::string(32, '\0')), 0x8a9136aau);  // RFC 3720 B.4
+  EXPECT_EQ(MaskedCrc32c(""), 0xa282ead8u);
+  const uint32_t crc = Crc32c("abc");
+  EXPECT_EQ(MaskedCrc32c("abc"), ((crc >> 15) | (crc << 17)) + 0xa282ead8u);
 }
 
 TEST(FileUtilTest, AtomicWriteReplacesAndLeavesNoTemporary) {

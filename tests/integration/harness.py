@@ -51,6 +51,11 @@ class Daemon:
         for line in self.proc.stdout:
             if "serving on" in line:
                 self.port = int(line.split("serving on ")[1].split()[0].rsplit(":", 1)[1])
+                if not any(a.startswith(("--metrics_listen", "--metrics-listen"))
+                           for a in self.extra):
+                    return self
+            if "metrics on http://" in line:
+                self.metrics_url = line.split("metrics on ")[1].strip()
                 return self
         raise RuntimeError(f"traind did not start: exit {self.proc.wait()}")
 
