@@ -395,6 +395,10 @@ absl::Status JobManager::Recover() {
     auto last = store_->LastSeq(entry->job.id());
     if (!last.ok()) return last.status();
     entry->job.set_last_seq(*last);
+    // Jobs stored before event files existed get their (empty) folder named too.
+    if (entry->job.tensorboard_dir().empty()) {
+      entry->job.set_tensorboard_dir(RunsDir(entry->job.id()));
+    }
     jobs_[entry->job.id()] = entry;
     by_index_.push_back(entry);
     if (!s.request_id.empty()) request_ids_[s.request_id] = entry->job.id();
