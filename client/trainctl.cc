@@ -40,6 +40,11 @@
 ABSL_FLAG(std::string, server, "",
           "traind address host:port (default $TRAINCTL_SERVER, else 127.0.0.1:50051)");
 ABSL_FLAG(std::string, output, "human", "human or json");
+ABSL_FLAG(std::string, token, "", "bearer token (or $TRAINCTL_TOKEN)");
+ABSL_FLAG(std::string, tls_ca, "", "TLS: CA certificate to verify traind with (or $TRAINCTL_TLS_CA)");
+ABSL_FLAG(std::string, tls_cert, "",
+          "mutual TLS: client certificate (or $TRAINCTL_TLS_CERT)");
+ABSL_FLAG(std::string, tls_key, "", "mutual TLS: client key (or $TRAINCTL_TLS_KEY)");
 // submit
 ABSL_FLAG(std::string, f, "", "submit: read the JobSpec from this JSON file");
 ABSL_FLAG(std::string, kind, "", "submit: finetune, scratch or sweep (default finetune)");
@@ -112,11 +117,46 @@ std::string ServerAddress() {
   return s;
 }
 
+// A flag, else its environment variable.
+std::string Setting(const absl::Flag<std::string>& flag, const char* env) {
+  std::string v = absl::GetFlag(flag);
+  if (v.empty()) {
+    const char* e = std::getenv(env);
+    if (e) v = e;
+  }
+  return v;
+}
+
+std::string ReadPem(const std::string& path, const char* what) {
+  auto pem = ReadFile(path);
+  if (!pem.ok()) Fail(absl::StrCat(what, ": ", pem.status().message()));
+  return *pem;
+}
+
 std::unique_ptr<TrainingService::Stub> Connect() {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(8 << 20);
-  return TrainingService::NewStub(
-      grpc::CreateCustomChannel(ServerAddress(), grpc::InsecureChannelCredentials(), args));
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  const std::string ca = Setting(FLAGS_tls_ca, "TRAINCTL_TLS_CA");
+  const std::string cert = Setting(FLAGS_tls_cert, "TRAINCTL_TLS_CERT");
+  const std::string key = Setting(FLAGS_tls_key, "TRAINCTL_TLS_KEY");
+  if (!ca.empty() || !cert.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    if (!ca.empty()) ssl.pem_root_certs = ReadPem(ca, "--tls-ca");
+    if (!cert.empty()) {
+      if (key.empty()) Fail("--tls-cert needs --tls-key");
+      ssl.pem_cert_chain = ReadPem(cert, "--tls-cert");
+      ssl.pem_private_key = ReadPem(key, "--tls-key");
+    }
+    credentials = grpc::SslCredentials(ssl);
+  }
+  return TrainingService::NewStub(grpc::CreateCustomChannel(ServerAddress(), credentials, args));
+}
+
+// Adds the bearer token, if one is set, to a call.
+void Authorize(grpc::ClientContext* ctx) {
+  static const std::string token = Setting(FLAGS_token, "TRAINCTL_TOKEN");
+  if (!token.empty()) ctx->AddMetadata("authorization", "Bearer " + token);
 }
 
 std::string ToJson(const google::protobuf::Message& m) {
@@ -148,6 +188,7 @@ std::string Kind(trainer::v1::JobKind k) { return absl::AsciiStrToLower(trainer:
 
 trainer::v1::Job GetJobOrFail(TrainingService::Stub& stub, const std::string& id) {
   grpc::ClientContext ctx;
+  Authorize(&ctx);
   SetUnaryDeadline(&ctx);
   trainer::v1::GetJobRequest req;
   req.set_job_id(id);
@@ -391,6 +432,7 @@ int Watch(TrainingService::Stub& stub, const std::string& id, int64_t after) {
   absl::Duration backoff = absl::Milliseconds(200);
   while (true) {
     grpc::ClientContext ctx;
+    Authorize(&ctx);
     trainer::v1::StreamMetricsRequest req;
     req.set_job_id(id);
     req.set_after_seq(after);
@@ -464,6 +506,7 @@ int Submit(TrainingService::Stub& stub) {
   // Retrying with the same request id is safe: the server returns the same job.
   for (int attempt = 0; attempt < 5; ++attempt) {
     grpc::ClientContext ctx;
+    Authorize(&ctx);
     SetUnaryDeadline(&ctx);
     st = stub.SubmitJob(&ctx, req, &resp);
     if (st.error_code() != grpc::StatusCode::UNAVAILABLE) break;
@@ -572,6 +615,7 @@ int List(TrainingService::Stub& stub) {
   std::vector<trainer::v1::Job> jobs;
   do {
     grpc::ClientContext ctx;
+    Authorize(&ctx);
     SetUnaryDeadline(&ctx);
     trainer::v1::ListJobsResponse resp;
     grpc::Status st = stub.ListJobs(&ctx, req, &resp);
@@ -604,6 +648,7 @@ int List(TrainingService::Stub& stub) {
 
 int Cancel(TrainingService::Stub& stub, const std::string& id) {
   grpc::ClientContext ctx;
+  Authorize(&ctx);
   SetUnaryDeadline(&ctx);
   trainer::v1::CancelJobRequest req;
   req.set_job_id(id);
@@ -624,6 +669,7 @@ std::vector<trainer::v1::JobEvent> History(TrainingService::Stub& stub, const st
   std::vector<trainer::v1::JobEvent> events;
   if (job.last_seq() == 0) return events;
   grpc::ClientContext ctx;
+  Authorize(&ctx);
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
   trainer::v1::StreamMetricsRequest req;
   req.set_job_id(id);
@@ -778,6 +824,7 @@ int Classify(TrainingService::Stub& stub, const std::vector<std::string>& args) 
     req.add_images(*bytes);
   }
   grpc::ClientContext ctx;
+  Authorize(&ctx);
   SetUnaryDeadline(&ctx);
   trainer::v1::ClassifyResponse resp;
   grpc::Status st = stub.Classify(&ctx, req, &resp);
@@ -804,6 +851,7 @@ int Tensorboard(TrainingService::Stub& stub, const std::vector<std::string>& arg
     dir = GetJobOrFail(stub, args[2]).tensorboard_dir();
   } else {
     grpc::ClientContext ctx;
+    Authorize(&ctx);
     SetUnaryDeadline(&ctx);
     trainer::v1::ListJobsRequest req;
     req.set_page_size(1);
@@ -823,6 +871,7 @@ int Tensorboard(TrainingService::Stub& stub, const std::vector<std::string>& arg
 
 int Delete(TrainingService::Stub& stub, const std::string& id) {
   grpc::ClientContext ctx;
+  Authorize(&ctx);
   SetUnaryDeadline(&ctx);
   trainer::v1::DeleteJobRequest req;
   req.set_job_id(id);
@@ -882,6 +931,7 @@ int Weights(TrainingService::Stub& stub, const std::string& id) {
   std::ofstream file(part, std::ios::binary | (received > 0 ? std::ios::app : std::ios::trunc));
   if (!file) Fail(absl::StrCat("cannot write ", part));
   grpc::ClientContext ctx;
+  Authorize(&ctx);
   auto reader = stub.GetWeights(&ctx, req);
   trainer::v1::GetWeightsResponse msg;
   trainer::v1::WeightsHeader header;

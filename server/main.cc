@@ -35,6 +35,14 @@ std::string DefaultStateDir() {
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "host:port to serve on; port 0 picks a free port");
 ABSL_FLAG(std::string, port_file, "", "write the bound port to this file once serving");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain of the server (enables TLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of the server");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "require client certificates signed by this CA (PEM): mutual TLS");
+ABSL_FLAG(std::string, tokens_file, "",
+          "bearer tokens: lines of '<sha256 hex of token> <user> [admin]'; re-read on SIGHUP");
+ABSL_FLAG(bool, insecure, false,
+          "allow plaintext or no tokens on a non-loopback address (logs a warning)");
 ABSL_FLAG(std::string, metrics_listen, "",
           "serve Prometheus metrics over HTTP at host:port/metrics (port 0: a free port); "
           "empty: off");
@@ -70,12 +78,21 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // Images over this many pixels are refused before decoding (a PNG header
+  // may claim 60000 x 60000). OpenCV reads it when it first decodes.
+  setenv("OPENCV_IO_MAX_IMAGE_PIXELS", "100000000", /*overwrite=*/0);
 
   traind::Server::Options options;
   options.listen = absl::GetFlag(FLAGS_listen);
   options.port_file = absl::GetFlag(FLAGS_port_file);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key = absl::GetFlag(FLAGS_tls_key);
+  options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  options.tokens_file = absl::GetFlag(FLAGS_tokens_file);
+  options.insecure = absl::GetFlag(FLAGS_insecure);
   auto& jobs = options.jobs;
   jobs.state_dir = absl::GetFlag(FLAGS_state_dir);
   jobs.data_root = absl::GetFlag(FLAGS_data_root);
@@ -112,7 +129,12 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   int sig = 0;
-  sigwait(&signals, &sig);
+  while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
+    const absl::Status st = (*server)->ReloadTokens();
+    std::printf("traind: SIGHUP: %s\n",
+                st.ok() ? "tokens reloaded" : std::string(st.message()).c_str());
+    std::fflush(stdout);
+  }
   std::printf("traind: %s received, shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
   std::fflush(stdout);
   (*server)->Shutdown(absl::Seconds(absl::GetFlag(FLAGS_grace_seconds)));

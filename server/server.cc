@@ -1,13 +1,14 @@
 #include "server/server.h"
 
+#include <cstdio>
+#include <vector>
+
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
-
 #include <httplib.h>
 
-#include <vector>
-
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -17,10 +18,60 @@ namespace traind {
 
 absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
   std::unique_ptr<Server> s(new Server());
+  // Refuse an exposed daemon without TLS or tokens before touching any state.
+  const std::string host = options.listen.substr(0, options.listen.rfind(':'));
+  const bool loopback = host == "127.0.0.1" || host == "localhost" || host == "[::1]" ||
+                        host == "::1" || absl::StartsWith(options.listen, "unix:");
+  const bool tls = !options.tls_cert.empty() || !options.tls_key.empty();
+  if (!loopback && !options.insecure && (!tls || options.tokens_file.empty())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "refusing to serve ", options.listen, " without ", tls ? "" : "TLS (--tls-cert, --tls-key) ",
+        !tls && options.tokens_file.empty() ? "and " : "",
+        options.tokens_file.empty() ? "tokens (--tokens-file)" : "",
+        ": only loopback addresses may do without; --insecure overrides"));
+  }
+  if (!loopback && options.insecure && (!tls || options.tokens_file.empty())) {
+    std::fprintf(stderr, "traind: WARNING: --insecure: serving %s%s%s to the network\n",
+                 tls ? "" : "plaintext", !tls && options.tokens_file.empty() ? " and " : "",
+                 options.tokens_file.empty() ? "without authentication" : "");
+  }
+  if (tls && (options.tls_cert.empty() || options.tls_key.empty())) {
+    return absl::InvalidArgumentError("TLS needs both --tls-cert and --tls-key");
+  }
+  if (!options.tls_client_ca.empty() && !tls) {
+    return absl::InvalidArgumentError("--tls-client-ca needs --tls-cert and --tls-key");
+  }
+  if (!options.tokens_file.empty()) {
+    auto tokens = rpc::TokenStore::Load(options.tokens_file);
+    if (!tokens.ok()) return tokens.status();
+    s->tokens_ = std::move(*tokens);
+  }
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (tls) {
+    grpc::SslServerCredentialsOptions ssl(
+        options.tls_client_ca.empty()
+            ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+            : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    auto cert = ReadFile(options.tls_cert);
+    auto key = ReadFile(options.tls_key);
+    if (!cert.ok()) return cert.status();
+    if (!key.ok()) return key.status();
+    ssl.pem_key_cert_pairs.push_back({*key, *cert});
+    if (!options.tls_client_ca.empty()) {
+      auto ca = ReadFile(options.tls_client_ca);
+      if (!ca.ok()) return ca.status();
+      ssl.pem_root_certs = *ca;
+    }
+    credentials = grpc::SslServerCredentials(ssl);
+    if (s->tokens_) {
+      credentials->SetAuthMetadataProcessor(
+          std::make_shared<rpc::TokenAuthProcessor>(s->tokens_.get()));
+    }
+  }
   auto manager = jobs::JobManager::Create(options.jobs);
   if (!manager.ok()) return manager.status();
   s->manager_ = std::move(*manager);
-  s->service_ = std::make_unique<rpc::TrainingServiceImpl>(s->manager_.get());
+  s->service_ = std::make_unique<rpc::TrainingServiceImpl>(s->manager_.get(), s->tokens_.get());
 
   s->metrics_ = std::make_unique<rpc::RpcMetrics>();
   grpc::EnableDefaultHealthCheckService(true);
@@ -28,7 +79,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
   creators.push_back(s->metrics_->InterceptorFactory());
   builder.experimental().SetInterceptorCreators(std::move(creators));
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &s->port_);
+  builder.AddListeningPort(options.listen, credentials, &s->port_);
+  // Limits: message sizes, keepalive abuse, idle connections.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, 30 * 60 * 1000);
   builder.RegisterService(s->service_.get());
   // Classify carries images: up to 64 MiB per call (8 MiB per image).
   builder.SetMaxReceiveMessageSize(64 << 20);
@@ -74,9 +130,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
 
 Server::~Server() { Shutdown(absl::Seconds(5)); }
 
+absl::Status Server::ReloadTokens() {
+  if (!tokens_) return absl::FailedPreconditionError("no --tokens-file to reload");
+  return tokens_->Reload();
+}
+
 void Server::Shutdown(absl::Duration grace) {
   if (stopped_) return;
   stopped_ = true;
+  if (!server_) {  // failed before serving
+    if (manager_) manager_->Shutdown();
+    return;
+  }
   if (auto* health = server_->GetHealthCheckService()) health->SetServingStatus(false);
   // Streams notice this within their poll interval and end with UNAVAILABLE.
   manager_->BeginShutdown();

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "server/jobs/job_manager.h"
+#include "server/rpc/auth.h"
 #include "server/rpc/metrics.h"
 #include "server/rpc/training_service.h"
 
@@ -33,6 +34,17 @@ class Server {
     // host:port of the Prometheus /metrics HTTP endpoint; empty: none; port 0
     // picks a free port.
     std::string metrics_listen;
+    // TLS: PEM files of the server's certificate chain and key. Unset: plaintext,
+    // allowed only on a loopback address (or with `insecure`).
+    std::string tls_cert;
+    std::string tls_key;
+    // Mutual TLS: clients must present a certificate signed by this CA (PEM).
+    std::string tls_client_ca;
+    // Bearer tokens (see rpc/auth.h). Unset: one implicit local user, which
+    // is allowed only on a loopback address (or with `insecure`).
+    std::string tokens_file;
+    // Serve plaintext and/or without tokens on a non-loopback address.
+    bool insecure = false;
     jobs::JobManager::Options jobs;
   };
 
@@ -41,6 +53,8 @@ class Server {
 
   // The port actually bound.
   int port() const { return port_; }
+  // Re-reads the tokens file (SIGHUP); the old tokens stay on error.
+  absl::Status ReloadTokens();
   // The metrics port actually bound; 0 when not serving metrics.
   int metrics_port() const { return metrics_port_; }
   // Health NOT_SERVING, streams end with UNAVAILABLE, running jobs are
@@ -55,6 +69,7 @@ class Server {
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   std::unique_ptr<rpc::RpcMetrics> metrics_;
+  std::unique_ptr<rpc::TokenStore> tokens_;
   std::unique_ptr<httplib::Server> http_;
   std::thread http_thread_;
   int metrics_port_ = 0;

@@ -527,19 +527,23 @@ void JobManager::SetState(Entry& entry, JobState state, const std::string& reaso
   Emit(entry, std::move(ev));
 }
 
-std::shared_ptr<JobManager::Entry> JobManager::Find(const std::string& id) {
+std::shared_ptr<JobManager::Entry> JobManager::Find(const std::string& id,
+                                                    const Caller& caller) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(id);
-  return it == jobs_.end() ? nullptr : it->second;
+  if (it == jobs_.end()) return nullptr;
+  if (!caller.admin && it->second->job.owner() != caller.user) return nullptr;
+  return it->second;
 }
 
-absl::StatusOr<std::string> JobManager::InitialWeightsPath(const JobSpec& spec) {
+absl::StatusOr<std::string> JobManager::InitialWeightsPath(const JobSpec& spec,
+                                                           const Caller& caller) {
   switch (spec.initial_weights_case()) {
     case JobSpec::kPretrainedFile:
       return ResolveBeneath(options_.weights_root, spec.pretrained_file(),
                             "pretrained_file");
     case JobSpec::kFromJob: {
-      auto from = Find(spec.from_job());
+      auto from = Find(spec.from_job(), caller);
       if (!from) {
         return absl::InvalidArgumentError(
             absl::StrCat("from_job: no job \"", spec.from_job(), "\""));
@@ -566,10 +570,16 @@ absl::StatusOr<std::string> JobManager::InitialWeightsPath(const JobSpec& spec) 
 }
 
 absl::StatusOr<std::string> JobManager::Submit(JobSpec spec,
-                                               const std::string& request_id) {
-  if (request_id.size() > 128) {
+                                               const std::string& client_request_id,
+                                               const Caller& caller) {
+  if (client_request_id.size() > 128) {
     return absl::InvalidArgumentError("request_id: longer than 128 characters");
   }
+  // Request ids are per user: another user's retry key finds nothing.
+  const std::string request_id =
+      client_request_id.empty() || caller.user == "local"
+          ? client_request_id
+          : absl::StrCat(caller.user, "/", client_request_id);
   if (!request_id.empty()) {
     absl::MutexLock lock(&mu_);
     auto it = request_ids_.find(request_id);
@@ -592,7 +602,7 @@ absl::StatusOr<std::string> JobManager::Submit(JobSpec spec,
           "pretrained_file/from_job or use kind FINETUNE");
     }
   } else {
-    auto weights = InitialWeightsPath(spec);
+    auto weights = InitialWeightsPath(spec, caller);
     if (!weights.ok()) return weights.status();
     if (spec.has_pretrained_file()) {
       // Refuse an unusable checkpoint now rather than fail the job later.
@@ -619,6 +629,7 @@ absl::StatusOr<std::string> JobManager::Submit(JobSpec spec,
   job.set_state(trainer::v1::QUEUED);
   job.set_create_time_ms(NowMs());
   job.set_tensorboard_dir(RunsDir(job.id()));
+  job.set_owner(caller.user);
   StoredJob stored{entry->index, request_id, job};
   if (auto st = store_->InsertJob(stored); !st.ok()) return st;
   jobs_[job.id()] = entry;
@@ -631,15 +642,16 @@ absl::StatusOr<std::string> JobManager::Submit(JobSpec spec,
   return job.id();
 }
 
-absl::StatusOr<Job> JobManager::GetJob(const std::string& id) {
-  auto entry = Find(id);
+absl::StatusOr<Job> JobManager::GetJob(const std::string& id, const Caller& caller) {
+  auto entry = Find(id, caller);
   if (!entry) return absl::NotFoundError(absl::StrCat("no job \"", id, "\""));
   absl::MutexLock lock(&mu_);
   return entry->job;
 }
 
 absl::StatusOr<JobManager::Page> JobManager::ListJobs(
-    int page_size, const std::string& page_token, const std::vector<JobState>& states) {
+    int page_size, const std::string& page_token, const std::vector<JobState>& states,
+    const Caller& caller) {
   if (page_size < 0 || page_size > 1000) {
     return absl::InvalidArgumentError("page_size: must be in [0, 1000]");
   }
@@ -652,6 +664,7 @@ absl::StatusOr<JobManager::Page> JobManager::ListJobs(
   absl::MutexLock lock(&mu_);
   for (const auto& e : by_index_) {
     if (e->index <= after) continue;
+    if (!caller.admin && e->job.owner() != caller.user) continue;
     if (!states.empty() &&
         std::find(states.begin(), states.end(), e->job.state()) == states.end()) {
       continue;
@@ -666,8 +679,8 @@ absl::StatusOr<JobManager::Page> JobManager::ListJobs(
   return page;
 }
 
-absl::StatusOr<Job> JobManager::Cancel(const std::string& id) {
-  auto entry = Find(id);
+absl::StatusOr<Job> JobManager::Cancel(const std::string& id, const Caller& caller) {
+  auto entry = Find(id, caller);
   if (!entry) return absl::NotFoundError(absl::StrCat("no job \"", id, "\""));
   absl::MutexLock lock(&mu_);
   switch (entry->job.state()) {
@@ -687,8 +700,9 @@ absl::StatusOr<Job> JobManager::Cancel(const std::string& id) {
 
 absl::StatusOr<std::vector<JobEvent>> JobManager::ReadEvents(const std::string& id,
                                                              int64_t after_seq,
-                                                             int limit) {
-  if (!Find(id)) return absl::NotFoundError(absl::StrCat("no job \"", id, "\""));
+                                                             int limit,
+                                                             const Caller& caller) {
+  if (!Find(id, caller)) return absl::NotFoundError(absl::StrCat("no job \"", id, "\""));
   if (after_seq < 0) return absl::InvalidArgumentError("after_seq: must be >= 0");
   return store_->ReadEvents(id, after_seq, limit);
 }
@@ -705,8 +719,8 @@ bool JobManager::WaitForEvents(const std::string& id, int64_t after_seq,
 }
 
 absl::StatusOr<JobManager::WeightsFile> JobManager::Weights(
-    const std::string& id, trainer::v1::WeightsFormat format, int trial) {
-  auto entry = Find(id);
+    const std::string& id, trainer::v1::WeightsFormat format, int trial, const Caller& caller) {
+  auto entry = Find(id, caller);
   if (!entry) return absl::NotFoundError(absl::StrCat("no job \"", id, "\""));
   {
     absl::MutexLock lock(&mu_);
@@ -755,7 +769,7 @@ JobManager::Gauges JobManager::Snapshot() {
 }
 
 absl::StatusOr<trainer::v1::ClassifyResponse> JobManager::Classify(
-    const trainer::v1::ClassifyRequest& request) {
+    const trainer::v1::ClassifyRequest& request, const Caller& caller) {
   constexpr size_t kMaxImages = 64;
   constexpr size_t kMaxImageBytes = size_t{8} << 20;
   if (request.images().empty()) return absl::InvalidArgumentError("images: none given");
@@ -773,11 +787,11 @@ absl::StatusOr<trainer::v1::ClassifyResponse> JobManager::Classify(
   }
   const int top_k = request.top_k() == 0 ? 5 : request.top_k();
   // Resolves the weights (and refuses unfinished jobs and unknown trials).
-  auto weights = Weights(request.job_id(), trainer::v1::SAFETENSORS, request.trial());
+  auto weights = Weights(request.job_id(), trainer::v1::SAFETENSORS, request.trial(), caller);
   if (!weights.ok()) return weights.status();
   Job job;
   {
-    auto entry = Find(request.job_id());
+    auto entry = Find(request.job_id(), caller);
     if (!entry) return absl::NotFoundError(absl::StrCat("no job \"", request.job_id(), "\""));
     absl::MutexLock lock(&mu_);
     job = entry->job;
@@ -811,8 +825,8 @@ absl::StatusOr<trainer::v1::ClassifyResponse> JobManager::Classify(
   return response;
 }
 
-absl::StatusOr<int64_t> JobManager::Delete(const std::string& id) {
-  auto entry = Find(id);
+absl::StatusOr<int64_t> JobManager::Delete(const std::string& id, const Caller& caller) {
+  auto entry = Find(id, caller);
   if (!entry) return absl::NotFoundError(absl::StrCat("no job \"", id, "\""));
   absl::MutexLock lock(&mu_);
   if (!IsTerminal(entry->job.state())) {

@@ -29,6 +29,13 @@
 
 namespace traind::jobs {
 
+// Who calls: every job belongs to the user who submitted it; another
+// user's job does not exist for a caller (NOT_FOUND), except for admins.
+struct Caller {
+  std::string user = "local";  // the implicit user of a daemon without tokens
+  bool admin = true;
+};
+
 class JobManager {
  public:
   struct Options {
@@ -59,23 +66,27 @@ class JobManager {
   // Validates `spec` completely, then stores and queues it. Returns the job
   // id; a repeated non-empty `request_id` returns the first call's job.
   absl::StatusOr<std::string> Submit(trainer::v1::JobSpec spec,
-                                     const std::string& request_id);
-  absl::StatusOr<trainer::v1::Job> GetJob(const std::string& id);
+                                     const std::string& request_id,
+                                     const Caller& caller = Caller());
+  absl::StatusOr<trainer::v1::Job> GetJob(const std::string& id,
+                                          const Caller& caller = Caller());
 
   struct Page {
     std::vector<trainer::v1::Job> jobs;
     std::string next_page_token;
   };
   absl::StatusOr<Page> ListJobs(int page_size, const std::string& page_token,
-                                const std::vector<trainer::v1::JobState>& states);
+                                const std::vector<trainer::v1::JobState>& states,
+                                const Caller& caller = Caller());
 
   // Best effort: a queued job is CANCELLED at once, a running one goes to
   // CANCELLING and stops at its next batch boundary.
-  absl::StatusOr<trainer::v1::Job> Cancel(const std::string& id);
+  absl::StatusOr<trainer::v1::Job> Cancel(const std::string& id,
+                                          const Caller& caller = Caller());
 
   // Up to `limit` events of job `id` with seq > after_seq.
   absl::StatusOr<std::vector<trainer::v1::JobEvent>> ReadEvents(
-      const std::string& id, int64_t after_seq, int limit);
+      const std::string& id, int64_t after_seq, int limit, const Caller& caller = Caller());
 
   // Waits until job `id` has an event after `after_seq`, the manager shuts
   // down, or `timeout` passes. Returns false only on timeout.
@@ -90,7 +101,8 @@ class JobManager {
   // The final weights of a SUCCEEDED job (for a sweep, its best trial's, or
   // trial `trial`'s when not 0); FAILED_PRECONDITION for an unfinished job.
   absl::StatusOr<WeightsFile> Weights(const std::string& id,
-                                      trainer::v1::WeightsFormat format, int trial = 0);
+                                      trainer::v1::WeightsFormat format, int trial = 0,
+                                      const Caller& caller = Caller());
 
   struct Gauges {
     int queued = 0;
@@ -103,11 +115,11 @@ class JobManager {
   // Classifies encoded images with a SUCCEEDED job's final weights (or a
   // sweep trial's); the loaded model is cached per job and trial.
   absl::StatusOr<trainer::v1::ClassifyResponse> Classify(
-      const trainer::v1::ClassifyRequest& request);
+      const trainer::v1::ClassifyRequest& request, const Caller& caller = Caller());
 
   // Removes a finished job: rows, events, checkpoints, weights. Returns the
   // bytes freed. FAILED_PRECONDITION for a job that has not ended.
-  absl::StatusOr<int64_t> Delete(const std::string& id);
+  absl::StatusOr<int64_t> Delete(const std::string& id, const Caller& caller = Caller());
 
   // Stops taking work and wakes every waiter; running jobs write a checkpoint
   // at their next batch boundary and continue from it after a restart.
@@ -132,7 +144,8 @@ class JobManager {
   std::string JobDir(const std::string& id) const;
   // TensorBoard event files of a job: <state_dir>/runs/<id>/.
   std::string RunsDir(const std::string& id) const;
-  absl::StatusOr<std::string> InitialWeightsPath(const trainer::v1::JobSpec& spec);
+  absl::StatusOr<std::string> InitialWeightsPath(const trainer::v1::JobSpec& spec,
+                                                 const Caller& caller = Caller());
 
   // Assigns the next seq, persists the event, then publishes it.
   void Emit(Entry& entry, trainer::v1::JobEvent event)
@@ -140,7 +153,9 @@ class JobManager {
   void SetState(Entry& entry, trainer::v1::JobState state,
                 const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Persist(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::shared_ptr<Entry> Find(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
+  // The job, if `caller` may see it.
+  std::shared_ptr<Entry> Find(const std::string& id, const Caller& caller = Caller())
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // Constant after construction.
   const Options options_;

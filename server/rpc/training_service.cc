@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/spec.h"
+#include "server/rpc/auth.h"
 #include "server/rpc/status_util.h"
 
 namespace traind::rpc {
@@ -21,39 +22,47 @@ constexpr size_t kChunkBytes = 1 << 20;
 constexpr int kEventsPerRead = 512;
 }  // namespace
 
-Status TrainingServiceImpl::SubmitJob(ServerContext*,
+Status TrainingServiceImpl::SubmitJob(ServerContext* context,
                                       const trainer::v1::SubmitJobRequest* request,
                                       trainer::v1::SubmitJobResponse* response) {
-  auto id = manager_->Submit(request->spec(), request->request_id());
+  auto caller = Authenticate(*context, tokens_);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  auto id = manager_->Submit(request->spec(), request->request_id(), *caller);
   if (!id.ok()) return ToGrpcStatus(id.status());
   response->set_job_id(*id);
   return Status::OK;
 }
 
-Status TrainingServiceImpl::GetJob(ServerContext*, const trainer::v1::GetJobRequest* request,
+Status TrainingServiceImpl::GetJob(ServerContext* context, const trainer::v1::GetJobRequest* request,
                                    trainer::v1::GetJobResponse* response) {
-  auto job = manager_->GetJob(request->job_id());
+  auto caller = Authenticate(*context, tokens_);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  auto job = manager_->GetJob(request->job_id(), *caller);
   if (!job.ok()) return ToGrpcStatus(job.status());
   *response->mutable_job() = std::move(*job);
   return Status::OK;
 }
 
-Status TrainingServiceImpl::ListJobs(ServerContext*,
+Status TrainingServiceImpl::ListJobs(ServerContext* context,
                                      const trainer::v1::ListJobsRequest* request,
                                      trainer::v1::ListJobsResponse* response) {
+  auto caller = Authenticate(*context, tokens_);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
   std::vector<JobState> states;
   for (int s : request->states()) states.push_back(static_cast<JobState>(s));
-  auto page = manager_->ListJobs(request->page_size(), request->page_token(), states);
+  auto page = manager_->ListJobs(request->page_size(), request->page_token(), states, *caller);
   if (!page.ok()) return ToGrpcStatus(page.status());
   for (auto& j : page->jobs) *response->add_jobs() = std::move(j);
   response->set_next_page_token(page->next_page_token);
   return Status::OK;
 }
 
-Status TrainingServiceImpl::CancelJob(ServerContext*,
+Status TrainingServiceImpl::CancelJob(ServerContext* context,
                                       const trainer::v1::CancelJobRequest* request,
                                       trainer::v1::CancelJobResponse* response) {
-  auto job = manager_->Cancel(request->job_id());
+  auto caller = Authenticate(*context, tokens_);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  auto job = manager_->Cancel(request->job_id(), *caller);
   if (!job.ok()) return ToGrpcStatus(job.status());
   *response->mutable_job() = std::move(*job);
   return Status::OK;
@@ -62,10 +71,12 @@ Status TrainingServiceImpl::CancelJob(ServerContext*,
 Status TrainingServiceImpl::StreamMetrics(
     ServerContext* context, const trainer::v1::StreamMetricsRequest* request,
     grpc::ServerWriter<trainer::v1::StreamMetricsResponse>* writer) {
+  auto caller = Authenticate(*context, tokens_);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
   const std::string& id = request->job_id();
   int64_t after = request->after_seq();
   while (true) {
-    auto events = manager_->ReadEvents(id, after, kEventsPerRead);
+    auto events = manager_->ReadEvents(id, after, kEventsPerRead, *caller);
     if (!events.ok()) return ToGrpcStatus(events.status());
     for (auto& e : *events) {
       const bool terminal = e.has_state() && IsTerminal(e.state().state());
@@ -78,7 +89,7 @@ Status TrainingServiceImpl::StreamMetrics(
       if (terminal) return Status::OK;
     }
     if (!events->empty()) continue;
-    auto job = manager_->GetJob(id);
+    auto job = manager_->GetJob(id, *caller);
     if (!job.ok()) return ToGrpcStatus(job.status());
     if (IsTerminal(job->state()) && after >= job->last_seq()) return Status::OK;
     if (context->IsCancelled()) {
@@ -95,6 +106,8 @@ Status TrainingServiceImpl::StreamMetrics(
 Status TrainingServiceImpl::GetWeights(
     ServerContext* context, const trainer::v1::GetWeightsRequest* request,
     grpc::ServerWriter<trainer::v1::GetWeightsResponse>* writer) {
+  auto caller = Authenticate(*context, tokens_);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
   if (!trainer::v1::WeightsFormat_IsValid(request->format())) {
     return Status(grpc::StatusCode::INVALID_ARGUMENT, "format: unknown weights format");
   }
@@ -104,7 +117,7 @@ Status TrainingServiceImpl::GetWeights(
   if (request->trial() < 0) {
     return Status(grpc::StatusCode::INVALID_ARGUMENT, "trial: must be >= 0");
   }
-  auto file = manager_->Weights(request->job_id(), format, request->trial());
+  auto file = manager_->Weights(request->job_id(), format, request->trial(), *caller);
   if (!file.ok()) return ToGrpcStatus(file.status());
   if (request->offset() < 0 || request->offset() > file->size) {
     return Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -144,7 +157,9 @@ Status TrainingServiceImpl::GetWeights(
 Status TrainingServiceImpl::Classify(ServerContext* context,
                                      const trainer::v1::ClassifyRequest* request,
                                      trainer::v1::ClassifyResponse* response) {
-  auto result = manager_->Classify(*request);
+  auto caller = Authenticate(*context, tokens_);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  auto result = manager_->Classify(*request, *caller);
   if (!result.ok()) return ToGrpcStatus(result.status());
   *response = std::move(*result);
   return Status::OK;
@@ -153,7 +168,9 @@ Status TrainingServiceImpl::Classify(ServerContext* context,
 Status TrainingServiceImpl::DeleteJob(ServerContext* context,
                                       const trainer::v1::DeleteJobRequest* request,
                                       trainer::v1::DeleteJobResponse* response) {
-  auto freed = manager_->Delete(request->job_id());
+  auto caller = Authenticate(*context, tokens_);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  auto freed = manager_->Delete(request->job_id(), *caller);
   if (!freed.ok()) return ToGrpcStatus(freed.status());
   response->set_freed_bytes(*freed);
   return Status::OK;

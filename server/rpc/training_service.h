@@ -7,13 +7,17 @@
 #define TRAIND_SERVER_RPC_TRAINING_SERVICE_H_
 
 #include "server/jobs/job_manager.h"
+#include "server/rpc/auth.h"
 #include "trainer/v1/training_service.grpc.pb.h"
 
 namespace traind::rpc {
 
 class TrainingServiceImpl final : public trainer::v1::TrainingService::Service {
  public:
-  explicit TrainingServiceImpl(jobs::JobManager* manager) : manager_(manager) {}
+  // `tokens`: nullptr for a daemon without authentication (one implicit
+  // local user).
+  TrainingServiceImpl(jobs::JobManager* manager, const TokenStore* tokens)
+      : manager_(manager), tokens_(tokens) {}
 
   grpc::Status SubmitJob(grpc::ServerContext* context,
                          const trainer::v1::SubmitJobRequest* request,
@@ -42,6 +46,7 @@ class TrainingServiceImpl final : public trainer::v1::TrainingService::Service {
 
  private:
   jobs::JobManager* const manager_;
+  const TokenStore* const tokens_;
 };
 
 }  // namespace traind::rpc

@@ -1,0 +1,188 @@
+"""Safe to expose: TLS, mutual TLS, bearer tokens and job ownership, through
+the real traind and trainctl. Certificates and tokens come from the deploy/
+scripts a user runs for a first setup."""
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import unittest
+
+from harness import TRAINCTL, TRAIND, Daemon, make_subset, temp_root
+
+DEPLOY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../deploy")
+
+
+def add_token(tokens, user, role=""):
+    out = subprocess.run([os.path.join(DEPLOY, "add-token.sh"), tokens, user] +
+                         ([role] if role else []), check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def make_certs(folder):
+    subprocess.run([os.path.join(DEPLOY, "make-certs.sh"), folder], check=True,
+                   capture_output=True)
+
+
+class SecurityTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.root = temp_root("traind-security-")
+        cls.data = os.path.join(cls.root, "data")
+        os.makedirs(os.path.join(cls.root, "w"))
+        make_subset(os.path.join(cls.data, "subset"))
+        cls.certs = os.path.join(cls.root, "certs")
+        make_certs(cls.certs)
+        cls.tokens_file = os.path.join(cls.root, "tokens")
+        cls.tokens = {"alice": add_token(cls.tokens_file, "alice"),
+                      "bob": add_token(cls.tokens_file, "bob"),
+                      "root": add_token(cls.tokens_file, "root", "admin")}
+        cls.d = Daemon(os.path.join(cls.root, "state"), cls.data, os.path.join(cls.root, "w"),
+                       extra=[f"--tls-cert={cls.certs}/server.crt",
+                              f"--tls-key={cls.certs}/server.key",
+                              f"--tokens-file={cls.tokens_file}"]).start()
+        cls.job = cls.ctl("alice", "--output=json", "submit", "--kind=scratch",
+                          "--dataset=subset", "--epochs=1", "--image_size=32",
+                          "--batch_size=8").stdout.split('"job_id":"')[1].split('"')[0]
+        assert cls.ctl("alice", "watch", cls.job).returncode == 0
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.stop()
+        shutil.rmtree(cls.root, ignore_errors=True)
+
+    @classmethod
+    def ctl(cls, who, *args, address=None, ca=True, env_extra=None):
+        env = dict(os.environ, TRAINCTL_SERVER=address or cls.d.address)
+        env.pop("TRAINCTL_TOKEN", None)
+        if ca:
+            env["TRAINCTL_TLS_CA"] = f"{cls.certs}/ca.crt"
+        if who == "bad":
+            env["TRAINCTL_TOKEN"] = "0" * 64
+        elif who in cls.tokens:
+            env["TRAINCTL_TOKEN"] = cls.tokens[who]
+        env.update(env_extra or {})
+        return subprocess.run([TRAINCTL, *args], capture_output=True, text=True, env=env,
+                              timeout=300)
+
+    def test_every_rpc_for_every_kind_of_caller(self):
+        image = sorted(glob.glob(os.path.join(self.data, "subset", "*", "*")))[0]
+        out = os.path.join(self.root, "w.pth")
+        rpcs = {
+            "GetJob": ("status", self.job),
+            "ListJobs": ("list",),
+            "StreamMetrics": ("watch", self.job),
+            "GetWeights": ("weights", self.job, "-o", out),
+            "Classify": ("classify", self.job, image),
+            "CancelJob": ("cancel", self.job),
+            "SubmitJob": ("submit", "--kind=scratch", "--dataset=subset", "--epochs=1",
+                          "--image_size=32"),
+        }
+        # Expected exit codes: 0 allowed, 2 refused by the server.
+        want = {"none": 2, "bad": 2, "bob": 2, "alice": 0, "root": 0}
+        matrix = []
+        for rpc, args in rpcs.items():
+            row = []
+            for who, code in want.items():
+                p = self.ctl(who, *args)
+                expected = 0 if rpc in ("ListJobs", "SubmitJob") and who == "bob" else code
+                self.assertEqual(p.returncode, expected, f"{rpc} as {who}: {p.stderr}")
+                if who in ("none", "bad"):
+                    self.assertIn("bearer token", p.stderr)  # UNAUTHENTICATED
+                    self.assertNotIn(self.tokens["alice"], p.stderr)
+                if who == "bob" and expected == 2:
+                    self.assertIn(f'no job "{self.job}"', p.stderr)  # NOT_FOUND, not DENIED
+                if rpc == "ListJobs" and p.returncode == 0:
+                    self.assertEqual(self.job in p.stdout, who != "bob", who)
+                if rpc == "SubmitJob" and p.returncode == 0:
+                    new = p.stdout.split()[-1] if "job-" in p.stdout else ""
+                    self.ctl(who, "cancel", new)
+                row.append(f"{who}:{p.returncode}")
+            matrix.append(f"{rpc:14} " + " ".join(row))
+        # DeleteJob last: bob cannot see it, alice can delete it.
+        p = self.ctl("bob", "delete", self.job)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("no job", p.stderr)
+        self.assertEqual(self.ctl("none", "delete", self.job).returncode, 2)
+        self.assertEqual(self.ctl("alice", "delete", self.job).returncode, 0)
+        self.assertEqual(self.ctl("root", "status", self.job).returncode, 2)
+        print("\n" + "\n".join(matrix))
+
+    def test_plaintext_to_the_tls_port_is_refused(self):
+        p = self.ctl("alice", "list", ca=False)
+        self.assertEqual(p.returncode, 3, p.stderr)
+
+    def test_tokens_reload_on_sighup(self):
+        carol = add_token(self.tokens_file, "carol")
+        self.assertEqual(self.ctl("x", "list", env_extra={"TRAINCTL_TOKEN": carol}).returncode, 2)
+        self.d.proc.send_signal(signal.SIGHUP)
+        for _ in range(50):
+            line = self.d.proc.stdout.readline()
+            if "SIGHUP" in line:
+                break
+        self.assertIn("tokens reloaded", line)
+        self.assertEqual(self.ctl("x", "list", env_extra={"TRAINCTL_TOKEN": carol}).returncode, 0)
+
+
+class ExposureTest(unittest.TestCase):
+    def setUp(self):
+        self.root = temp_root("traind-exposure-")
+        os.makedirs(os.path.join(self.root, "data"))
+        os.makedirs(os.path.join(self.root, "w"))
+
+    def tearDown(self):
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def traind(self, *extra):
+        return subprocess.run([TRAIND, f"--state-dir={self.root}/state",
+                               f"--data-root={self.root}/data", f"--weights-root={self.root}/w",
+                               *extra], capture_output=True, text=True, timeout=60)
+
+    def test_a_network_address_needs_tls_and_tokens(self):
+        p = self.traind("--listen=0.0.0.0:0")
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("refusing to serve 0.0.0.0:0 without TLS", p.stderr)
+
+    def test_mutual_tls_refuses_clients_without_the_right_certificate(self):
+        certs, other = os.path.join(self.root, "certs"), os.path.join(self.root, "other")
+        make_certs(certs)
+        make_certs(other)
+        d = Daemon(os.path.join(self.root, "state"), os.path.join(self.root, "data"),
+                   os.path.join(self.root, "w"),
+                   extra=[f"--tls-cert={certs}/server.crt", f"--tls-key={certs}/server.key",
+                          f"--tls-client-ca={certs}/ca.crt"]).start()
+        try:
+            def ctl(*tls):
+                env = dict(os.environ, TRAINCTL_SERVER=d.address)
+                return subprocess.run([TRAINCTL, *tls, "list"], capture_output=True, text=True,
+                                      env=env, timeout=60)
+            self.assertEqual(ctl(f"--tls-ca={certs}/ca.crt").returncode, 3)  # no client cert
+            self.assertEqual(ctl(f"--tls-ca={certs}/ca.crt", f"--tls-cert={other}/client.crt",
+                                 f"--tls-key={other}/client.key").returncode, 3)  # other CA
+            self.assertEqual(ctl().returncode, 3)  # plaintext
+            p = ctl(f"--tls-ca={certs}/ca.crt", f"--tls-cert={certs}/client.crt",
+                    f"--tls-key={certs}/client.key")
+            self.assertEqual(p.returncode, 0, p.stderr)
+        finally:
+            d.stop()
+
+    def test_tokens_on_plaintext_loopback(self):
+        tokens = os.path.join(self.root, "tokens")
+        alice = add_token(tokens, "alice")
+        d = Daemon(os.path.join(self.root, "state"), os.path.join(self.root, "data"),
+                   os.path.join(self.root, "w"), extra=[f"--tokens-file={tokens}"]).start()
+        try:
+            env = dict(os.environ, TRAINCTL_SERVER=d.address)
+            env.pop("TRAINCTL_TOKEN", None)
+            p = subprocess.run([TRAINCTL, "list"], capture_output=True, text=True, env=env)
+            self.assertEqual(p.returncode, 2)
+            self.assertIn("bearer token", p.stderr)
+            p = subprocess.run([TRAINCTL, f"--token={alice}", "list"], capture_output=True,
+                               text=True, env=env)
+            self.assertEqual(p.returncode, 0, p.stderr)
+        finally:
+            d.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()
