@@ -41,6 +41,9 @@ ABSL_FLAG(std::string, tls_client_ca, "",
           "require client certificates signed by this CA (PEM): mutual TLS");
 ABSL_FLAG(std::string, tokens_file, "",
           "bearer tokens: lines of '<sha256 hex of token> <user> [admin]'; re-read on SIGHUP");
+ABSL_FLAG(int, max_queued_per_user, 100, "queued jobs allowed per user");
+ABSL_FLAG(int, max_queued, 1000, "queued jobs allowed in all");
+ABSL_FLAG(int, max_streams_per_user, 16, "open StreamMetrics calls allowed per user");
 ABSL_FLAG(bool, insecure, false,
           "allow plaintext or no tokens on a non-loopback address (logs a warning)");
 ABSL_FLAG(std::string, metrics_listen, "",
@@ -93,6 +96,7 @@ int main(int argc, char** argv) {
   options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   options.tokens_file = absl::GetFlag(FLAGS_tokens_file);
   options.insecure = absl::GetFlag(FLAGS_insecure);
+  options.limits.max_streams_per_user = std::max(1, absl::GetFlag(FLAGS_max_streams_per_user));
   auto& jobs = options.jobs;
   jobs.state_dir = absl::GetFlag(FLAGS_state_dir);
   jobs.data_root = absl::GetFlag(FLAGS_data_root);
@@ -100,6 +104,8 @@ int main(int argc, char** argv) {
   jobs.weights_root = absl::GetFlag(FLAGS_weights_root);
   if (jobs.weights_root.empty()) jobs.weights_root = jobs.state_dir + "/weights";
   jobs.workers = absl::GetFlag(FLAGS_workers);
+  jobs.max_queued_per_user = std::max(1, absl::GetFlag(FLAGS_max_queued_per_user));
+  jobs.max_queued = std::max(1, absl::GetFlag(FLAGS_max_queued));
   jobs.keep_checkpoints = std::max(1, absl::GetFlag(FLAGS_keep_checkpoints));
   jobs.max_attempts_without_progress =
       std::max(1, absl::GetFlag(FLAGS_max_attempts_without_progress));

@@ -71,7 +71,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
   auto manager = jobs::JobManager::Create(options.jobs);
   if (!manager.ok()) return manager.status();
   s->manager_ = std::move(*manager);
-  s->service_ = std::make_unique<rpc::TrainingServiceImpl>(s->manager_.get(), s->tokens_.get());
+  s->service_ = std::make_unique<rpc::TrainingServiceImpl>(s->manager_.get(), s->tokens_.get(),
+                                                      options.limits);
 
   s->metrics_ = std::make_unique<rpc::RpcMetrics>();
   grpc::EnableDefaultHealthCheckService(true);

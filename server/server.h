@@ -45,6 +45,7 @@ class Server {
     std::string tokens_file;
     // Serve plaintext and/or without tokens on a non-loopback address.
     bool insecure = false;
+    rpc::TrainingServiceImpl::Limits limits;
     jobs::JobManager::Options jobs;
   };
 

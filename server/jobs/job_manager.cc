@@ -395,6 +395,7 @@ absl::Status JobManager::Recover() {
     auto last = store_->LastSeq(entry->job.id());
     if (!last.ok()) return last.status();
     entry->job.set_last_seq(*last);
+    if (entry->job.owner().empty()) entry->job.set_owner("local");  // stored before owners
     // Jobs stored before event files existed get their (empty) folder named too.
     if (entry->job.tensorboard_dir().empty()) {
       entry->job.set_tensorboard_dir(RunsDir(entry->job.id()));
@@ -615,6 +616,18 @@ absl::StatusOr<std::string> JobManager::Submit(JobSpec spec,
 
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("traind is shutting down");
+  if (static_cast<int>(queue_.size()) >= options_.max_queued) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the queue is full (", queue_.size(), " jobs waiting); try again later"));
+  }
+  const int mine = static_cast<int>(std::count_if(
+      queue_.begin(), queue_.end(),
+      [&caller](const std::shared_ptr<Entry>& e) { return e->job.owner() == caller.user; }));
+  if (mine >= options_.max_queued_per_user) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "user ", caller.user, " already has ", mine, " jobs waiting (the limit is ",
+        options_.max_queued_per_user, "); wait for some to start or cancel them"));
+  }
   if (!request_id.empty()) {
     auto it = request_ids_.find(request_id);
     if (it != request_ids_.end()) return it->second;

@@ -54,6 +54,9 @@ class JobManager {
     // A job whose runs end this many times in a row (daemon crashes) without
     // writing a new checkpoint is FAILED instead of run again.
     int max_attempts_without_progress = 3;
+    // Queued jobs allowed per user and in all; more are RESOURCE_EXHAUSTED.
+    int max_queued_per_user = 100;
+    int max_queued = 1000;
   };
 
   // Opens the store, re-queues jobs that were running when the daemon

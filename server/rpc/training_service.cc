@@ -19,12 +19,24 @@ using trainer::v1::JobState;
 
 namespace {
 constexpr size_t kChunkBytes = 1 << 20;
+// Requests other than Classify are small; the server accepts 64 MiB messages
+// for Classify's images.
+constexpr size_t kMaxRequestBytes = 1 << 20;
+
+Status CheckSize(const google::protobuf::Message& request, const char* rpc) {
+  const size_t n = request.ByteSizeLong();
+  if (n <= kMaxRequestBytes) return Status::OK;
+  return Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                absl::StrCat(rpc, ": request of ", n, " bytes exceeds the ", kMaxRequestBytes,
+                             "-byte limit"));
+}
 constexpr int kEventsPerRead = 512;
 }  // namespace
 
 Status TrainingServiceImpl::SubmitJob(ServerContext* context,
                                       const trainer::v1::SubmitJobRequest* request,
                                       trainer::v1::SubmitJobResponse* response) {
+  if (Status st = CheckSize(*request, "SubmitJob"); !st.ok()) return st;
   auto caller = Authenticate(*context, tokens_);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   auto id = manager_->Submit(request->spec(), request->request_id(), *caller);
@@ -73,6 +85,26 @@ Status TrainingServiceImpl::StreamMetrics(
     grpc::ServerWriter<trainer::v1::StreamMetricsResponse>* writer) {
   auto caller = Authenticate(*context, tokens_);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
+  // Open streams per user are limited; the slot is released on return.
+  {
+    absl::MutexLock lock(&streams_mu_);
+    int& open = streams_[caller->user];
+    if (open >= limits_.max_streams_per_user) {
+      return Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                    absl::StrCat("user ", caller->user, " already has ", open,
+                                 " open streams (the limit is ", limits_.max_streams_per_user,
+                                 ")"));
+    }
+    ++open;
+  }
+  struct Release {
+    TrainingServiceImpl* self;
+    std::string user;
+    ~Release() {
+      absl::MutexLock lock(&self->streams_mu_);
+      --self->streams_[user];
+    }
+  } release{this, caller->user};
   const std::string& id = request->job_id();
   int64_t after = request->after_seq();
   while (true) {

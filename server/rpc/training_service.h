@@ -6,6 +6,10 @@
 #ifndef TRAIND_SERVER_RPC_TRAINING_SERVICE_H_
 #define TRAIND_SERVER_RPC_TRAINING_SERVICE_H_
 
+#include <map>
+#include <string>
+
+#include "absl/synchronization/mutex.h"
 #include "server/jobs/job_manager.h"
 #include "server/rpc/auth.h"
 #include "trainer/v1/training_service.grpc.pb.h"
@@ -14,10 +18,14 @@ namespace traind::rpc {
 
 class TrainingServiceImpl final : public trainer::v1::TrainingService::Service {
  public:
+  struct Limits {
+    // Open StreamMetrics calls per user; more are RESOURCE_EXHAUSTED.
+    int max_streams_per_user = 16;
+  };
   // `tokens`: nullptr for a daemon without authentication (one implicit
   // local user).
-  TrainingServiceImpl(jobs::JobManager* manager, const TokenStore* tokens)
-      : manager_(manager), tokens_(tokens) {}
+  TrainingServiceImpl(jobs::JobManager* manager, const TokenStore* tokens, Limits limits)
+      : manager_(manager), tokens_(tokens), limits_(limits) {}
 
   grpc::Status SubmitJob(grpc::ServerContext* context,
                          const trainer::v1::SubmitJobRequest* request,
@@ -47,6 +55,9 @@ class TrainingServiceImpl final : public trainer::v1::TrainingService::Service {
  private:
   jobs::JobManager* const manager_;
   const TokenStore* const tokens_;
+  const Limits limits_;
+  absl::Mutex streams_mu_;
+  std::map<std::string, int> streams_ ABSL_GUARDED_BY(streams_mu_);
 };
 
 }  // namespace traind::rpc

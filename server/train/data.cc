@@ -398,6 +398,13 @@ cv::Mat ResizeSquare(const cv::Mat& rgb, int size) {
 }
 
 absl::StatusOr<cv::Mat> DecodeImage(const std::string& path, int size) {
+  constexpr uintmax_t kMaxFileBytes = uintmax_t{64} << 20;
+  std::error_code ec;
+  const uintmax_t bytes = std::filesystem::file_size(path, ec);
+  if (!ec && bytes > kMaxFileBytes) {
+    return absl::DataLossError(absl::StrCat("cannot decode ", path, ": ", bytes,
+                                            " bytes, more than the 64 MiB limit"));
+  }
   cv::Mat bgr;
   try {
     bgr = cv::imread(path, cv::IMREAD_COLOR);

@@ -71,6 +71,14 @@ absl::StatusOr<LoadedData> LoadData(const DataConfig& config, ProgressSink* sink
   data.validation =
       DecodeImages(data.index.validation, config.image_size, threads, &warnings, cache);
   for (const auto& w : warnings) sink->OnWarning(w);
+  // A few bad files are skipped; many mean the wrong folder or a broken copy.
+  const size_t listed = data.index.train.size() + data.index.validation.size();
+  const size_t skipped = listed - data.train.images.size() - data.validation.images.size();
+  if (listed > 0 && skipped * 10 > listed) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "dataset: ", skipped, " of ", listed,
+        " images are unreadable (more than 10%); see the warnings for which"));
+  }
   if (data.train.images.empty() || data.validation.images.empty()) {
     return absl::FailedPreconditionError(
         "dataset: no readable images left in the training or validation split");

@@ -157,7 +157,20 @@ class DurabilityTest(unittest.TestCase):
         job = d.submit(*spec(100, 32, "--request_id=long-job"))
         acknowledged = {"long-job": job}
         cycles = 20
+
+        def wait_until(predicate, what):
+            deadline = time.time() + 300
+            while not predicate():
+                self.assertLess(time.time(), deadline, what)
+                time.sleep(0.05)
+
+        # A first checkpoint, so that every later restart has one to resume from,
+        # however slow this machine is.
+        wait_until(lambda: db_rows(self.state, "SELECT COUNT(*) FROM checkpoints")[0][0] > 0,
+                   "no first checkpoint")
         for cycle in range(cycles):
+            # Kill at a random moment of a running attempt.
+            wait_until(lambda: d.status(job)["state"] == "RUNNING", "job not running again")
             # Acknowledged submissions, some while the job is checkpointing.
             for k in range(rng.randint(0, 2)):
                 rid = f"c{cycle}-{k}"

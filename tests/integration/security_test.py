@@ -184,5 +184,96 @@ class ExposureTest(unittest.TestCase):
             d.stop()
 
 
+class HostileInputTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.root = temp_root("traind-hostile-")
+        cls.data = os.path.join(cls.root, "data")
+        os.makedirs(os.path.join(cls.root, "w"))
+        make_subset(os.path.join(cls.data, "subset"))
+        cls.d = Daemon(os.path.join(cls.root, "state"), cls.data, os.path.join(cls.root, "w"),
+                       extra=["--max-queued-per-user=1", "--max-streams-per-user=1"]).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.stop()
+        shutil.rmtree(cls.root, ignore_errors=True)
+
+    def test_dataset_names_cannot_leave_the_data_root(self):
+        os.symlink("/etc", os.path.join(self.data, "etc-link"))
+        spec = os.path.join(self.root, "nul.json")
+        with open(spec, "w") as f:
+            f.write('{"kind": "SCRATCH", "dataset": "sub\\u0000set"}')
+        for name in ("../../etc/passwd", "/etc/shadow", "a/../../x", "x" * 5000, "etc-link"):
+            p = self.d.trainctl("submit", "--kind=scratch", f"--dataset={name}", check=False)
+            self.assertEqual(p.returncode, 2, name[:40])
+            self.assertIn("trainctl: submit: dataset", p.stderr)  # refused, field named
+        p = self.d.trainctl("submit", "-f", spec, check=False)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn("dataset", p.stderr)
+        self.assertEqual(self.d.trainctl_json("list")[0].get("jobs", []), [])
+
+    def test_hostile_images_are_skipped_with_warnings(self):
+        hostile = os.path.join(self.data, "hostile")
+        shutil.copytree(os.path.join(self.data, "subset"), hostile)
+        cls_dir = os.path.join(hostile, sorted(os.listdir(hostile))[0])
+        real = sorted(glob.glob(os.path.join(cls_dir, "*.jpg")))[0]
+        with open(real, "rb") as f:
+            head = f.read(600)
+        with open(os.path.join(cls_dir, "truncated.jpg"), "wb") as f:
+            f.write(head)
+        # A PNG whose header claims 60000 x 60000 pixels.
+        import struct
+        import zlib
+        ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
+        chunk = lambda t, d: (struct.pack(">I", len(d)) + t + d +
+                              struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF))
+        with open(os.path.join(cls_dir, "huge.png"), "wb") as f:
+            f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) +
+                    chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+        open(os.path.join(cls_dir, "empty.jpg"), "wb").close()
+        with open(os.path.join(cls_dir, "text.jpg"), "w") as f:
+            f.write("this is not a picture\n")
+        job = self.d.submit("--kind=scratch", "--dataset=hostile", "--epochs=1",
+                            "--image_size=32", "--batch_size=8")
+        events, p = self.d.watch(job)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        warnings = " ".join(e["log"]["text"] for e in events
+                            if e.get("log", {}).get("level") == "WARNING")
+        for name in ("truncated.jpg", "huge.png", "empty.jpg", "text.jpg"):
+            self.assertIn(name, warnings)
+
+    def test_limits_refuse_with_resource_exhausted(self):
+        running = self.d.submit("--kind=scratch", "--dataset=subset", "--epochs=100",
+                                "--image_size=32")
+        waiting = self.d.submit("--kind=scratch", "--dataset=subset", "--epochs=1",
+                                "--image_size=32")
+        p = self.d.trainctl("submit", "--kind=scratch", "--dataset=subset", check=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("already has 1 jobs waiting", p.stderr)
+        # A 5 MiB SubmitJob.
+        big = os.path.join(self.root, "big.json")
+        with open(big, "w") as f:
+            f.write('{"kind": "SCRATCH", "dataset": "subset", "exclude_classes": [' +
+                    ",".join(['"' + "c" * 100 + '"'] * 50000) + "]}")
+        p = self.d.trainctl("submit", "-f", big, check=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("exceeds the 1048576-byte limit", p.stderr)
+        # One open stream per user here: a second watcher is refused.
+        env = dict(os.environ, TRAINCTL_SERVER=self.d.address)
+        first = subprocess.Popen([TRAINCTL, "--output=json", "watch", running],
+                                 stdout=subprocess.PIPE, text=True, env=env)
+        first.stdout.readline()
+        p = self.d.trainctl("watch", running, check=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("open streams", p.stderr)
+        self.assertEqual(self.d.trainctl("list").returncode, 0)  # still answering
+        first.kill()
+        first.wait()
+        first.stdout.close()
+        self.d.trainctl("cancel", waiting)
+        self.d.trainctl("cancel", running)
+
+
 if __name__ == "__main__":
     unittest.main()
