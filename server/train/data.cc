@@ -16,8 +16,10 @@
 #include <opencv2/imgproc.hpp>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/file_util.h"
 
 namespace traind::train {
 namespace fs = std::filesystem;
@@ -397,29 +399,29 @@ cv::Mat ResizeSquare(const cv::Mat& rgb, int size) {
   return PilResize(rgb, size, size);
 }
 
-absl::StatusOr<cv::Mat> DecodeImage(const std::string& path, int size) {
-  constexpr uintmax_t kMaxFileBytes = uintmax_t{64} << 20;
-  std::error_code ec;
-  const uintmax_t bytes = std::filesystem::file_size(path, ec);
-  if (!ec && bytes > kMaxFileBytes) {
-    return absl::DataLossError(absl::StrCat("cannot decode ", path, ": ", bytes,
-                                            " bytes, more than the 64 MiB limit"));
+namespace {
+
+// The formats torchvision's ImageFolder reads, by their leading bytes. Only
+// these reach OpenCV: its other decoders (GDCM for DICOM, found by fuzzing)
+// abort the process on some malformed input.
+bool HasImageSignature(absl::string_view b) {
+  auto starts = [&b](absl::string_view magic) { return absl::StartsWith(b, magic); };
+  if (starts("\xff\xd8\xff")) return true;                       // JPEG
+  if (starts("\x89PNG\r\n\x1a\n")) return true;                 // PNG
+  if (starts("BM")) return true;                                 // BMP
+  if (starts(absl::string_view("II*\0", 4)) || starts(absl::string_view("MM\0*", 4))) {
+    return true;  // TIFF
   }
-  cv::Mat bgr;
-  try {
-    bgr = cv::imread(path, cv::IMREAD_COLOR);
-  } catch (const cv::Exception& e) {
-    return absl::DataLossError(absl::StrCat("cannot decode ", path, ": ", e.what()));
-  }
-  if (bgr.empty()) {
-    return absl::DataLossError(absl::StrCat("cannot decode ", path, ": unreadable or corrupt image"));
-  }
-  cv::Mat rgb;
-  cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
-  return ResizeSquare(rgb, size);
+  if (b.size() >= 12 && starts("RIFF") && b.substr(8, 4) == "WEBP") return true;
+  if (b.size() >= 2 && b[0] == 'P' && b[1] >= '1' && b[1] <= '6') return true;  // PBM/PGM/PPM
+  return false;
 }
 
-absl::StatusOr<cv::Mat> DecodeImageBytes(const std::string& bytes, int size) {
+absl::StatusOr<cv::Mat> Decode(const std::string& bytes, int size) {
+  if (!HasImageSignature(bytes)) {
+    return absl::InvalidArgumentError(
+        "not a JPEG, PNG, BMP, TIFF, WebP or PPM/PGM image (by its first bytes)");
+  }
   cv::Mat bgr;
   try {
     const cv::Mat raw(1, static_cast<int>(bytes.size()), CV_8UC1,
@@ -432,6 +434,32 @@ absl::StatusOr<cv::Mat> DecodeImageBytes(const std::string& bytes, int size) {
   cv::Mat rgb;
   cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
   return ResizeSquare(rgb, size);
+}
+
+}  // namespace
+
+absl::StatusOr<cv::Mat> DecodeImage(const std::string& path, int size) {
+  constexpr uintmax_t kMaxFileBytes = uintmax_t{64} << 20;
+  std::error_code ec;
+  const uintmax_t bytes = std::filesystem::file_size(path, ec);
+  if (!ec && bytes > kMaxFileBytes) {
+    return absl::DataLossError(absl::StrCat("cannot decode ", path, ": ", bytes,
+                                            " bytes, more than the 64 MiB limit"));
+  }
+  auto content = ReadFile(path);
+  if (!content.ok()) {
+    return absl::DataLossError(absl::StrCat("cannot decode ", path, ": ",
+                                            content.status().message()));
+  }
+  auto img = Decode(*content, size);
+  if (!img.ok()) {
+    return absl::DataLossError(absl::StrCat("cannot decode ", path, ": ", img.status().message()));
+  }
+  return img;
+}
+
+absl::StatusOr<cv::Mat> DecodeImageBytes(const std::string& bytes, int size) {
+  return Decode(bytes, size);
 }
 
 DecodedImageCache& DecodedImageCache::Global() {

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <opencv2/imgcodecs.hpp>
 
+#include "common/file_util.h"
 #include "tests/test_util.h"
 
 namespace traind::train {
@@ -183,6 +184,32 @@ TEST(AugmentTest, NormalizeUsesImageNetStatistics) {
   EXPECT_NEAR(out[0], (1.0 - 0.485) / 0.229, 1e-5);
   EXPECT_NEAR(out[1], (0.0 - 0.456) / 0.224, 1e-5);
   EXPECT_NEAR(out[2], (128 / 255.0 - 0.406) / 0.225, 1e-5);
+}
+
+}  // namespace
+}  // namespace traind::train
+
+namespace traind::train {
+namespace {
+
+// Found by tests/fuzz/image_fuzzer: bytes with "DICM" where DICOM keeps it
+// made OpenCV hand them to GDCM, which aborted the process on an assertion.
+// Only the formats ImageFolder reads reach OpenCV now.
+TEST(DecodeTest, FuzzerFoundInputsAreErrorsNotCrashes) {
+  const auto corpus = std::filesystem::path(__FILE__).parent_path().parent_path() / "fuzz" /
+                      "corpus" / "image";
+  auto bytes = ReadFile((corpus / "regression-gdcm-assert").string());
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  auto img = DecodeImageBytes(*bytes, 32);
+  EXPECT_EQ(img.status().code(), absl::StatusCode::kInvalidArgument);
+  std::string dicom(132, '\0');
+  dicom.replace(128, 4, "DICM");
+  EXPECT_FALSE(DecodeImageBytes(dicom, 32).ok());
+  auto png = ReadFile((corpus / "tiny.png").string());
+  ASSERT_TRUE(png.ok());
+  auto decoded = DecodeImageBytes(*png, 32);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->rows, 32);
 }
 
 }  // namespace
