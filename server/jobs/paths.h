@@ -9,9 +9,12 @@
 namespace traind::jobs {
 
 // Resolves `name` (relative, no "..", no NUL, at most 1024 bytes) under
-// `root`, following symlinks, and checks that the result stays inside the
-// root. INVALID_ARGUMENT naming `field` otherwise, or when nothing exists
-// there.
+// `root`: the kernel resolves it beneath the root (openat2 RESOLVE_BENEATH,
+// so no symlink may lead out), and the canonical path is checked to stay
+// inside the root as well (the only check where openat2 is unavailable).
+// INVALID_ARGUMENT naming `field` otherwise, or when nothing exists there.
+// The files are then opened by path: the data root must not be writable by
+// the users whose names are resolved.
 absl::StatusOr<std::string> ResolveBeneath(const std::string& root,
                                            const std::string& name,
                                            const std::string& field);

@@ -18,7 +18,10 @@ class PathsTest : public testing::Test {
     fs::create_directories(root_ / "caltech" / "a");
     fs::create_directories(root_.parent_path() / "outside");
     fs::create_directory_symlink("/etc", root_ / "etc-link");
-    fs::create_directory_symlink(root_ / "caltech", root_ / "inside-link");
+    fs::create_directory_symlink("caltech", root_ / "inside-link");  // relative, stays inside
+    // Absolute symlinks are refused even when they point inside: the kernel
+    // (RESOLVE_BENEATH) cannot tell where they lead without leaving the root.
+    fs::create_directory_symlink(root_ / "caltech", root_ / "absolute-link");
   }
   fs::path root_;
 };
@@ -33,10 +36,14 @@ TEST_F(PathsTest, ResolvesNamesInsideTheRoot) {
 
 TEST_F(PathsTest, RefusesEscapesAndNamesTheField) {
   const std::string long_name(5000, 'a');
+  // A relative symlink that climbs out.
+  std::filesystem::create_directory_symlink("..", root_ / "up-link");
   for (const std::string& bad :
        {std::string("../../etc/passwd"), std::string("/etc/shadow"), std::string("a/../../x"),
         std::string("caltech/.."), std::string("x\0y", 3), long_name, std::string("etc-link"),
-        std::string("etc-link/passwd"), std::string("missing"), std::string("")}) {
+        std::string("etc-link/passwd"), std::string("up-link"), std::string("up-link/x"),
+        std::string("absolute-link"),
+        std::string("missing"), std::string("")}) {
     auto p = ResolveBeneath(root_.string(), bad, "dataset");
     ASSERT_FALSE(p.ok()) << bad;
     EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument) << bad;
