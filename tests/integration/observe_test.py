@@ -218,7 +218,7 @@ class ObserveTest(unittest.TestCase):
             f.write(b"not an image at all")
         p = self.d.trainctl("classify", self.job, images[0], bad, check=False)
         self.assertEqual(p.returncode, 2)
-        self.assertIn("images[1]: not a decodable image", p.stderr)
+        self.assertIn("images[1]: not a JPEG, PNG", p.stderr)
 
     def test_metrics_endpoint_during_a_job(self):
         import re
