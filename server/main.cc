@@ -44,6 +44,9 @@ ABSL_FLAG(std::string, tokens_file, "",
 ABSL_FLAG(int, max_queued_per_user, 100, "queued jobs allowed per user");
 ABSL_FLAG(int, max_queued, 1000, "queued jobs allowed in all");
 ABSL_FLAG(int, max_streams_per_user, 16, "open StreamMetrics calls allowed per user");
+ABSL_FLAG(int, max_stream_seconds, 3600,
+          "StreamMetrics and GetWeights calls end with DEADLINE_EXCEEDED after this long "
+          "(clients resume)");
 ABSL_FLAG(bool, insecure, false,
           "allow plaintext or no tokens on a non-loopback address (logs a warning)");
 ABSL_FLAG(std::string, metrics_listen, "",
@@ -97,6 +100,7 @@ int main(int argc, char** argv) {
   options.tokens_file = absl::GetFlag(FLAGS_tokens_file);
   options.insecure = absl::GetFlag(FLAGS_insecure);
   options.limits.max_streams_per_user = std::max(1, absl::GetFlag(FLAGS_max_streams_per_user));
+  options.limits.max_stream_seconds = std::max(1, absl::GetFlag(FLAGS_max_stream_seconds));
   auto& jobs = options.jobs;
   jobs.state_dir = absl::GetFlag(FLAGS_state_dir);
   jobs.data_root = absl::GetFlag(FLAGS_data_root);

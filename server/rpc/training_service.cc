@@ -107,7 +107,14 @@ Status TrainingServiceImpl::StreamMetrics(
   } release{this, caller->user};
   const std::string& id = request->job_id();
   int64_t after = request->after_seq();
+  const absl::Time cap = absl::Now() + absl::Seconds(limits_.max_stream_seconds);
   while (true) {
+    if (absl::Now() >= cap) {
+      return Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                    absl::StrCat("stream open for the server's limit of ",
+                                 limits_.max_stream_seconds,
+                                 " s; reconnect with after_seq=", after, " to continue"));
+    }
     auto events = manager_->ReadEvents(id, after, kEventsPerRead, *caller);
     if (!events.ok()) return ToGrpcStatus(events.status());
     for (auto& e : *events) {
@@ -169,8 +176,15 @@ Status TrainingServiceImpl::GetWeights(
   header->set_format(format);
   if (!writer->Write(first)) return Status(grpc::StatusCode::CANCELLED, "client went away");
   std::string buf(kChunkBytes, '\0');
+  const absl::Time cap = absl::Now() + absl::Seconds(limits_.max_stream_seconds);
   while (offset < file->size) {
     if (context->IsCancelled()) return Status(grpc::StatusCode::CANCELLED, "client went away");
+    if (absl::Now() >= cap) {
+      return Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                    absl::StrCat("download open for the server's limit of ",
+                                 limits_.max_stream_seconds, " s at byte ", offset,
+                                 "; continue it with offset=", offset));
+    }
     const int64_t want = std::min<int64_t>(kChunkBytes, file->size - offset);
     in.read(buf.data(), want);
     if (in.gcount() != want) {

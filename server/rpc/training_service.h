@@ -21,6 +21,9 @@ class TrainingServiceImpl final : public trainer::v1::TrainingService::Service {
   struct Limits {
     // Open StreamMetrics calls per user; more are RESOURCE_EXHAUSTED.
     int max_streams_per_user = 16;
+    // A StreamMetrics or GetWeights call open longer than this ends with
+    // DEADLINE_EXCEEDED (watchers resume from their last sequence number).
+    int max_stream_seconds = 3600;
   };
   // `tokens`: nullptr for a daemon without authentication (one implicit
   // local user).

@@ -184,6 +184,43 @@ class ExposureTest(unittest.TestCase):
             d.stop()
 
 
+def h2_ping_flood(port, seconds=8):
+    """A raw HTTP/2 client that sends nothing but PING frames; returns the
+    GOAWAY (error code, debug data) the server answers with, or None."""
+    import socket
+    import struct
+    import time
+
+    def frame(kind, payload=b""):
+        return struct.pack(">I", len(payload))[1:] + bytes([kind, 0]) + b"\0\0\0\0" + payload
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4))  # preface + SETTINGS
+    buf, sent, start = b"", 0, time.time()
+    try:
+        while time.time() - start < seconds:
+            s.sendall(frame(6, struct.pack(">Q", sent)))  # PING
+            sent += 1
+            s.settimeout(0.05)
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                continue
+            if not chunk:
+                return None
+            buf += chunk
+            while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+                n, kind = int.from_bytes(buf[:3], "big"), buf[3]
+                payload, buf = buf[9:9 + n], buf[9 + n:]
+                if kind == 7:  # GOAWAY
+                    return struct.unpack(">I", payload[4:8])[0], payload[8:]
+    except OSError:
+        return None
+    finally:
+        s.close()
+    return None
+
+
 class HostileInputTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -192,7 +229,8 @@ class HostileInputTest(unittest.TestCase):
         os.makedirs(os.path.join(cls.root, "w"))
         make_subset(os.path.join(cls.data, "subset"))
         cls.d = Daemon(os.path.join(cls.root, "state"), cls.data, os.path.join(cls.root, "w"),
-                       extra=["--max-queued-per-user=1", "--max-streams-per-user=1"]).start()
+                       extra=["--max-queued-per-user=1", "--max-streams-per-user=1",
+                              "--max-stream-seconds=2"]).start()
 
     @classmethod
     def tearDownClass(cls):
@@ -242,6 +280,24 @@ class HostileInputTest(unittest.TestCase):
                             if e.get("log", {}).get("level") == "WARNING")
         for name in ("truncated.jpg", "huge.png", "empty.jpg", "text.jpg"):
             self.assertIn(name, warnings)
+
+    def test_a_client_flooding_pings_is_sent_away(self):
+        goaway = h2_ping_flood(self.d.port)
+        # ENHANCE_YOUR_CALM (0xb), "too_many_pings"
+        self.assertEqual(goaway, (11, b"too_many_pings"))
+        self.assertEqual(self.d.trainctl("list").returncode, 0)  # others still served
+
+    def test_streams_are_capped_and_watchers_resume(self):
+        import time
+        job = self.d.submit("--kind=scratch", "--dataset=subset", "--epochs=6",
+                            "--image_size=64", "--batch_size=8")
+        start = time.time()
+        events, p = self.d.watch(job)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertGreater(time.time() - start, 2.5)  # outlived the 2 s stream cap
+        seqs = [int(e["seq"]) for e in events]
+        self.assertEqual(seqs, list(range(1, len(seqs) + 1)))
+        self.assertEqual([e["state"]["state"] for e in events if "state" in e][-1], "SUCCEEDED")
 
     def test_limits_refuse_with_resource_exhausted(self):
         running = self.d.submit("--kind=scratch", "--dataset=subset", "--epochs=100",
