@@ -412,12 +412,22 @@ bool HasImageSignature(absl::string_view b) {
   if (starts(absl::string_view("II*\0", 4)) || starts(absl::string_view("MM\0*", 4))) {
     return true;  // TIFF
   }
-  if (b.size() >= 12 && starts("RIFF") && b.substr(8, 4) == "WEBP") return true;
-  if (b.size() >= 2 && b[0] == 'P' && b[1] >= '1' && b[1] <= '6') return true;  // PBM/PGM/PPM
+  // As strict as OpenCV's own checks, so that the intended decoder claims
+  // the bytes instead of letting them fall through to others.
+  if (b.size() >= 32 && starts("RIFF") && b.substr(8, 7) == "WEBPVP8") return true;
+  if (b.size() >= 3 && b[0] == 'P' && b[1] >= '1' && b[1] <= '6' &&
+      std::isspace(static_cast<unsigned char>(b[2]))) {
+    return true;  // PBM/PGM/PPM
+  }
   return false;
 }
 
 absl::StatusOr<cv::Mat> Decode(const std::string& bytes, int size) {
+  // A prefix that the matching decoder then rejects falls through OpenCV's
+  // decoder list to GDCM, which claims anything with "DICM" at byte 128.
+  if (bytes.size() >= 132 && bytes.compare(128, 4, "DICM") == 0) {
+    return absl::InvalidArgumentError("DICOM data is not a supported image format");
+  }
   if (!HasImageSignature(bytes)) {
     return absl::InvalidArgumentError(
         "not a JPEG, PNG, BMP, TIFF, WebP or PPM/PGM image (by its first bytes)");
