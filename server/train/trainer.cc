@@ -573,13 +573,6 @@ absl::StatusOr<SweepResult> RunSweep(const TrainConfig& base, const SweepPlan& p
   });
 }
 
-void RankByValidationLoss(std::vector<TrialOutcome>* outcomes) {
-  std::stable_sort(outcomes->begin(), outcomes->end(),
-                   [](const TrialOutcome& a, const TrialOutcome& b) {
-                     return a.final.validation_loss < b.final.validation_loss;
-                   });
-}
-
 absl::Status CheckWeightsFile(const std::string& path) {
   return CatchingLibraryErrors([&]() -> absl::StatusOr<bool> {
            auto weights = LoadStateDict(path);

@@ -58,9 +58,6 @@ absl::StatusOr<SweepResult> RunSweep(const TrainConfig& base, const SweepPlan& p
                                      const std::set<int>& finished, const std::string& output_dir,
                                      SweepSink* sink, const CancelToken& cancel);
 
-// Best (lowest final validation loss) first; ties keep their order.
-void RankByValidationLoss(std::vector<TrialOutcome>* outcomes);
-
 // Checks that `path` is a state_dict (torch.save zip or safetensors) that
 // fits a ResNet-18 backbone (any classifier shape): INVALID_ARGUMENT naming
 // the problem (legacy format, truncation, missing/extra keys, wrong shapes),
