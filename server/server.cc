@@ -63,10 +63,6 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
       ssl.pem_root_certs = *ca;
     }
     credentials = grpc::SslServerCredentials(ssl);
-    if (s->tokens_) {
-      credentials->SetAuthMetadataProcessor(
-          std::make_shared<rpc::TokenAuthProcessor>(s->tokens_.get()));
-    }
   }
   auto manager = jobs::JobManager::Create(options.jobs);
   if (!manager.ok()) return manager.status();

@@ -15,8 +15,6 @@
 namespace traind::rpc {
 namespace {
 
-constexpr char kUserProperty[] = "traind.user";
-constexpr char kRoleProperty[] = "traind.role";
 constexpr char kUnauthenticated[] =
     "missing or unknown bearer token (trainctl --token or $TRAINCTL_TOKEN)";
 
@@ -93,46 +91,16 @@ std::optional<jobs::Caller> TokenStore::Check(absl::string_view token) const {
   return found;
 }
 
-grpc::Status TokenAuthProcessor::Process(const InputMetadata& auth_metadata,
-                                         grpc::AuthContext* context,
-                                         OutputMetadata* consumed_auth_metadata,
-                                         OutputMetadata*) {
-  auto it = auth_metadata.find("authorization");
-  if (it == auth_metadata.end()) {
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, kUnauthenticated);
-  }
-  const absl::string_view value(it->second.data(), it->second.size());
-  auto token = BearerToken(value);
-  std::optional<jobs::Caller> caller = token ? tokens_->Check(*token) : std::nullopt;
-  if (!caller) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, kUnauthenticated);
-  consumed_auth_metadata->insert({std::string(it->first.data(), it->first.size()),
-                                  std::string(it->second.data(), it->second.size())});
-  context->AddProperty(kUserProperty, caller->user);
-  context->AddProperty(kRoleProperty, caller->admin ? "admin" : "user");
-  return grpc::Status::OK;
-}
-
-absl::StatusOr<jobs::Caller> Authenticate(const grpc::ServerContext& context,
+absl::StatusOr<jobs::Caller> Authenticate(const grpc::ServerContextBase& context,
                                           const TokenStore* tokens) {
   if (tokens == nullptr) return jobs::Caller();  // the implicit local user
-  if (auto auth = context.auth_context()) {
-    const auto users = auth->FindPropertyValues(kUserProperty);
-    if (!users.empty()) {
-      jobs::Caller c;
-      c.user = std::string(users.front().data(), users.front().size());
-      const auto roles = auth->FindPropertyValues(kRoleProperty);
-      c.admin = !roles.empty() && std::string(roles.front().data(), roles.front().size()) == "admin";
-      return c;
-    }
-  }
-  // Plaintext (loopback) with tokens: the processor does not run; check here.
   const auto& md = context.client_metadata();
-  auto it = md.find("authorization");
-  if (it != md.end()) {
-    auto token = BearerToken(absl::string_view(it->second.data(), it->second.size()));
-    if (token) {
-      if (auto caller = tokens->Check(*token)) return *caller;
-    }
+  // One authorization header per call; several are ambiguous and refused.
+  if (md.count("authorization") != 1) return absl::UnauthenticatedError(kUnauthenticated);
+  const auto& value = md.find("authorization")->second;
+  auto token = BearerToken(absl::string_view(value.data(), value.size()));
+  if (token) {
+    if (auto caller = tokens->Check(*token)) return *caller;
   }
   return absl::UnauthenticatedError(kUnauthenticated);
 }

@@ -1,5 +1,5 @@
-// Who is calling: bearer tokens from a tokens file, checked before any
-// handler runs.
+// Who is calling: bearer tokens from a tokens file, checked for every call
+// by the handler that serves it.
 //
 // The tokens file holds one line per token: the hex SHA-256 of the token, the
 // user name, and optionally "admin"; '#' starts a comment. Only digests are
@@ -17,7 +17,6 @@
 #include <string>
 #include <vector>
 
-#include <grpcpp/security/auth_metadata_processor.h>
 #include <grpcpp/server_context.h>
 
 #include "absl/base/thread_annotations.h"
@@ -51,25 +50,15 @@ class TokenStore {
   std::vector<Entry> entries_ ABSL_GUARDED_BY(mu_);
 };
 
-// Runs for every call on a TLS port: an "authorization: Bearer <token>"
-// header naming a known token, or UNAUTHENTICATED. The caller is recorded in
-// the call's auth context for the handlers.
-class TokenAuthProcessor final : public grpc::AuthMetadataProcessor {
- public:
-  explicit TokenAuthProcessor(const TokenStore* tokens) : tokens_(tokens) {}
-  bool IsBlocking() const override { return false; }
-  grpc::Status Process(const InputMetadata& auth_metadata, grpc::AuthContext* context,
-                       OutputMetadata* consumed_auth_metadata,
-                       OutputMetadata* response_metadata) override;
-
- private:
-  const TokenStore* const tokens_;
-};
-
-// The caller of a handler: from the auth context (TLS, set by the
-// processor), from the request's bearer token (plaintext on loopback with a
-// tokens file), or the implicit local user when there are no tokens.
-absl::StatusOr<jobs::Caller> Authenticate(const grpc::ServerContext& context,
+// The caller of one call, decided from that call's own metadata: an
+// "authorization: Bearer <token>" header naming a known token, or
+// UNAUTHENTICATED; the implicit local user when there are no tokens.
+//
+// Never from the connection: gRPC's AuthContext (and so an
+// AuthMetadataProcessor's properties) belongs to the transport, and one
+// connection may carry calls of several users (a proxy, a gateway, a
+// multi-user client). Deciding per call is what keeps them apart.
+absl::StatusOr<jobs::Caller> Authenticate(const grpc::ServerContextBase& context,
                                           const TokenStore* tokens);
 
 }  // namespace traind::rpc
