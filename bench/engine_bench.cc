@@ -1,7 +1,10 @@
 // engine_bench [--threads N] [--steps N] [--image_size S] [--batch B]
-//              [--bf16 0|1] [--device cpu|cuda]
+//              [--bf16 0|1] [--device cpu|cuda] [--on main|worker]
 // Times the engine's training and evaluation steps on synthetic batches and
-// prints images/s per mode. Needs the engine core only (LibTorch), so it also
+// prints images/s per mode. By default the steps run on a worker thread, as
+// they do in traind (whose jobs train on its worker threads): glibc gives
+// such a thread its own arena, whose memory behaves differently from the
+// main thread's; `--on main` runs them on the main thread. Needs the engine core only (LibTorch), so it also
 // builds against a CUDA LibTorch (bench/gpu_check.sh). Pair with reference_bench.py (run.sh does both and
 // prints the ratio); compare figures from one run, the machine is shared.
 #include <chrono>
@@ -9,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 
 #include <torch/torch.h>
 
@@ -34,7 +38,24 @@ int Arg(int argc, char** argv, const char* name, int def) {
   return def;
 }
 
+double MeasureOn(const char* mode, int steps, int batch, int size, bool bf16,
+                 const torch::Device& device);
+
+// Runs Measure on a fresh thread unless `on_main`.
 double Measure(const char* mode, int steps, int batch, int size, bool bf16,
+               const torch::Device& device, bool on_main) {
+  if (on_main) return MeasureOn(mode, steps, batch, size, bf16, device);
+  double result = 0;
+  const int threads = torch::get_num_threads();  // OpenMP's count is per thread
+  std::thread worker([&] {
+    torch::set_num_threads(threads);
+    result = MeasureOn(mode, steps, batch, size, bf16, device);
+  });
+  worker.join();
+  return result;
+}
+
+double MeasureOn(const char* mode, int steps, int batch, int size, bool bf16,
                const torch::Device& device) {
   torch::manual_seed(0);
   ResNet18 model(101);
@@ -96,13 +117,15 @@ int main(int argc, char** argv) {
   std::printf("engine: ResNet-18 %dx%d, batch %d, %d threads, %d timed steps, device %s\n",
               size, size, batch, threads, steps, device.str().c_str());
   const bool bf16 = Arg(argc, argv, "--bf16", 1) != 0;
+  const bool on_main = std::strcmp(StrArg(argc, argv, "--on", "worker"), "main") == 0;
+  std::printf("engine: steps on %s thread\n", on_main ? "the main" : "a worker");
   for (const char* mode : {"finetune", "scratch", "eval"}) {
-    std::printf("engine %-8s %7.1f img/s\n", mode, Measure(mode, steps, batch, size, false, device));
+    std::printf("engine %-8s %7.1f img/s\n", mode, Measure(mode, steps, batch, size, false, device, on_main));
     std::fflush(stdout);
   }
   if (bf16) {
     for (const char* mode : {"finetune", "scratch", "eval"}) {
-      std::printf("engine-bf16 %-8s %7.1f img/s\n", mode, Measure(mode, steps, batch, size, true, device));
+      std::printf("engine-bf16 %-8s %7.1f img/s\n", mode, Measure(mode, steps, batch, size, true, device, on_main));
       std::fflush(stdout);
     }
   }
