@@ -64,6 +64,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
     }
     credentials = grpc::SslServerCredentials(ssl);
   }
+  options.jobs.max_streams_per_user = options.limits.max_streams_per_user;
   auto manager = jobs::JobManager::Create(options.jobs);
   if (!manager.ok()) return manager.status();
   s->manager_ = std::move(*manager);

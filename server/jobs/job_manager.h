@@ -1,17 +1,25 @@
 // The lifecycle of jobs: validation, the store, the queue, worker threads,
-// the per-job event log, cancellation and recovery after a restart.
+// cancellation and recovery after a restart. Training goes through an Engine
+// (engine.h); events through the EventLog (event_log.h); streams follow a
+// job through an EventFollower and download through a WeightsReader
+// (follow.h), so every front end (gRPC, HTTP) shares one copy of that logic.
 //
 // Every event of a job gets the next per-job sequence number and is
 // persisted before anyone can read it, so a watcher that resumes from the
 // last number it saw misses nothing and sees nothing twice.
 //
 // Thread-safety: all public methods may be called from any thread. Training
-// runs on the manager's own worker threads, never on the caller's.
+// runs on the manager's own worker threads, never on the caller's. Locks:
+// `mu_` guards the in-memory jobs and the queue and is never held across
+// SQLite or file I/O, so GetJob and ListJobs never wait for a disk flush.
+// Each job's `io_mu` orders its state changes with their writes (lock order:
+// submit_mu_, then a job's io_mu, then mu_).
 #ifndef TRAIND_SERVER_JOBS_JOB_MANAGER_H_
 #define TRAIND_SERVER_JOBS_JOB_MANAGER_H_
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -23,18 +31,16 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/jobs/caller.h"
+#include "server/jobs/engine.h"
+#include "server/jobs/event_log.h"
+#include "server/jobs/follow.h"
+#include "server/jobs/layout.h"
 #include "server/jobs/store.h"
 #include "server/train/classifier.h"
 #include "trainer/v1/training_service.pb.h"
 
 namespace traind::jobs {
-
-// Who calls: every job belongs to the user who submitted it; another
-// user's job does not exist for a caller (NOT_FOUND), except for admins.
-struct Caller {
-  std::string user = "local";  // the implicit user of a daemon without tokens
-  bool admin = true;
-};
 
 class JobManager {
  public:
@@ -57,6 +63,10 @@ class JobManager {
     // Queued jobs allowed per user and in all; more are RESOURCE_EXHAUSTED.
     int max_queued_per_user = 100;
     int max_queued = 1000;
+    // Open followers (watch streams) per user; more are RESOURCE_EXHAUSTED.
+    int max_streams_per_user = 16;
+    // What trains the jobs; the LibTorch engine when unset.
+    std::shared_ptr<Engine> engine;
   };
 
   // Opens the store, re-queues jobs that were running when the daemon
@@ -96,6 +106,25 @@ class JobManager {
   bool WaitForEvents(const std::string& id, int64_t after_seq,
                      absl::Duration timeout) ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Replays job `id`'s events after `after_seq`, then follows it live; see
+  // EventFollower. `wake` is called (on another thread, must not block)
+  // whenever the follower may have more to give. Counts against the caller's
+  // open streams until the follower is destroyed. INVALID_ARGUMENT for an
+  // after_seq outside [0, last seq].
+  absl::StatusOr<std::unique_ptr<EventFollower>> Follow(const std::string& id,
+                                                        int64_t after_seq,
+                                                        const Caller& caller,
+                                                        std::function<void()> wake);
+
+  // Wakes every follower (they check their streams' time limits).
+  void WakeFollowers() { events_.WakeAll(); }
+
+  // A reader of job `id`'s weights from byte `offset` (see Weights).
+  absl::StatusOr<std::unique_ptr<WeightsReader>> OpenWeights(const std::string& id,
+                                                             trainer::v1::WeightsFormat format,
+                                                             int trial, int64_t offset,
+                                                             const Caller& caller = Caller());
+
   struct WeightsFile {
     std::string path;
     int64_t size = 0;
@@ -127,6 +156,7 @@ class JobManager {
   // Stops taking work and wakes every waiter; running jobs write a checkpoint
   // at their next batch boundary and continue from it after a restart.
   // Idempotent.
+  // Followers end with UNAVAILABLE.
   void BeginShutdown() ABSL_LOCKS_EXCLUDED(mu_);
   bool shutting_down() ABSL_LOCKS_EXCLUDED(mu_);
   // BeginShutdown, then waits for the workers to finish.
@@ -135,40 +165,58 @@ class JobManager {
  private:
   struct Entry;
   class Sink;
+  friend class Sink;
 
   JobManager(Options options, std::unique_ptr<Store> store);
-  absl::Status Recover();
-  void WorkerLoop();
-  void RunJob(const std::shared_ptr<Entry>& entry);
+  absl::Status Recover() ABSL_LOCKS_EXCLUDED(mu_);
+  void WorkerLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  void RunJob(const std::shared_ptr<Entry>& entry) ABSL_LOCKS_EXCLUDED(mu_);
+  // Runs the job's engine call; the job's outcome.
+  absl::Status RunEngine(const std::shared_ptr<Entry>& entry, const trainer::v1::JobSpec& spec,
+                         Sink* sink) ABSL_LOCKS_EXCLUDED(mu_);
   // The newest checkpoint of `entry` whose file matches its recorded digest;
   // warns about each damaged one it passes over. Empty path when none.
-  CheckpointRecord PickCheckpoint(const std::shared_ptr<Entry>& entry);
-  absl::Status RecordCheckpoint(Entry& entry, const CheckpointRecord& checkpoint);
-  std::string JobDir(const std::string& id) const;
-  // TensorBoard event files of a job: <state_dir>/runs/<id>/.
-  std::string RunsDir(const std::string& id) const;
+  CheckpointRecord PickCheckpoint(const std::shared_ptr<Entry>& entry) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status RecordCheckpoint(Entry& entry, const CheckpointRecord& checkpoint)
+      ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<std::string> InitialWeightsPath(const trainer::v1::JobSpec& spec,
                                                  const Caller& caller = Caller());
 
-  // Assigns the next seq, persists the event, then publishes it.
-  void Emit(Entry& entry, trainer::v1::JobEvent event)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void SetState(Entry& entry, trainer::v1::JobState state,
-                const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Persist(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Appends an event to the job's log (stored, then readable). A failed
+  // write stops the job and is reported when it has stopped.
+  void Emit(Entry& entry, trainer::v1::JobEvent event) ABSL_LOCKS_EXCLUDED(mu_);
+  // Writes the job's current row (synchronous=FULL). Returns once a row that
+  // includes every change made before the call is stored.
+  void Persist(Entry& entry) ABSL_LOCKS_EXCLUDED(mu_);
+  void Write(Entry& entry, const trainer::v1::Job& row) ABSL_LOCKS_EXCLUDED(mu_);
+  // Changes the state in memory, persists it and emits the state event.
+  // The caller holds entry.io_mu and not mu_.
+  void SetState(Entry& entry, trainer::v1::JobState state, const std::string& reason)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Records a failed write; the job stops at its next batch.
+  void StoreFailed(Entry& entry, const absl::Status& status) ABSL_LOCKS_EXCLUDED(mu_);
   // The job, if `caller` may see it.
   std::shared_ptr<Entry> Find(const std::string& id, const Caller& caller = Caller())
       ABSL_LOCKS_EXCLUDED(mu_);
+  // The job as callers see it.
+  trainer::v1::Job View(const Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Constant after construction.
   const Options options_;
+  const JobLayout layout_;
   const std::unique_ptr<Store> store_;
+  const std::shared_ptr<Engine> engine_;
+  EventLog events_;
+
+  // Serialises submissions and deletions (request ids, indexes, from_job).
+  absl::Mutex submit_mu_ ABSL_ACQUIRED_BEFORE(mu_);
 
   absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Entry>> jobs_ ABSL_GUARDED_BY(mu_);
   std::vector<std::shared_ptr<Entry>> by_index_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> request_ids_ ABSL_GUARDED_BY(mu_);
   std::deque<std::shared_ptr<Entry>> queue_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> open_streams_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 
   std::vector<std::thread> workers_;

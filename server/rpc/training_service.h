@@ -1,25 +1,32 @@
-// trainer.v1.TrainingService over gRPC: each handler translates the request,
-// delegates to the JobManager and converts the result. No job logic here.
+// trainer.v1.TrainingService over gRPC: each handler authenticates the call,
+// translates the request, delegates to the JobManager and converts the
+// result. No job logic here. The two streaming calls are callback-API
+// reactors (streams.h); unary calls run on gRPC's sync threads, because some
+// of them write to disk (SubmitJob, CancelJob, DeleteJob).
 //
 // Thread-safety: handlers run concurrently on gRPC's threads; the manager is
-// thread-safe. Streams wait on the manager, never on training.
+// thread-safe. Streams wait on the manager's event log, never on training.
 #ifndef TRAIND_SERVER_RPC_TRAINING_SERVICE_H_
 #define TRAIND_SERVER_RPC_TRAINING_SERVICE_H_
 
-#include <map>
-#include <string>
+#include <thread>
 
-#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "server/jobs/job_manager.h"
 #include "server/rpc/auth.h"
 #include "trainer/v1/training_service.grpc.pb.h"
 
 namespace traind::rpc {
 
-class TrainingServiceImpl final : public trainer::v1::TrainingService::Service {
+using TrainingServiceBase = trainer::v1::TrainingService::WithCallbackMethod_StreamMetrics<
+    trainer::v1::TrainingService::WithCallbackMethod_GetWeights<
+        trainer::v1::TrainingService::Service>>;
+
+class TrainingServiceImpl final : public TrainingServiceBase {
  public:
   struct Limits {
-    // Open StreamMetrics calls per user; more are RESOURCE_EXHAUSTED.
+    // Open StreamMetrics calls per user; more are RESOURCE_EXHAUSTED
+    // (counted by the JobManager, which every front end shares).
     int max_streams_per_user = 16;
     // A StreamMetrics or GetWeights call open longer than this ends with
     // DEADLINE_EXCEEDED (watchers resume from their last sequence number).
@@ -27,14 +34,13 @@ class TrainingServiceImpl final : public trainer::v1::TrainingService::Service {
   };
   // `tokens`: nullptr for a daemon without authentication (one implicit
   // local user).
-  TrainingServiceImpl(jobs::JobManager* manager, const TokenStore* tokens, Limits limits)
-      : manager_(manager), tokens_(tokens), limits_(limits) {}
+  TrainingServiceImpl(jobs::JobManager* manager, const TokenStore* tokens, Limits limits);
+  ~TrainingServiceImpl() override;
 
   grpc::Status SubmitJob(grpc::ServerContext* context,
                          const trainer::v1::SubmitJobRequest* request,
                          trainer::v1::SubmitJobResponse* response) override;
-  grpc::Status GetJob(grpc::ServerContext* context,
-                      const trainer::v1::GetJobRequest* request,
+  grpc::Status GetJob(grpc::ServerContext* context, const trainer::v1::GetJobRequest* request,
                       trainer::v1::GetJobResponse* response) override;
   grpc::Status ListJobs(grpc::ServerContext* context,
                         const trainer::v1::ListJobsRequest* request,
@@ -42,12 +48,12 @@ class TrainingServiceImpl final : public trainer::v1::TrainingService::Service {
   grpc::Status CancelJob(grpc::ServerContext* context,
                          const trainer::v1::CancelJobRequest* request,
                          trainer::v1::CancelJobResponse* response) override;
-  grpc::Status StreamMetrics(
-      grpc::ServerContext* context, const trainer::v1::StreamMetricsRequest* request,
-      grpc::ServerWriter<trainer::v1::StreamMetricsResponse>* writer) override;
-  grpc::Status GetWeights(
-      grpc::ServerContext* context, const trainer::v1::GetWeightsRequest* request,
-      grpc::ServerWriter<trainer::v1::GetWeightsResponse>* writer) override;
+  grpc::ServerWriteReactor<trainer::v1::StreamMetricsResponse>* StreamMetrics(
+      grpc::CallbackServerContext* context,
+      const trainer::v1::StreamMetricsRequest* request) override;
+  grpc::ServerWriteReactor<trainer::v1::GetWeightsResponse>* GetWeights(
+      grpc::CallbackServerContext* context,
+      const trainer::v1::GetWeightsRequest* request) override;
   grpc::Status Classify(grpc::ServerContext* context,
                         const trainer::v1::ClassifyRequest* request,
                         trainer::v1::ClassifyResponse* response) override;
@@ -59,8 +65,9 @@ class TrainingServiceImpl final : public trainer::v1::TrainingService::Service {
   jobs::JobManager* const manager_;
   const TokenStore* const tokens_;
   const Limits limits_;
-  absl::Mutex streams_mu_;
-  std::map<std::string, int> streams_ ABSL_GUARDED_BY(streams_mu_);
+  // Wakes idle streams once a second so they notice their time limit.
+  absl::Notification stop_ticker_;
+  std::thread ticker_;
 };
 
 }  // namespace traind::rpc

@@ -1,0 +1,30 @@
+#include "server/jobs/engine.h"
+
+namespace traind::jobs {
+namespace {
+
+class LibTorchEngine final : public Engine {
+ public:
+  absl::Status Train(const train::TrainConfig& config, train::ProgressSink* sink,
+                     const train::CancelToken& cancel) override {
+    return train::Train(config, sink, cancel).status();
+  }
+  absl::StatusOr<train::SweepResult> Sweep(const train::TrainConfig& base,
+                                           const train::SweepPlan& plan,
+                                           const std::vector<train::TrialSpec>& trials,
+                                           const std::set<int>& finished,
+                                           const std::string& output_dir,
+                                           train::SweepSink* sink,
+                                           const train::CancelToken& cancel) override {
+    return train::RunSweep(base, plan, trials, finished, output_dir, sink, cancel);
+  }
+  absl::Status CheckWeights(const std::string& path) override {
+    return train::CheckWeightsFile(path);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Engine> NewLibTorchEngine() { return std::make_unique<LibTorchEngine>(); }
+
+}  // namespace traind::jobs

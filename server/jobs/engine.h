@@ -1,0 +1,54 @@
+// The seam between the job lifecycle and training: what a worker asks of an
+// engine (train a job's config, run a sweep's trials, check a weights file),
+// with progress, checkpoints and cancellation through the engine's sink and
+// token. The LibTorch engine is one implementation; tests use a fast fake,
+// so the lifecycle (queue, cancel, restart, resume, sweeps' trial accounting,
+// ownership) is tested without training a network. Remote ranks will be
+// another.
+//
+// Thread-safety: an engine may run several jobs at once, each call on its
+// own worker thread.
+#ifndef TRAIND_SERVER_JOBS_ENGINE_H_
+#define TRAIND_SERVER_JOBS_ENGINE_H_
+
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "server/train/config.h"
+#include "server/train/sweep.h"
+#include "server/train/trainer.h"
+
+namespace traind::jobs {
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+
+  // One run: trains as `config` says (resuming from config.resume_from when
+  // set), reports through `sink`, writes config.output_pth and
+  // config.output_safetensors. CANCELLED when `cancel` fired.
+  virtual absl::Status Train(const train::TrainConfig& config, train::ProgressSink* sink,
+                             const train::CancelToken& cancel) = 0;
+
+  // The trials of a sweep not in `finished`; each trial's weights go to
+  // `output_dir`/trial-N.{pth,safetensors} (see JobLayout).
+  virtual absl::StatusOr<train::SweepResult> Sweep(
+      const train::TrainConfig& base, const train::SweepPlan& plan,
+      const std::vector<train::TrialSpec>& trials, const std::set<int>& finished,
+      const std::string& output_dir, train::SweepSink* sink,
+      const train::CancelToken& cancel) = 0;
+
+  // Refuses, at submit, starting weights the engine could not load.
+  virtual absl::Status CheckWeights(const std::string& path) = 0;
+};
+
+// Trains on LibTorch in this process (server/train).
+std::unique_ptr<Engine> NewLibTorchEngine();
+
+}  // namespace traind::jobs
+
+#endif  // TRAIND_SERVER_JOBS_ENGINE_H_

@@ -1,0 +1,79 @@
+// Internal to server/jobs: a job as the manager holds it, and the sink that
+// turns an engine's progress into the job's events. Not for other layers.
+#ifndef TRAIND_SERVER_JOBS_JOB_ENTRY_H_
+#define TRAIND_SERVER_JOBS_JOB_ENTRY_H_
+
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "server/jobs/job_manager.h"
+#include "server/jobs/tfevents.h"
+#include "server/train/config.h"
+#include "server/train/trainer.h"
+
+namespace traind::jobs {
+
+// A const id, the job (guarded by JobManager::mu_), an atomic cancel token,
+// and a sticky store error.
+struct JobManager::Entry {
+  Entry(int64_t index, std::string id) : index(index), id(std::move(id)) {}
+  const int64_t index;
+  const std::string id;
+  trainer::v1::Job job;           // guarded by JobManager::mu_
+  train::CancelToken cancel;
+  bool interrupted = false;       // by shutdown; guarded by JobManager::mu_
+  absl::Status store_error;       // a failed write; guarded by JobManager::mu_
+  double images_per_second = 0;   // latest batch; guarded by JobManager::mu_
+  // Held across a state change and its writes, so that the job's rows and
+  // state events follow the order of its changes; never taken under mu_.
+  absl::Mutex io_mu;
+  // One row write of this job at a time.
+  absl::Mutex persist_mu;
+};
+
+// Turns engine progress into job events, TensorBoard records and job
+// fields. Called on the job's worker thread (sweep runs side by side: on
+// several).
+class JobManager::Sink final : public train::SweepSink {
+ public:
+  Sink(JobManager* manager, std::shared_ptr<Entry> entry, const trainer::v1::JobSpec& spec);
+
+  void OnDataset(const train::DatasetSummary& d) override;
+  void OnBatch(const train::BatchProgress& b) override;
+  void OnEpoch(const train::EpochResult& r) override;
+  void OnEvaluation(const train::Evaluation& ev) override;
+  absl::Status OnCheckpoint(const train::CheckpointInfo& c) override;
+  void OnInfo(const std::string& text) override;
+  void OnWarning(const std::string& text) override;
+  void OnTrialStarted(const train::TrialSpec& spec, int run) override;
+  void OnTrialFinished(const train::TrialOutcome& o) override;
+
+ private:
+  void Log(trainer::v1::LogMessage::Level level, const std::string& text);
+  // TensorBoard scalars of run `run` (0 outside sweeps) at `epoch`, into the
+  // job's folder or, in a sweep, into the folder of every trial that this
+  // run trains up to that epoch. A file that cannot be written is reported
+  // once and given up: the job itself goes on.
+  void Scalars(int run, int epoch, int64_t step,
+               std::initializer_list<std::pair<const char*, double>> values, bool flush);
+  std::pair<double, double> LearningRates(int trial);
+
+  JobManager* const m_;
+  const std::shared_ptr<Entry> e_;
+  const double learning_rate_;
+  const double backbone_learning_rate_;
+  absl::Mutex tb_mu_;
+  bool tb_failed_ ABSL_GUARDED_BY(tb_mu_) = false;
+  std::map<int, std::unique_ptr<EventFileWriter>> writers_ ABSL_GUARDED_BY(tb_mu_);
+  // Sweep runs and the (trial, epochs) they train.
+  std::map<int, std::vector<std::pair<int, int>>> run_trials_ ABSL_GUARDED_BY(tb_mu_);
+  std::map<int, std::pair<double, double>> learning_rates_ ABSL_GUARDED_BY(tb_mu_);
+};
+
+}  // namespace traind::jobs
+
+#endif  // TRAIND_SERVER_JOBS_JOB_ENTRY_H_
