@@ -11,6 +11,8 @@
 #include "common/spec.h"
 #include "tests/test_util.h"
 
+// The real engine end to end through the manager; the lifecycle's other
+// cases run on the fake engine in lifecycle_test.cc.
 namespace traind::jobs {
 namespace {
 
@@ -160,66 +162,6 @@ TEST_F(JobManagerTest, InvalidSpecsAreRefusedAndNothingIsStored) {
   EXPECT_TRUE(m->ListJobs(0, "", {})->jobs.empty());
 }
 
-TEST_F(JobManagerTest, RequestIdMakesSubmitIdempotent) {
-  auto m = Start();
-  auto a = m->Submit(Scratch(1), "req-1");
-  auto b = m->Submit(Scratch(1), "req-1");
-  auto c = m->Submit(Scratch(1), "req-2");
-  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
-  EXPECT_EQ(*a, *b);
-  EXPECT_NE(*a, *c);
-  EXPECT_EQ(m->ListJobs(0, "", {})->jobs.size(), 2u);
-}
-
-TEST_F(JobManagerTest, CancelStopsARunningJobAndAQueuedOne) {
-  auto m = Start();
-  auto running = m->Submit(Scratch(1000), "");
-  auto queued = m->Submit(Scratch(1), "");
-  ASSERT_TRUE(running.ok() && queued.ok());
-  WaitFirstBatch(*m, *running);
-  auto q = m->Cancel(*queued);
-  ASSERT_TRUE(q.ok());
-  EXPECT_EQ(q->state(), trainer::v1::CANCELLED);
-  auto r = m->Cancel(*running);
-  ASSERT_TRUE(r.ok());
-  EXPECT_EQ(r->state(), trainer::v1::CANCELLING);
-  auto events = WaitDone(*m, *running);
-  EXPECT_EQ(events.back().state().state(), trainer::v1::CANCELLED);
-  // Within one batch of the request.
-  int after_request = 0;
-  bool requested = false;
-  for (const auto& e : events) {
-    if (e.has_state() && e.state().state() == trainer::v1::CANCELLING) requested = true;
-    if (requested && e.has_batch()) ++after_request;
-  }
-  EXPECT_LE(after_request, 1);
-  EXPECT_EQ(m->Weights(*running, trainer::v1::PTH).status().code(),
-            absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(m->Cancel("job-404").status().code(), absl::StatusCode::kNotFound);
-}
-
-TEST_F(JobManagerTest, InterruptedJobRunsAgainAfterRestartWithoutSeqGaps) {
-  std::string id;
-  {
-    auto m = Start();
-    id = *m->Submit(Scratch(1000), "");
-    WaitFirstBatch(*m, id);
-    m->Shutdown();
-    EXPECT_EQ(m->GetJob(id)->state(), trainer::v1::QUEUED);
-  }
-  auto m = Start();
-  WaitFirstBatch(*m, id);
-  ASSERT_TRUE(m->Cancel(id).ok());
-  auto events = WaitDone(*m, id);
-  int queued = 0;
-  for (size_t i = 0; i < events.size(); ++i) {
-    EXPECT_EQ(events[i].seq(), static_cast<int64_t>(i + 1));
-    queued += events[i].has_state() && events[i].state().state() == trainer::v1::QUEUED;
-  }
-  EXPECT_EQ(queued, 2);  // submitted, then back in the queue after the interruption
-  EXPECT_EQ(events.back().state().state(), trainer::v1::CANCELLED);
-}
-
 TEST_F(JobManagerTest, SweepSharesEpochPrefixesAndRanksByValidationLoss) {
   auto m = Start();
   auto base = m->Submit(Scratch(1), "");
@@ -280,27 +222,6 @@ TEST_F(JobManagerTest, SecondManagerOnTheSameStateDirIsRefused) {
   EXPECT_NE(second.status().message().find("in use by another traind"), std::string::npos);
   first.reset();
   EXPECT_TRUE(JobManager::Create(options_).ok());
-}
-
-TEST_F(JobManagerTest, ListJobsPagesAndFilters) {
-  auto m = Start();
-  std::vector<std::string> ids;
-  for (int i = 0; i < 5; ++i) ids.push_back(*m->Submit(Scratch(1000), ""));
-  for (int i = 1; i < 5; ++i) ASSERT_TRUE(m->Cancel(ids[i]).ok());
-  auto p1 = m->ListJobs(2, "", {});
-  ASSERT_TRUE(p1.ok());
-  ASSERT_EQ(p1->jobs.size(), 2u);
-  EXPECT_EQ(p1->jobs[0].id(), ids[0]);
-  auto p2 = m->ListJobs(2, p1->next_page_token, {});
-  ASSERT_EQ(p2->jobs.size(), 2u);
-  EXPECT_EQ(p2->jobs[0].id(), ids[2]);
-  auto p3 = m->ListJobs(2, p2->next_page_token, {});
-  ASSERT_EQ(p3->jobs.size(), 1u);
-  EXPECT_TRUE(p3->next_page_token.empty());
-  auto cancelled = m->ListJobs(0, "", {trainer::v1::CANCELLED});
-  EXPECT_EQ(cancelled->jobs.size(), 4u);
-  EXPECT_EQ(m->ListJobs(0, "garbage", {}).status().code(), absl::StatusCode::kInvalidArgument);
-  ASSERT_TRUE(m->Cancel(ids[0]).ok());
 }
 
 }  // namespace

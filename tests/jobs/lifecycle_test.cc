@@ -1,0 +1,380 @@
+// The job lifecycle on the fake engine: queue, cancel, restart and resume,
+// sweeps' trial accounting, ownership, followers and deletion, in
+// milliseconds. The real engine's end-to-end cases are in job_manager_test.
+#include <filesystem>
+#include <memory>
+#include <set>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/spec.h"
+#include "server/jobs/job_manager.h"
+#include "server/jobs/store.h"
+#include "tests/jobs/fake_engine.h"
+#include "tests/test_util.h"
+
+namespace traind::jobs {
+namespace {
+
+namespace fs = std::filesystem;
+using trainer::v1::JobEvent;
+using trainer::v1::JobSpec;
+using trainer::v1::JobState;
+
+class LifecycleTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    base_ = testing_util::FreshTestDir("lifecycle_test");
+    fs::create_directories(base_ / "data" / "set" / "a");
+    fs::create_directories(base_ / "weights");
+    engine_ = std::make_shared<FakeEngine>();
+    options_.state_dir = (base_ / "state").string();
+    options_.data_root = (base_ / "data").string();
+    options_.weights_root = (base_ / "weights").string();
+    options_.threads_per_job = 1;
+    options_.engine = engine_;
+  }
+
+  std::unique_ptr<JobManager> Start() {
+    auto m = JobManager::Create(options_);
+    EXPECT_TRUE(m.ok()) << m.status();
+    return std::move(*m);
+  }
+
+  static JobSpec Scratch(int epochs) {
+    JobSpec spec;
+    spec.set_kind(trainer::v1::SCRATCH);
+    spec.set_dataset("set");
+    spec.set_epochs(epochs);
+    return spec;
+  }
+
+  // Follows job `id` from `after` to its end; the events and the end status.
+  static std::pair<std::vector<JobEvent>, absl::Status> Follow(JobManager& m,
+                                                               const std::string& id,
+                                                               const Caller& caller = Caller(),
+                                                               int64_t after = 0) {
+    auto woken = std::make_shared<absl::Mutex>();
+    auto flag = std::make_shared<bool>(false);
+    auto f = m.Follow(id, after, caller, [woken, flag] {
+      absl::MutexLock lock(woken.get());
+      *flag = true;
+    });
+    if (!f.ok()) return {{}, f.status()};
+    std::vector<JobEvent> all;
+    while (true) {
+      auto step = (*f)->Next(100);
+      if (!step.ok()) return {all, step.status()};
+      all.insert(all.end(), step->events.begin(), step->events.end());
+      if (step->end) return {all, absl::OkStatus()};
+      if (step->events.empty()) {
+        absl::MutexLock lock(woken.get());
+        woken->AwaitWithTimeout(absl::Condition(flag.get()), absl::Seconds(10));
+        *flag = false;
+      }
+    }
+  }
+
+  static void WaitFor(JobManager& m, const std::string& id, JobState state) {
+    for (int i = 0; i < 2000; ++i) {
+      if (m.GetJob(id)->state() == state) return;
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    ADD_FAILURE() << id << " never reached " << trainer::v1::JobState_Name(state);
+  }
+
+  static void WaitForBatches(const FakeEngine& e, int n) {
+    for (int i = 0; i < 2000 && e.batches_trained() < n; ++i) absl::SleepFor(absl::Milliseconds(5));
+  }
+
+  fs::path base_;
+  std::shared_ptr<FakeEngine> engine_;
+  JobManager::Options options_;
+};
+
+TEST_F(LifecycleTest, JobRunsToSuccessWithGaplessEventsAndWeights) {
+  auto m = Start();
+  auto id = m->Submit(Scratch(2), "");
+  ASSERT_TRUE(id.ok()) << id.status();
+  auto [events, end] = Follow(*m, *id);
+  ASSERT_TRUE(end.ok()) << end;
+  for (size_t i = 0; i < events.size(); ++i) EXPECT_EQ(events[i].seq(), int64_t(i + 1));
+  int batches = 0, epochs = 0;
+  for (const auto& e : events) batches += e.has_batch(), epochs += e.has_epoch();
+  EXPECT_EQ(batches, 6);
+  EXPECT_EQ(epochs, 2);
+  EXPECT_EQ(events.front().state().state(), trainer::v1::QUEUED);
+  EXPECT_EQ(events.back().state().state(), trainer::v1::SUCCEEDED);
+  auto job = m->GetJob(*id);
+  EXPECT_EQ(job->last_seq(), events.back().seq());
+  EXPECT_EQ(job->checkpoint_epochs(), 2);
+  EXPECT_EQ(job->evaluation().images(), 32);
+  auto reader = m->OpenWeights(*id, trainer::v1::PTH, 0, 0);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  EXPECT_EQ((*reader)->header().sha256(), job->weights_sha256());
+  EXPECT_EQ(*(*reader)->Next(), "fake weights lr 0.001 epochs 2\n");
+  EXPECT_TRUE((*reader)->done());
+  // A replay of a finished job ends by itself; from its end it is empty.
+  auto [again, end2] = Follow(*m, *id, Caller(), job->last_seq());
+  EXPECT_TRUE(end2.ok());
+  EXPECT_TRUE(again.empty());
+  EXPECT_EQ(Follow(*m, *id, Caller(), job->last_seq() + 1).second.code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(m->OpenWeights(*id, trainer::v1::PTH, 0, 1 << 20).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(LifecycleTest, CancelStopsQueuedAndRunningJobsWithinABatch) {
+  auto m = Start();
+  engine_->Hold();
+  auto running = *m->Submit(Scratch(5), "");
+  auto queued = *m->Submit(Scratch(1), "");
+  WaitFor(*m, running, trainer::v1::RUNNING);
+  EXPECT_EQ(m->Cancel(queued)->state(), trainer::v1::CANCELLED);
+  EXPECT_EQ(m->Cancel(running)->state(), trainer::v1::CANCELLING);
+  auto [events, end] = Follow(*m, running);
+  EXPECT_EQ(events.back().state().state(), trainer::v1::CANCELLED);
+  EXPECT_EQ(engine_->batches_trained(), 0);
+  EXPECT_EQ(engine_->runs(), 1);  // the queued one never ran
+  EXPECT_EQ(m->Weights(running, trainer::v1::PTH).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(m->Cancel("job-404").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(LifecycleTest, InterruptedJobResumesFromItsCheckpointAfterARestart) {
+  std::string id;
+  {
+    auto m = Start();
+    engine_->Hold();
+    engine_->Allow(4);  // into epoch 2
+    id = *m->Submit(Scratch(3), "");
+    WaitForBatches(*engine_, 4);
+    m->Shutdown();
+    auto job = m->GetJob(id);
+    EXPECT_EQ(job->state(), trainer::v1::QUEUED);
+    EXPECT_NE(job->checkpoint_epochs(), 0);
+  }
+  const int before = engine_->batches_trained();
+  engine_->Release();
+  auto m = Start();
+  auto [events, end] = Follow(*m, id);
+  ASSERT_TRUE(end.ok()) << end;
+  EXPECT_EQ(events.back().state().state(), trainer::v1::SUCCEEDED);
+  // Resumed where the interrupt checkpoint left off: 9 batches in all.
+  EXPECT_EQ(engine_->batches_trained(), 9);
+  EXPECT_GT(before, 0);
+  int resumed = 0, queued = 0;
+  for (size_t i = 0; i < events.size(); ++i) {
+    EXPECT_EQ(events[i].seq(), int64_t(i + 1));
+    resumed += events[i].has_resumed();
+    queued += events[i].has_state() && events[i].state().state() == trainer::v1::QUEUED;
+  }
+  EXPECT_EQ(resumed, 1);
+  EXPECT_EQ(queued, 2);
+  EXPECT_EQ(m->GetJob(id)->attempt(), 2);
+}
+
+TEST_F(LifecycleTest, FollowersSeeLiveEventsAndEndWithUnavailableAtShutdown) {
+  auto m = Start();
+  engine_->Hold();
+  auto id = *m->Submit(Scratch(100), "");
+  WaitFor(*m, id, trainer::v1::RUNNING);
+  std::pair<std::vector<JobEvent>, absl::Status> result;
+  std::thread watcher([&] { result = Follow(*m, id); });
+  engine_->Release();
+  WaitForBatches(*engine_, 10);
+  m->Shutdown();
+  watcher.join();
+  EXPECT_EQ(result.second.code(), absl::StatusCode::kUnavailable) << result.second;
+  EXPECT_NE(result.second.message().find("after_seq="), std::string::npos);
+  // A gapless prefix arrived; the rest (the interruption's own event) is
+  // there for the reconnect the message asks for.
+  const auto& events = result.first;
+  ASSERT_GE(events.size(), 10u);
+  for (size_t i = 0; i < events.size(); ++i) EXPECT_EQ(events[i].seq(), int64_t(i + 1));
+  auto rest = m->ReadEvents(id, events.back().seq(), 100);
+  ASSERT_TRUE(rest.ok());
+  ASSERT_FALSE(rest->empty());
+  EXPECT_EQ(rest->front().seq(), events.back().seq() + 1);
+  EXPECT_EQ(rest->back().state().state(), trainer::v1::QUEUED);
+}
+
+TEST_F(LifecycleTest, StreamsPerUserAreLimited) {
+  options_.max_streams_per_user = 2;
+  auto m = Start();
+  engine_->Hold();
+  auto id = *m->Submit(Scratch(1), "");
+  auto a = m->Follow(id, 0, Caller(), [] {});
+  auto b = m->Follow(id, 0, Caller(), [] {});
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto c = m->Follow(id, 0, Caller(), [] {});
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kResourceExhausted);
+  a->reset();
+  EXPECT_TRUE(m->Follow(id, 0, Caller(), [] {}).ok());
+  engine_->Release();
+}
+
+TEST_F(LifecycleTest, AnotherUsersJobDoesNotExistForThemButDoesForAdmins) {
+  auto m = Start();
+  const Caller alice{"alice", false}, bob{"bob", false}, root{"root", true};
+  auto id = *m->Submit(Scratch(1), "", alice);
+  ASSERT_TRUE(Follow(*m, id, alice).second.ok());
+  EXPECT_EQ(m->GetJob(id, bob).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(m->Cancel(id, bob).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(m->Follow(id, 0, bob, [] {}).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(m->OpenWeights(id, trainer::v1::PTH, 0, 0, bob).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(m->Delete(id, bob).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(m->ListJobs(0, "", {}, bob)->jobs.empty());
+  EXPECT_EQ(m->ListJobs(0, "", {}, root)->jobs.size(), 1u);
+  EXPECT_EQ(m->GetJob(id, root)->owner(), "alice");
+  // Request ids are per user: bob's "r" is not alice's "r".
+  auto a1 = m->Submit(Scratch(1), "r", alice);
+  auto b1 = m->Submit(Scratch(1), "r", bob);
+  EXPECT_NE(*a1, *b1);
+  EXPECT_EQ(*m->Submit(Scratch(1), "r", alice), *a1);
+  // A job that starts from bob's weights cannot name alice's job.
+  JobSpec ft = Scratch(1);
+  ft.set_kind(trainer::v1::FINETUNE);
+  ft.set_from_job(id);
+  EXPECT_EQ(m->Submit(ft, "", bob).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(LifecycleTest, SweepTrialsStayFinishedAcrossARestartAndTheBestIsServed) {
+  std::string id;
+  {
+    auto m = Start();
+    auto base = *m->Submit(Scratch(1), "");
+    ASSERT_TRUE(Follow(*m, base).second.ok());
+    JobSpec sweep = Scratch(1);
+    sweep.set_kind(trainer::v1::SWEEP);
+    sweep.set_from_job(base);
+    id = *m->Submit(sweep, "");
+    // The default grid: 6 trials; stop after the first two have finished.
+    for (int i = 0; i < 2000 && m->GetJob(id)->trials_size() < 2; ++i) {
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+    engine_->Hold();
+    m->Shutdown();
+  }
+  engine_->Release();
+  auto m = Start();
+  auto [events, end] = Follow(*m, id);
+  ASSERT_TRUE(end.ok()) << end;
+  auto job = m->GetJob(id);
+  ASSERT_EQ(job->state(), trainer::v1::SUCCEEDED);
+  ASSERT_EQ(job->trials_size(), 6);
+  std::set<int> trials;
+  for (const auto& t : job->trials()) trials.insert(t.trial());
+  EXPECT_EQ(trials.size(), 6u);  // none run twice
+  EXPECT_EQ(job->sweep_summary().epochs_requested(), 18);
+  for (int i = 1; i < 6; ++i) {
+    EXPECT_LE(job->trials(i - 1).final().validation_loss(),
+              job->trials(i).final().validation_loss());
+  }
+  auto best = m->OpenWeights(id, trainer::v1::PTH, 0, 0);
+  ASSERT_TRUE(best.ok());
+  EXPECT_EQ(*(*best)->Next(), absl::StrCat("fake weights trial ", job->trials(0).trial(), "\n"));
+  EXPECT_EQ(m->OpenWeights(id, trainer::v1::PTH, 99, 0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(LifecycleTest, DeleteRemovesAFinishedJobAndRefusesOthers) {
+  auto m = Start();
+  auto done = *m->Submit(Scratch(1), "");
+  ASSERT_TRUE(Follow(*m, done).second.ok());
+  engine_->Hold();
+  JobSpec ft = Scratch(1);
+  ft.set_kind(trainer::v1::FINETUNE);
+  ft.set_from_job(done);
+  auto child = *m->Submit(ft, "");
+  EXPECT_EQ(m->Delete(child).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(m->Delete(done).status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(m->Cancel(child).ok());
+  WaitFor(*m, child, trainer::v1::CANCELLED);
+  auto freed = m->Delete(done);
+  ASSERT_TRUE(freed.ok()) << freed.status();
+  EXPECT_GT(*freed, 0);
+  EXPECT_FALSE(fs::exists(base_ / "state" / "jobs" / done));
+  EXPECT_EQ(m->GetJob(done).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(m->ReadEvents(done, 0, 10).status().code(), absl::StatusCode::kNotFound);
+  engine_->Release();
+}
+
+TEST_F(LifecycleTest, AJobLeftRunningIsRequeuedUntilTheCrashLoopLimit) {
+  options_.max_attempts_without_progress = 2;
+  std::string id;
+  {
+    auto m = Start();
+    engine_->Hold();
+    id = *m->Submit(Scratch(1), "");
+    WaitFor(*m, id, trainer::v1::RUNNING);
+  }
+  // What a killed daemon leaves: the row RUNNING, `attempts` counted.
+  auto crash = [&](int attempts) {
+    auto store = Store::Open((base_ / "state" / "traind.db").string());
+    ASSERT_TRUE(store.ok());
+    auto jobs = (*store)->LoadJobs();
+    ASSERT_TRUE(jobs.ok());
+    auto job = jobs->front().job;
+    job.set_state(trainer::v1::RUNNING);
+    job.set_attempts_without_progress(attempts);
+    ASSERT_TRUE((*store)->UpdateJob(job).ok());
+  };
+  crash(1);
+  {
+    auto m = Start();  // below the limit: queued again, and it runs
+    WaitFor(*m, id, trainer::v1::RUNNING);
+    EXPECT_EQ(m->GetJob(id)->attempt(), 2);
+  }
+  crash(2);
+  engine_->Release();
+  auto m = Start();
+  auto job = m->GetJob(id);
+  EXPECT_EQ(job->state(), trainer::v1::FAILED);
+  EXPECT_NE(job->error().find("2 attempts in a row without a new checkpoint"), std::string::npos)
+      << job->error();
+  EXPECT_EQ(engine_->runs(), 2);
+}
+
+TEST_F(LifecycleTest, RequestIdMakesSubmitIdempotent) {
+  auto m = Start();
+  auto a = m->Submit(Scratch(1), "req-1");
+  auto b = m->Submit(Scratch(1), "req-1");
+  auto c = m->Submit(Scratch(1), "req-2");
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  EXPECT_EQ(*a, *b);
+  EXPECT_NE(*a, *c);
+  EXPECT_EQ(m->ListJobs(0, "", {})->jobs.size(), 2u);
+}
+
+TEST_F(LifecycleTest, ListJobsPagesAndFilters) {
+  auto m = Start();
+  engine_->Hold();
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) ids.push_back(*m->Submit(Scratch(1000), ""));
+  for (int i = 1; i < 5; ++i) ASSERT_TRUE(m->Cancel(ids[i]).ok());
+  auto p1 = m->ListJobs(2, "", {});
+  ASSERT_TRUE(p1.ok());
+  ASSERT_EQ(p1->jobs.size(), 2u);
+  EXPECT_EQ(p1->jobs[0].id(), ids[0]);
+  auto p2 = m->ListJobs(2, p1->next_page_token, {});
+  ASSERT_EQ(p2->jobs.size(), 2u);
+  EXPECT_EQ(p2->jobs[0].id(), ids[2]);
+  auto p3 = m->ListJobs(2, p2->next_page_token, {});
+  ASSERT_EQ(p3->jobs.size(), 1u);
+  EXPECT_TRUE(p3->next_page_token.empty());
+  auto cancelled = m->ListJobs(0, "", {trainer::v1::CANCELLED});
+  EXPECT_EQ(cancelled->jobs.size(), 4u);
+  EXPECT_EQ(m->ListJobs(0, "garbage", {}).status().code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(m->Cancel(ids[0]).ok());
+  EXPECT_EQ(m->ListJobs(0, "", {static_cast<JobState>(42)}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+
+}  // namespace
+}  // namespace traind::jobs
