@@ -1,5 +1,7 @@
 #include "server/jobs/engine.h"
 
+#include "server/train/data.h"
+
 namespace traind::jobs {
 namespace {
 
@@ -20,6 +22,9 @@ class LibTorchEngine final : public Engine {
   }
   absl::Status CheckWeights(const std::string& path) override {
     return train::CheckWeightsFile(path);
+  }
+  absl::Status CheckDataset(const train::DataConfig& data) override {
+    return train::ScanDataset(data).status();
   }
 };
 

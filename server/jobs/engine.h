@@ -44,6 +44,11 @@ class Engine {
 
   // Refuses, at submit, starting weights the engine could not load.
   virtual absl::Status CheckWeights(const std::string& path) = 0;
+
+  // Refuses, at submit, a dataset the engine could not train on (no class
+  // folders, an empty class folder, too few images for the split), naming
+  // the problem. Lists files; decodes nothing.
+  virtual absl::Status CheckDataset(const train::DataConfig& data) = 0;
 };
 
 // Trains on LibTorch in this process (server/train).

@@ -13,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "common/sha256.h"
 #include "common/spec.h"
@@ -376,6 +377,11 @@ absl::StatusOr<std::string> JobManager::Submit(JobSpec spec,
   }
   auto dataset = ResolveBeneath(options_.data_root, spec.dataset(), "dataset");
   if (!dataset.ok()) return dataset.status();
+  // Refused now, not when the job runs; named relative to the data root.
+  if (auto st = engine_->CheckDataset(ToConfig(spec, *dataset).data); !st.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "dataset: ", absl::StrReplaceAll(st.message(), {{*dataset, spec.dataset()}})));
+  }
   if (spec.kind() == trainer::v1::SCRATCH) {
     if (spec.initial_weights_case() != JobSpec::INITIAL_WEIGHTS_NOT_SET) {
       return absl::InvalidArgumentError(

@@ -149,7 +149,7 @@ absl::StatusOr<int64_t> Store::NextIndex() {
 
 absl::Status Store::InsertJob(const StoredJob& job) {
   absl::MutexLock lock(&mu_);
-  return Durably([&]() -> absl::Status {
+  return Durably([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
   Statement s(db_, "INSERT INTO jobs (idx, id, state, request_id, job) VALUES (?, ?, ?, ?, ?);");
   if (!s.ok()) return SqlError(db_, "prepare insert job");
   s.Bind(1, job.index);
@@ -176,7 +176,7 @@ absl::Status Store::Durably(F&& body) {
 
 absl::Status Store::UpdateJob(const Job& job) {
   absl::MutexLock lock(&mu_);
-  return Durably([&]() -> absl::Status {
+  return Durably([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
     Statement s(db_, "UPDATE jobs SET state = ?, job = ? WHERE id = ?;");
     if (!s.ok()) return SqlError(db_, "prepare update job");
     s.Bind(1, static_cast<int64_t>(job.state()));
@@ -189,7 +189,7 @@ absl::Status Store::UpdateJob(const Job& job) {
 
 absl::Status Store::DeleteJob(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
-  return Durably([&]() -> absl::Status {
+  return Durably([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
     if (auto st = Exec("BEGIN IMMEDIATE;"); !st.ok()) return st;
     for (const char* sql : {"DELETE FROM events WHERE job_id = ?;",
                             "DELETE FROM checkpoints WHERE job_id = ?;",
@@ -208,7 +208,7 @@ absl::Status Store::DeleteJob(const std::string& job_id) {
 
 absl::Status Store::InsertCheckpoint(const CheckpointRecord& c) {
   absl::MutexLock lock(&mu_);
-  return Durably([&]() -> absl::Status {
+  return Durably([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
     Statement s(db_,
                 "INSERT OR REPLACE INTO checkpoints (job_id, epoch, next_batch, global_step, "
                 "path, sha256, size, attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?);");

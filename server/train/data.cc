@@ -529,27 +529,38 @@ DecodedSet DecodeImages(const std::vector<ImageRecord>& records, int size,
   std::vector<cv::Mat> images(records.size());
   std::vector<std::string> errors(records.size());
   std::atomic<size_t> next{0};
+  auto decode = [&](size_t i) {
+    std::error_code ec;
+    int64_t file_size = -1, mtime = 0;
+    if (cache) {
+      file_size = static_cast<int64_t>(fs::file_size(records[i].path, ec));
+      mtime = fs::last_write_time(records[i].path, ec).time_since_epoch().count();
+      if (!ec) {
+        images[i] = cache->Find(records[i].path, size, file_size, mtime);
+        if (!images[i].empty()) return;
+      }
+    }
+    auto img = DecodeImage(records[i].path, size);
+    if (img.ok()) {
+      images[i] = std::move(*img);
+      if (cache && !ec) cache->Insert(records[i].path, size, file_size, mtime, images[i]);
+    } else {
+      errors[i] = std::string(img.status().message());
+    }
+  };
   auto work = [&] {
     for (size_t i = next++; i < records.size(); i = next++) {
-      std::error_code ec;
-      int64_t file_size = -1, mtime = 0;
-      if (cache) {
-        file_size = static_cast<int64_t>(fs::file_size(records[i].path, ec));
-        mtime = fs::last_write_time(records[i].path, ec).time_since_epoch().count();
-        if (!ec) {
-          images[i] = cache->Find(records[i].path, size, file_size, mtime);
-          if (!images[i].empty()) continue;
-        }
-      }
-      auto img = DecodeImage(records[i].path, size);
-      if (img.ok()) {
-        images[i] = std::move(*img);
-        if (cache && !ec) cache->Insert(records[i].path, size, file_size, mtime, images[i]);
-      } else {
-        errors[i] = std::string(img.status().message());
+      // Nothing may leave a decode thread (it would end the process): an
+      // error, out of memory included, skips the image with the reason.
+      try {
+        decode(i);
+      } catch (const std::exception& e) {
+        images[i] = cv::Mat();
+        errors[i] = absl::StrCat(records[i].path, ": ", e.what());
       }
     }
   };
+
   std::vector<std::thread> pool;
   for (int t = 1; t < std::max(1, threads); ++t) pool.emplace_back(work);
   work();
@@ -629,8 +640,9 @@ struct BatchLoader::State {
   int threads = 1;
   std::vector<std::thread> workers;
 
-  absl::Mutex mu;
+  mutable absl::Mutex mu;
   std::map<int64_t, Batch> ready ABSL_GUARDED_BY(mu);
+  absl::Status error ABSL_GUARDED_BY(mu);  // sticky
   int64_t consumed ABSL_GUARDED_BY(mu) = 0;  // batches handed out
   bool stop ABSL_GUARDED_BY(mu) = false;
 
@@ -666,6 +678,26 @@ struct BatchLoader::State {
     return Batch{hwc.permute({0, 3, 1, 2}), labels};
   }
 
+  // Build, with the libraries' exceptions as a status: nothing may leave a
+  // loader thread (it would end the process).
+  absl::StatusOr<Batch> BuildSafely(int64_t b) {
+    try {
+      return Build(b);
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat("loading batch ", b, ": ", e.what_without_backtrace()));
+    } catch (const cv::Exception& e) {
+      return absl::InternalError(absl::StrCat("loading batch ", b, ": ", e.what()));
+    } catch (const std::exception& e) {
+      return absl::ResourceExhaustedError(absl::StrCat("loading batch ", b, ": ", e.what()));
+    }
+  }
+
+  // Records the first error and stops the workers.
+  void Fail(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (error.ok()) error = status;
+    stop = true;
+  }
+
   void Work(int worker) {
     for (int64_t b = worker; b < num_batches; b += threads) {
       {
@@ -676,9 +708,10 @@ struct BatchLoader::State {
         mu.Await(absl::Condition(&can_build));
         if (stop) return;
       }
-      Batch batch = Build(b);
+      auto batch = BuildSafely(b);
       absl::MutexLock lock(&mu);
-      ready.emplace(b, std::move(batch));
+      if (!batch.ok()) return Fail(batch.status());
+      ready.emplace(b, std::move(*batch));
     }
   }
 };
@@ -705,25 +738,37 @@ BatchLoader::~BatchLoader() {
 
 int64_t BatchLoader::num_batches() const { return state_->num_batches; }
 
+absl::Status BatchLoader::status() const {
+  absl::MutexLock lock(&state_->mu);
+  return state_->error;
+}
+
 bool BatchLoader::Next(Batch* batch) {
   State& s = *state_;
   if (s.options.prefetch <= 0) {
     int64_t b;
     {
       absl::MutexLock lock(&s.mu);
-      if (s.consumed >= s.num_batches) return false;
+      if (s.consumed >= s.num_batches || !s.error.ok()) return false;
       b = s.consumed++;
     }
-    *batch = s.Build(b);
+    auto built = s.BuildSafely(b);
+    if (!built.ok()) {
+      absl::MutexLock lock(&s.mu);
+      s.Fail(built.status());
+      return false;
+    }
+    *batch = std::move(*built);
     return true;
   }
   absl::MutexLock lock(&s.mu);
   if (s.consumed >= s.num_batches) return false;
   const int64_t want = s.consumed;
   auto ready = [&s, want]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu) {
-    return s.ready.count(want) > 0;
+    return s.ready.count(want) > 0 || !s.error.ok();
   };
   s.mu.Await(absl::Condition(&ready));
+  if (s.ready.count(want) == 0) return false;
   auto it = s.ready.find(want);
   *batch = std::move(it->second);
   s.ready.erase(it);

@@ -20,6 +20,7 @@
 #include <torch/torch.h>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "server/train/config.h"
@@ -151,8 +152,11 @@ class BatchLoader {
   BatchLoader& operator=(const BatchLoader&) = delete;
 
   int64_t num_batches() const;
-  // Returns the next batch, or false after the last.
+  // Returns the next batch, or false after the last or on an error.
   bool Next(Batch* batch);
+  // Sticky: why batches stopped early (a LibTorch or OpenCV error, out of
+  // memory, in a loader thread), or OK.
+  absl::Status status() const;
 
  private:
   struct State;

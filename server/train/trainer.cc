@@ -33,6 +33,15 @@ double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
 }
 
+// PyTorch's BatchNorm raises in training mode when a channel holds a single
+// value: one image whose deepest ResNet-18 feature map is 1x1 (<= 32 px).
+bool BatchNormRaisesOnOneImage(int image_size) {
+  int s = (image_size + 2 * 3 - 7) / 2 + 1;  // conv1, 7x7 stride 2
+  s = (s + 2 * 1 - 3) / 2 + 1;               // max pool, 3x3 stride 2
+  for (int layer = 2; layer <= 4; ++layer) s = (s + 2 * 1 - 3) / 2 + 1;  // 3x3 stride 2
+  return s * s == 1;
+}
+
 absl::StatusOr<torch::Device> PickDevice(const std::string& device) {
   const bool cuda = torch::cuda::is_available();
   if (device == "cuda") {
@@ -91,6 +100,7 @@ struct EvalTotals {
   int64_t correct = 0;
   int64_t count = 0;
   Evaluation detail;  // validation passes only
+  absl::Status status;  // the loader's, when it stopped early
 };
 
 class Run {
@@ -205,20 +215,27 @@ class Run {
       };
 
       model_->train();
+      // A last batch that PyTorch could not train on is left out, and not
+      // counted in `batches`.
+      const bool skip_last = static_cast<int64_t>(order.size()) % bs == 1 &&
+                             BatchNormRaisesOnOneImage(config_.data.image_size);
+      const int trained_batches = batches - (skip_last ? 1 : 0);
       Batch batch;
       for (int b = first_batch;; ++b) {
         const auto wait_start = Clock::now();
-        if (!loader.Next(&batch)) break;
+        if (!loader.Next(&batch)) {
+          if (auto st = loader.status(); !st.ok()) return st;
+          break;
+        }
         data_seconds += Seconds(wait_start);
         if (cancel_.cancelled()) return stop(b);
-        if (batch.labels.size(0) < 2) {
-          // BatchNorm cannot train on one image (PyTorch raises); a last
-          // batch of one is left out rather than failing the run.
+        if (batch.labels.size(0) == 1 && skip_last) {
           if (!warned_single_) {
             sink_->OnWarning(absl::StrCat(
                 "the last batch of each epoch holds a single image, which BatchNorm cannot "
-                "train on; it is skipped (", data.train.images.size(), " training images, batch size ",
-                config_.batch_size, ")"));
+                "train on at ", config_.data.image_size, " px (PyTorch raises); it is skipped (",
+                data.train.images.size(), " training images, batch size ", config_.batch_size,
+                ")"));
             warned_single_ = true;
           }
           continue;
@@ -244,7 +261,7 @@ class Run {
         progress.trial = config_.trial;
         progress.epoch = epoch;
         progress.batch = b;
-        progress.batches = batches;
+        progress.batches = trained_batches;
         progress.global_step = pos.global_step++;
         progress.loss = loss_value;
         progress.images_per_second = step_seconds > 0 ? n / step_seconds : 0;
@@ -253,6 +270,7 @@ class Run {
       if (cancel_.cancelled()) return stop(batches);
       const auto validation_start = Clock::now();
       EvalTotals val = Evaluate(data.validation, epoch);
+      if (!val.status.ok()) return val.status;
       const double validation_seconds = Seconds(validation_start);
 
       EpochResult er;
@@ -336,6 +354,7 @@ class Run {
     }
     totals.detail.images = totals.count;
     totals.detail.top1_correct = totals.correct;
+    totals.status = loader.status();
     return totals;
   }
 

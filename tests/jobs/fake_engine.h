@@ -43,6 +43,7 @@ class FakeEngine final : public Engine {
                                            const train::CancelToken& cancel) override;
   // Files this engine wrote ("fake weights ...") and nothing else.
   absl::Status CheckWeights(const std::string& path) override;
+  absl::Status CheckDataset(const train::DataConfig& data) override { return absl::OkStatus(); }
 
  private:
   // Waits at the gate; false when cancelled meanwhile.

@@ -151,6 +151,16 @@ TEST_F(JobManagerTest, InvalidSpecsAreRefusedAndNothingIsStored) {
   JobSpec unknown = Scratch(1);
   unknown.set_dataset("nope");
   EXPECT_EQ(m->Submit(unknown, "").status().code(), absl::StatusCode::kInvalidArgument);
+  // A dataset with an empty class folder: refused at submit, naming it.
+  MakeDataset(base_ / "data" / "holey", 4);
+  fs::create_directories(base_ / "data" / "holey" / "empty");
+  JobSpec holey = Scratch(1);
+  holey.set_dataset("holey");
+  auto refused = m->Submit(holey, "").status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.message().find("dataset: class folder holey/empty holds no images"),
+            std::string::npos)
+      << refused;
   JobSpec no_weights = Scratch(1);
   no_weights.set_kind(trainer::v1::FINETUNE);
   auto st = m->Submit(no_weights, "").status();

@@ -127,6 +127,33 @@ TEST_F(DataTest, DecodedCacheServesRepeatsAndNoticesChangedFiles) {
   EXPECT_LE(small.bytes(), 2u * 16 * 16 * 3);
 }
 
+// An OpenCV error while preparing a batch (here: an empty image, which
+// OpenCV's rotation refuses with an exception) stops the loader with the reason instead of
+// escaping its thread and ending the process.
+TEST_F(DataTest, ALoaderErrorIsAStatusNotACrash) {
+  DecodedSet set;
+  for (int i = 0; i < 8; ++i) {
+    set.images.push_back(i == 5 ? cv::Mat() : cv::Mat(16, 16, CV_8UC3, cv::Scalar(90, 60, 30)));
+    set.labels.push_back(i % 2);
+  }
+  std::vector<int64_t> order = {0, 1, 2, 3, 4, 5, 6, 7};
+  for (int prefetch : {0, 2}) {
+    BatchLoader::Options o;
+    o.batch_size = 2;
+    o.augment = true;
+    o.threads = 2;
+    o.prefetch = prefetch;
+    BatchLoader loader(set, order, o);
+    Batch b;
+    int got = 0;
+    while (loader.Next(&b)) ++got;
+    EXPECT_EQ(got, 2) << prefetch;  // batches 0 and 1; batch 2 holds image 5
+    EXPECT_EQ(loader.status().code(), absl::StatusCode::kInternal) << prefetch;
+    EXPECT_NE(loader.status().message().find("loading batch 2"), std::string::npos)
+        << loader.status();
+  }
+}
+
 TEST_F(DataTest, BatchesDoNotDependOnLoaderThreads) {
   auto index = ListImageFolder(root_.string(), {});
   ASSERT_TRUE(index.ok());

@@ -21,6 +21,7 @@ class RecordingSink : public ProgressSink {
   void OnDataset(const DatasetSummary& d) override { dataset = d; }
   void OnBatch(const BatchProgress& b) override {
     losses.push_back(b.loss);
+    batches.push_back(b);
     if (interrupt && b.epoch == interrupt_epoch && b.batch == interrupt_batch) {
       interrupt->Interrupt();
     }
@@ -35,6 +36,7 @@ class RecordingSink : public ProgressSink {
 
   DatasetSummary dataset;
   std::vector<double> losses;
+  std::vector<BatchProgress> batches;
   std::vector<EpochResult> epochs;
   std::vector<std::string> warnings;
   std::vector<CheckpointInfo> checkpoints;
@@ -97,6 +99,28 @@ TEST_F(TrainerTest, SameSeedSameMetricsWhateverTheLoaderThreads) {
     EXPECT_EQ(one.epochs[i].validation_accuracy, four.epochs[i].validation_accuracy);
   }
   EXPECT_EQ(one.dataset.class_names, (std::vector<std::string>{"c0", "c1", "c2"}));
+}
+
+// As PyTorch: a last batch of one image is trained on unless BatchNorm would
+// see a single value per channel (a 1x1 deepest feature map, <= 32 px), and
+// `batches` counts the batches that produce events.
+TEST_F(TrainerTest, ALastBatchOfOneImageIsSkippedOnlyWherePyTorchRaises) {
+  for (int size : {32, 48}) {
+    RecordingSink sink;
+    CancelToken cancel;
+    TrainConfig c = Config(1);
+    c.epochs = 1;
+    c.batch_size = 23;  // 24 training images: 23 + 1
+    c.data.image_size = size;
+    ASSERT_TRUE(Train(c, &sink, cancel).ok()) << size;
+    const size_t expected = size == 32 ? 1 : 2;
+    ASSERT_EQ(sink.batches.size(), expected) << size;
+    for (const auto& b : sink.batches) EXPECT_EQ(b.batches, static_cast<int>(expected)) << size;
+    EXPECT_EQ(sink.warnings.size(), size == 32 ? 1u : 0u) << size;
+    if (size == 32) {
+      EXPECT_NE(sink.warnings[0].find("PyTorch raises"), std::string::npos);
+    }
+  }
 }
 
 TEST_F(TrainerTest, EpochTimeIsBrokenDownByPhase) {
