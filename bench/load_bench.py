@@ -25,6 +25,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "../tests/integration"))
+for name, path in (("TRAIND", "server/traind"), ("TRAINCTL", "client/trainctl")):
+    os.environ.setdefault(name, os.path.join(HERE, "../build", path))
 
 import grpc  # noqa: E402
 
@@ -129,8 +131,11 @@ def train(d, args, dataset):
                     f"--image_size={args.image_size}", "--precision=fp32")
 
 
-def images_per_second(d, job):
+def images_per_second(d, job, cpu=None):
+    before = cpu_seconds([d.proc.pid])
     d.trainctl("watch", job)
+    if cpu is not None:
+        cpu.append(cpu_seconds([d.proc.pid]) - before)
     latest = d.status(job)["latest"]
     return latest["imagesPerSecond"] if "imagesPerSecond" in latest else \
         latest["images_per_second"]
@@ -165,7 +170,8 @@ def main():
         d.trainctl("watch", warm)
         start_stats = proc_stats(d.proc.pid)
 
-        alone = images_per_second(d, train(d, args, "set"))
+        cpu = []
+        alone = images_per_second(d, train(d, args, "set"), cpu)
 
         # Under load.
         job = train(d, args, "set")
@@ -184,7 +190,7 @@ def main():
         for p in procs:
             p.start()
         cpu0 = cpu_seconds([p.pid for p in procs])
-        loaded = images_per_second(d, job)
+        loaded = images_per_second(d, job, cpu)
         wall = time.time() - t0
         cpu1 = cpu_seconds([p.pid for p in procs])
         stop.set()  # the job is done: the clients report and end
@@ -232,7 +238,8 @@ def main():
     counts = sorted(n for _, n, _ in watch)
     print(f"watchers: {len(watch)}, end codes {codes}, events each min {counts[0] if counts else 0}"
           f" max {counts[-1] if counts else 0}, all gapless: {all(g for _, _, g in watch)}")
-    print(f"generator CPU share {share:.2f} core over {wall:.1f} s")
+    print(f"generator CPU share {share:.2f} core over {wall:.1f} s; traind CPU: alone {cpu[0]:.1f} s,"
+          f" loaded {cpu[1]:.1f} s (serving took about {cpu[1] - cpu[0]:.1f} s)")
     print(f"daemon start: RSS {start_stats[0]} MiB, {start_stats[1]} threads, {start_stats[2]} fds;"
           f" end: RSS {end_stats[0]} MiB, {end_stats[1]} threads, {end_stats[2]} fds")
     print(f"training img/s: alone {alone:.1f}, loaded {loaded:.1f} ({loaded / alone:.2f}x), "

@@ -1,4 +1,5 @@
 // traind: parses flags into Server::Options, starts, waits for a signal.
+#include <algorithm>
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
@@ -44,6 +45,9 @@ ABSL_FLAG(std::string, tokens_file, "",
 ABSL_FLAG(int, max_queued_per_user, 100, "queued jobs allowed per user");
 ABSL_FLAG(int, max_queued, 1000, "queued jobs allowed in all");
 ABSL_FLAG(int, max_streams_per_user, 16, "open StreamMetrics calls allowed per user");
+ABSL_FLAG(int, serving_nice, 0,
+          "nice value (0-19) of the threads that serve calls; training threads keep the "
+          "daemon's, so serving yields to training when CPU is short");
 ABSL_FLAG(int, max_stream_seconds, 3600,
           "StreamMetrics and GetWeights calls end with DEADLINE_EXCEEDED after this long "
           "(clients resume)");
@@ -101,6 +105,7 @@ int main(int argc, char** argv) {
   options.insecure = absl::GetFlag(FLAGS_insecure);
   options.limits.max_streams_per_user = std::max(1, absl::GetFlag(FLAGS_max_streams_per_user));
   options.limits.max_stream_seconds = std::max(1, absl::GetFlag(FLAGS_max_stream_seconds));
+  options.limits.serving_nice = std::clamp(absl::GetFlag(FLAGS_serving_nice), 0, 19);
   auto& jobs = options.jobs;
   jobs.state_dir = absl::GetFlag(FLAGS_state_dir);
   jobs.data_root = absl::GetFlag(FLAGS_data_root);

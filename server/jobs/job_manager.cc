@@ -452,7 +452,7 @@ absl::StatusOr<Job> JobManager::GetJob(const std::string& id, const Caller& call
 
 absl::StatusOr<JobManager::Page> JobManager::ListJobs(
     int page_size, const std::string& page_token, const std::vector<JobState>& states,
-    const Caller& caller) {
+    const Caller& caller, bool full) {
   if (page_size < 0 || page_size > 1000) {
     return absl::InvalidArgumentError("page_size: must be in [0, 1000]");
   }
@@ -481,6 +481,11 @@ absl::StatusOr<JobManager::Page> JobManager::ListJobs(
       break;
     }
     page.jobs.push_back(View(*e));
+    if (!full) {
+      page.jobs.back().clear_evaluation();
+      page.jobs.back().clear_class_names();
+      page.jobs.back().clear_trials();
+    }
     after = e->index;
   }
   return page;

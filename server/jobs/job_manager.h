@@ -88,9 +88,11 @@ class JobManager {
     std::vector<trainer::v1::Job> jobs;
     std::string next_page_token;
   };
+  // `full`: every field (JobView FULL); otherwise without evaluation,
+  // class names and trials (BASIC).
   absl::StatusOr<Page> ListJobs(int page_size, const std::string& page_token,
                                 const std::vector<trainer::v1::JobState>& states,
-                                const Caller& caller = Caller());
+                                const Caller& caller = Caller(), bool full = false);
 
   // Best effort: a queued job is CANCELLED at once, a running one goes to
   // CANCELLING and stops at its next batch boundary.

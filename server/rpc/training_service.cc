@@ -1,5 +1,9 @@
 #include "server/rpc/training_service.h"
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -26,9 +30,20 @@ Status CheckSize(const google::protobuf::Message& request, const char* rpc) {
                              "-byte limit"));
 }
 
+// Serving threads come from gRPC's pools; each is given its nice value the
+// first time it serves a call.
+void SetServingPriority(int nice) {
+  thread_local int applied = 0;
+  if (nice == applied) return;
+  if (setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), nice) == 0) {
+    applied = nice;
+  }
+}
+
 // Authenticates the call, runs `call(caller)` and converts its status.
 template <typename F>
-Status Serve(const ServerContext& context, const TokenStore* tokens, F&& call) {
+Status Serve(const ServerContext& context, const TokenStore* tokens, int nice, F&& call) {
+  SetServingPriority(nice);
   auto caller = Authenticate(context, tokens);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   return ToGrpcStatus(call(*caller));
@@ -55,7 +70,7 @@ Status TrainingServiceImpl::SubmitJob(ServerContext* context,
                                       const trainer::v1::SubmitJobRequest* request,
                                       trainer::v1::SubmitJobResponse* response) {
   if (Status st = CheckSize(*request, "SubmitJob"); !st.ok()) return st;
-  return Serve(*context, tokens_, [&](const jobs::Caller& caller) {
+  return Serve(*context, tokens_, limits_.serving_nice, [&](const jobs::Caller& caller) {
     auto id = manager_->Submit(request->spec(), request->request_id(), caller);
     if (id.ok()) response->set_job_id(*id);
     return id.status();
@@ -64,7 +79,7 @@ Status TrainingServiceImpl::SubmitJob(ServerContext* context,
 
 Status TrainingServiceImpl::GetJob(ServerContext* context, const trainer::v1::GetJobRequest* request,
                                    trainer::v1::GetJobResponse* response) {
-  return Serve(*context, tokens_, [&](const jobs::Caller& caller) {
+  return Serve(*context, tokens_, limits_.serving_nice, [&](const jobs::Caller& caller) {
     auto job = manager_->GetJob(request->job_id(), caller);
     if (job.ok()) *response->mutable_job() = std::move(*job);
     return job.status();
@@ -74,10 +89,14 @@ Status TrainingServiceImpl::GetJob(ServerContext* context, const trainer::v1::Ge
 Status TrainingServiceImpl::ListJobs(ServerContext* context,
                                      const trainer::v1::ListJobsRequest* request,
                                      trainer::v1::ListJobsResponse* response) {
-  return Serve(*context, tokens_, [&](const jobs::Caller& caller) {
+  return Serve(*context, tokens_, limits_.serving_nice, [&](const jobs::Caller& caller) {
     std::vector<trainer::v1::JobState> states;
     for (int s : request->states()) states.push_back(static_cast<trainer::v1::JobState>(s));
-    auto page = manager_->ListJobs(request->page_size(), request->page_token(), states, caller);
+    if (!trainer::v1::JobView_IsValid(request->view())) {
+      return absl::InvalidArgumentError("view: unknown job view");
+    }
+    auto page = manager_->ListJobs(request->page_size(), request->page_token(), states, caller,
+                                   request->view() == trainer::v1::FULL);
     if (!page.ok()) return page.status();
     for (auto& j : page->jobs) *response->add_jobs() = std::move(j);
     response->set_next_page_token(page->next_page_token);
@@ -88,7 +107,7 @@ Status TrainingServiceImpl::ListJobs(ServerContext* context,
 Status TrainingServiceImpl::CancelJob(ServerContext* context,
                                       const trainer::v1::CancelJobRequest* request,
                                       trainer::v1::CancelJobResponse* response) {
-  return Serve(*context, tokens_, [&](const jobs::Caller& caller) {
+  return Serve(*context, tokens_, limits_.serving_nice, [&](const jobs::Caller& caller) {
     auto job = manager_->Cancel(request->job_id(), caller);
     if (job.ok()) *response->mutable_job() = std::move(*job);
     return job.status();
@@ -97,12 +116,14 @@ Status TrainingServiceImpl::CancelJob(ServerContext* context,
 
 grpc::ServerWriteReactor<trainer::v1::StreamMetricsResponse>* TrainingServiceImpl::StreamMetrics(
     grpc::CallbackServerContext* context, const trainer::v1::StreamMetricsRequest* request) {
+  SetServingPriority(limits_.serving_nice);
   return StartMetricsStream(manager_, tokens_, absl::Seconds(limits_.max_stream_seconds),
                             context, request);
 }
 
 grpc::ServerWriteReactor<trainer::v1::GetWeightsResponse>* TrainingServiceImpl::GetWeights(
     grpc::CallbackServerContext* context, const trainer::v1::GetWeightsRequest* request) {
+  SetServingPriority(limits_.serving_nice);
   return StartWeightsStream(manager_, tokens_, absl::Seconds(limits_.max_stream_seconds),
                             context, request);
 }
@@ -110,7 +131,7 @@ grpc::ServerWriteReactor<trainer::v1::GetWeightsResponse>* TrainingServiceImpl::
 Status TrainingServiceImpl::Classify(ServerContext* context,
                                      const trainer::v1::ClassifyRequest* request,
                                      trainer::v1::ClassifyResponse* response) {
-  return Serve(*context, tokens_, [&](const jobs::Caller& caller) {
+  return Serve(*context, tokens_, limits_.serving_nice, [&](const jobs::Caller& caller) {
     auto result = manager_->Classify(*request, caller);
     if (result.ok()) *response = std::move(*result);
     return result.status();
@@ -120,7 +141,7 @@ Status TrainingServiceImpl::Classify(ServerContext* context,
 Status TrainingServiceImpl::DeleteJob(ServerContext* context,
                                       const trainer::v1::DeleteJobRequest* request,
                                       trainer::v1::DeleteJobResponse* response) {
-  return Serve(*context, tokens_, [&](const jobs::Caller& caller) {
+  return Serve(*context, tokens_, limits_.serving_nice, [&](const jobs::Caller& caller) {
     auto freed = manager_->Delete(request->job_id(), caller);
     if (freed.ok()) response->set_freed_bytes(*freed);
     return freed.status();

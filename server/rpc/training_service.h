@@ -31,6 +31,10 @@ class TrainingServiceImpl final : public TrainingServiceBase {
     // A StreamMetrics or GetWeights call open longer than this ends with
     // DEADLINE_EXCEEDED (watchers resume from their last sequence number).
     int max_stream_seconds = 3600;
+    // Nice value of the threads that serve calls (0: as the daemon's).
+    // Training threads keep the daemon's: an intra-op parallel step waits
+    // for its slowest thread, so serving is made to yield to training.
+    int serving_nice = 0;
   };
   // `tokens`: nullptr for a daemon without authentication (one implicit
   // local user).
