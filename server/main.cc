@@ -121,9 +121,6 @@ int main(int argc, char** argv) {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   jobs.threads_per_job = absl::GetFlag(FLAGS_threads_per_job);
   if (jobs.threads_per_job <= 0) jobs.threads_per_job = std::max(1, cores / std::max(1, jobs.workers));
-  std::error_code ec;
-  std::filesystem::create_directories(jobs.data_root, ec);
-  std::filesystem::create_directories(jobs.weights_root, ec);
 
   auto server = traind::Server::BuildAndStart(options);
   if (!server.ok()) {

@@ -115,6 +115,10 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(Options options) 
     ::close(lock_fd);
     return store.status();
   }
+  // The roots are made only by a daemon that got this far, so that a
+  // refused start leaves nothing behind.
+  fs::create_directories(options.data_root, ec);
+  fs::create_directories(options.weights_root, ec);
   if (!options.engine) options.engine = NewLibTorchEngine();
   std::unique_ptr<JobManager> m(new JobManager(std::move(options), std::move(*store)));
   m->lock_fd_ = lock_fd;

@@ -280,6 +280,18 @@ class HostileInputTest(unittest.TestCase):
                             if e.get("log", {}).get("level") == "WARNING")
         for name in ("truncated.jpg", "huge.png", "empty.jpg", "text.jpg"):
             self.assertIn(name, warnings)
+        # In traind's words, not OpenCV's internal assertion text.
+        self.assertIn("huge.png: image larger than the 100-megapixel limit", warnings)
+        self.assertNotIn("Assertion", warnings)
+        self.assertNotIn("OpenCV(", warnings)
+
+    def test_a_refused_start_leaves_nothing_behind(self):
+        state = os.path.join(self.root, "refused-state")
+        p = subprocess.run([TRAIND, "--listen=0.0.0.0:0", f"--state-dir={state}"],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("refusing to serve", p.stderr)
+        self.assertFalse(os.path.exists(state), os.listdir(state) if os.path.exists(state) else "")
 
     def test_a_client_flooding_pings_is_sent_away(self):
         goaway = h2_ping_flood(self.d.port)
