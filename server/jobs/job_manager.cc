@@ -177,6 +177,15 @@ absl::Status JobManager::Recover() {
     }
     switch (state) {
       case trainer::v1::RUNNING:
+        // Killed from outside while training further than ever: progress,
+        // not a crash loop (a job that kills the daemon itself does not get
+        // past the same step).
+        if (const int64_t reached = FurthestStep(*entry); reached > 0) {
+          absl::MutexLock lock(&mu_);
+          entry->job.set_max_global_step(reached);
+          entry->job.set_attempts_without_progress(0);
+          attempts = 0;
+        }
         if (attempts >= options_.max_attempts_without_progress) {
           SetState(*entry, trainer::v1::FAILED,
                    absl::StrCat("the daemon stopped during ", attempts,
@@ -205,6 +214,27 @@ absl::Status JobManager::Recover() {
     }
   }
   return absl::OkStatus();
+}
+
+int64_t JobManager::FurthestStep(Entry& entry) {
+  constexpr int kTail = 256;  // the last attempt's final batches are among these
+  int64_t known, last;
+  int attempt;
+  {
+    absl::MutexLock lock(&mu_);
+    known = std::max(entry.job.max_global_step(), entry.job.checkpoint_global_step());
+    attempt = entry.job.attempt();
+    last = entry.job.last_seq();
+  }
+  auto tail = store_->ReadEvents(entry.id, std::max<int64_t>(0, last - kTail), kTail);
+  if (!tail.ok()) return 0;
+  int64_t reached = 0;
+  for (const auto& e : *tail) {
+    if (e.has_batch() && e.batch().attempt() == attempt) {
+      reached = std::max(reached, e.batch().global_step() + 1);
+    }
+  }
+  return reached > known ? reached : 0;
 }
 
 void JobManager::StoreFailed(Entry& entry, const absl::Status& status) {

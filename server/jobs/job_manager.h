@@ -195,6 +195,9 @@ class JobManager {
   // The caller holds entry.io_mu and not mu_.
   void SetState(Entry& entry, trainer::v1::JobState state, const std::string& reason)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // After a crash: the global step the job's last attempt reached, when
+  // that is further than any attempt before it (or its checkpoint); else 0.
+  int64_t FurthestStep(Entry& entry) ABSL_LOCKS_EXCLUDED(mu_);
   // Records a failed write; the job stops at its next batch.
   void StoreFailed(Entry& entry, const absl::Status& status) ABSL_LOCKS_EXCLUDED(mu_);
   // The job, if `caller` may see it.

@@ -87,22 +87,21 @@ absl::Status FakeEngine::Train(const train::TrainConfig& config, train::Progress
     double loss_sum = 0;
     for (int b = next_batch; b < batches_; ++b) {
       if (!Gate(cancel)) {
-        if (cancel.interrupted()) {
+        if (cancel.interrupted() && !skip_interrupt_checkpoint_) {
           if (auto st = checkpoint(epoch, b); !st.ok()) return st;
         }
         return absl::CancelledError("cancelled");
       }
-      ++step;
-      ++trained_;
       train::BatchProgress p;
       p.epoch = epoch;
       p.batch = b + 1;
       p.batches = batches_;
-      p.global_step = step;
+      p.global_step = step++;  // as the real engine: the step's index
       p.loss = Loss(step);
       p.images_per_second = 1000;
       loss_sum += p.loss;
       sink->OnBatch(p);
+      ++trained_;  // after its event is stored
     }
     train::EpochResult r;
     r.epoch = epoch;

@@ -27,6 +27,8 @@ class FakeEngine final : public Engine {
   // While held: lets `n` more batches (or sweep trials) through.
   void Allow(int n) ABSL_LOCKS_EXCLUDED(mu_);
   void Release() ABSL_LOCKS_EXCLUDED(mu_);
+  // Interrupted runs stop without a checkpoint, as a killed daemon would.
+  void SkipInterruptCheckpoints() { skip_interrupt_checkpoint_ = true; }
   // Batches trained by all runs so far.
   int batches_trained() const { return trained_.load(); }
   // Train calls started so far.
@@ -52,6 +54,7 @@ class FakeEngine final : public Engine {
   const int batches_;
   std::atomic<int> trained_{0};
   std::atomic<int> runs_{0};
+  std::atomic<bool> skip_interrupt_checkpoint_{false};
   mutable absl::Mutex mu_;
   int budget_ ABSL_GUARDED_BY(mu_) = -1;  // batches let through; -1: no limit
 };

@@ -340,6 +340,44 @@ TEST_F(LifecycleTest, AJobLeftRunningIsRequeuedUntilTheCrashLoopLimit) {
   EXPECT_EQ(engine_->runs(), 2);
 }
 
+// A daemon killed from outside is not the job's fault: an attempt that got
+// further than any before it made progress, checkpoint or not. One that did
+// not counts towards the crash-loop limit.
+TEST_F(LifecycleTest, AnAttemptThatTrainedFurtherIsNotACrashLoop) {
+  options_.max_attempts_without_progress = 2;
+  engine_->SkipInterruptCheckpoints();
+  auto crash = [&](int attempts) {
+    auto store = Store::Open((base_ / "state" / "traind.db").string());
+    ASSERT_TRUE(store.ok());
+    auto job = (*store)->LoadJobs()->front().job;
+    job.set_state(trainer::v1::RUNNING);
+    job.set_attempts_without_progress(attempts);
+    ASSERT_TRUE((*store)->UpdateJob(job).ok());
+  };
+  std::string id;
+  {
+    auto m = Start();
+    engine_->Hold();
+    engine_->Allow(4);  // epoch 1 (checkpoint at step 3) and one batch more
+    id = *m->Submit(Scratch(3), "");
+    WaitForBatches(*engine_, 4);
+  }
+  crash(2);  // at the limit, but the attempt went past its checkpoint
+  {
+    auto m = Start();
+    auto job = m->GetJob(id);
+    EXPECT_EQ(job->max_global_step(), 4);
+    EXPECT_EQ(job->checkpoint_global_step(), 3);
+    WaitFor(*m, id, trainer::v1::RUNNING);  // re-queued, not FAILED
+  }
+  crash(2);  // this attempt trained nothing new
+  auto m = Start();
+  auto job = m->GetJob(id);
+  EXPECT_EQ(job->state(), trainer::v1::FAILED);
+  EXPECT_EQ(job->max_global_step(), 4);
+  engine_->Release();
+}
+
 TEST_F(LifecycleTest, RequestIdMakesSubmitIdempotent) {
   auto m = Start();
   auto a = m->Submit(Scratch(1), "req-1");
