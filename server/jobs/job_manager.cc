@@ -19,6 +19,7 @@
 #include "common/spec.h"
 #include "server/jobs/job_entry.h"
 #include "server/jobs/paths.h"
+#include "server/jobs/spec_config.h"
 #include "server/train/config.h"
 
 namespace traind::jobs {
@@ -35,59 +36,6 @@ int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
 
 absl::Status NoJob(const std::string& id) {
   return absl::NotFoundError(absl::StrCat("no job \"", id, "\""));
-}
-
-train::SweepPlan ToPlan(const trainer::v1::SweepGrid& g) {
-  train::SweepPlan p;
-  p.epochs.assign(g.epochs().begin(), g.epochs().end());
-  p.learning_rates.assign(g.learning_rates().begin(), g.learning_rates().end());
-  p.backbone_lr_ratio = g.backbone_lr_ratio();
-  for (const auto& param : g.parameters()) {
-    train::SweepParam sp;
-    sp.name = param.name();
-    sp.values.assign(param.values().begin(), param.values().end());
-    sp.min = param.min();
-    sp.max = param.max();
-    sp.log = param.log();
-    p.params.push_back(std::move(sp));
-  }
-  p.random = g.search() == trainer::v1::SweepGrid::RANDOM;
-  p.random_trials = g.has_random_trials() ? g.random_trials() : 8;
-  p.random_seed = g.random_seed();
-  p.asha_rungs.assign(g.asha().rungs().begin(), g.asha().rungs().end());
-  p.asha_reduction_factor =
-      g.asha().has_reduction_factor() ? g.asha().reduction_factor() : 3.0;
-  p.parallel_runs = g.has_parallel_runs() ? g.parallel_runs() : 1;
-  return p;
-}
-
-train::TrainConfig ToConfig(const JobSpec& spec, const std::string& dataset_dir) {
-  train::TrainConfig c;
-  c.kind = spec.kind() == trainer::v1::SCRATCH ? train::Kind::kScratch
-                                               : train::Kind::kFinetune;
-  c.data.dir = dataset_dir;
-  c.data.exclude_classes.assign(spec.exclude_classes().begin(),
-                                spec.exclude_classes().end());
-  c.data.image_size = spec.image_size();
-  c.data.train_fraction = spec.train_fraction();
-  c.data.seed = spec.seed();
-  const auto& a = spec.augmentation();
-  c.data.augmentation = {a.hflip_probability(), a.rotation_degrees(), a.brightness(),
-                         a.contrast(), a.saturation(), a.hue()};
-  c.data.augment_validation = spec.augment_validation();
-  c.data.loader_threads = spec.loader_threads();
-  c.epochs = spec.epochs();
-  c.batch_size = spec.batch_size();
-  c.learning_rate = spec.learning_rate();
-  c.backbone_learning_rate = spec.backbone_learning_rate();
-  c.trainable_blocks.clear();
-  for (const auto& b : spec.trainable_blocks()) {
-    if (b != "fc") c.trainable_blocks.push_back(b);
-  }
-  c.device = spec.device();
-  c.threads = spec.threads();
-  c.bf16 = spec.precision() == "bf16";
-  return c;
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "common/settings.h"
 
 namespace traind::train {
 namespace {
@@ -57,42 +58,44 @@ bool IsSweepSetting(const std::string& name) {
 }
 
 absl::Status ApplySetting(const std::string& name, double v, TrainConfig* c) {
-  if (!std::isfinite(v)) return Invalid(name, "must be finite");
-  auto range = [&](double lo, double hi) -> absl::Status {
-    if (v < lo || v > hi) return Invalid(name, absl::StrCat("must be in [", lo, ", ", hi, "], got ", v));
-    return absl::OkStatus();
-  };
   auto& a = c->data.augmentation;
-  if (name == "learning_rate" || name == "backbone_learning_rate") {
-    if (v <= 0 || v > 10) return Invalid(name, absl::StrCat("must be in (0, 10], got ", v));
-    (name == "learning_rate" ? c->learning_rate : c->backbone_learning_rate) = v;
-  } else if (name == "backbone_lr_ratio") {
-    if (v <= 0 || v > 100) return Invalid(name, absl::StrCat("must be in (0, 100], got ", v));
-    c->backbone_learning_rate = c->learning_rate * v;
-  } else if (name == "batch_size") {
+  // The JobSpec field a sweep setting stands for, whose range it shares.
+  struct Target {
+    const char* field;
+    double* into;
+  };
+  const Target targets[] = {
+      {"learning_rate", &c->learning_rate},
+      {"backbone_learning_rate", &c->backbone_learning_rate},
+      {"sweep.backbone_lr_ratio", nullptr},
+      {"batch_size", nullptr},
+      {"augmentation.hflip_probability", &a.hflip_probability},
+      {"augmentation.rotation_degrees", &a.rotation_degrees},
+      {"augmentation.brightness", &a.brightness},
+      {"augmentation.contrast", &a.contrast},
+      {"augmentation.saturation", &a.saturation},
+      {"augmentation.hue", &a.hue},
+  };
+  if (name == "trainable_blocks") {  // how many of the last backbone blocks
     if (!IsInteger(v)) return Invalid(name, "must be a whole number");
-    if (auto st = range(1, 4096); !st.ok()) return st;
-    c->batch_size = static_cast<int>(v);
-  } else if (name == "trainable_blocks") {
-    if (!IsInteger(v)) return Invalid(name, "must be a whole number");
-    if (auto st = range(0, 4); !st.ok()) return st;
+    if (v < 0 || v > 4) return Invalid(name, absl::StrCat("must be in [0, 4], got ", v));
     c->trainable_blocks.assign(std::end(kBlocks) - static_cast<int>(v), std::end(kBlocks));
-  } else if (name == "hflip_probability") {
-    if (auto st = range(0, 1); !st.ok()) return st;
-    a.hflip_probability = v;
-  } else if (name == "rotation_degrees") {
-    if (auto st = range(0, 180); !st.ok()) return st;
-    a.rotation_degrees = v;
-  } else if (name == "brightness" || name == "contrast" || name == "saturation") {
-    if (auto st = range(0, 10); !st.ok()) return st;
-    (name == "brightness" ? a.brightness : name == "contrast" ? a.contrast : a.saturation) = v;
-  } else if (name == "hue") {
-    if (auto st = range(0, 0.5); !st.ok()) return st;
-    a.hue = v;
-  } else {
-    return Invalid(name, "not a setting a sweep can search");
+    return absl::OkStatus();
   }
-  return absl::OkStatus();
+  for (const Target& t : targets) {
+    const std::string field = t.field;
+    if (field != name && field != "augmentation." + name && field != "sweep." + name) continue;
+    if (auto st = CheckSetting(*FindSetting(field), "sweep." + name, v); !st.ok()) return st;
+    if (t.into != nullptr) {
+      *t.into = v;
+    } else if (name == "backbone_lr_ratio") {
+      c->backbone_learning_rate = c->learning_rate * v;
+    } else {
+      c->batch_size = static_cast<int>(v);
+    }
+    return absl::OkStatus();
+  }
+  return Invalid(name, "not a setting a sweep can search");
 }
 
 absl::Status ApplyTrial(const TrialSpec& t, TrainConfig* c) {
@@ -110,11 +113,12 @@ absl::Status ApplyTrial(const TrialSpec& t, TrainConfig* c) {
 }
 
 absl::StatusOr<std::vector<TrialSpec>> ExpandTrials(const SweepPlan& plan) {
-  if (plan.parallel_runs < 1 || plan.parallel_runs > 16) {
-    return Invalid("parallel_runs", absl::StrCat("must be in [1, 16], got ", plan.parallel_runs));
-  }
-  if (plan.asha_reduction_factor <= 1 || !std::isfinite(plan.asha_reduction_factor)) {
-    return Invalid("asha.reduction_factor", "must be > 1");
+  for (const auto& [field, value] :
+       {std::pair<const char*, double>{"sweep.parallel_runs", plan.parallel_runs},
+        {"sweep.asha.reduction_factor", plan.asha_reduction_factor},
+        {"sweep.random_trials", plan.random_trials},
+        {"sweep.backbone_lr_ratio", plan.backbone_lr_ratio}}) {
+    if (auto st = CheckSetting(*FindSetting(field), field, value); !st.ok()) return st;
   }
   for (size_t i = 0; i < plan.asha_rungs.size(); ++i) {
     if (plan.asha_rungs[i] < 1 || (i > 0 && plan.asha_rungs[i] <= plan.asha_rungs[i - 1])) {
