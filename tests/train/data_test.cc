@@ -147,7 +147,13 @@ TEST_F(DataTest, ALoaderErrorIsAStatusNotACrash) {
     Batch b;
     int got = 0;
     while (loader.Next(&b)) ++got;
-    EXPECT_EQ(got, 2) << prefetch;  // batches 0 and 1; batch 2 holds image 5
+    // Batches 0 and 1 at most (batch 2 holds image 5); with background
+    // workers the error may stop them before batch 1 is handed out.
+    if (prefetch == 0) {
+      EXPECT_EQ(got, 2);
+    } else {
+      EXPECT_LE(got, 2);
+    }
     EXPECT_EQ(loader.status().code(), absl::StatusCode::kInternal) << prefetch;
     EXPECT_NE(loader.status().message().find("loading batch 2"), std::string::npos)
         << loader.status();
