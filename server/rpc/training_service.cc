@@ -42,7 +42,8 @@ void SetServingPriority(int nice) {
 
 // Authenticates the call, runs `call(caller)` and converts its status.
 template <typename F>
-Status Serve(const ServerContext& context, const TokenStore* tokens, int nice, F&& call) {
+Status Serve(const grpc::ServerContextBase& context, const TokenStore* tokens, int nice,
+             F&& call) {
   SetServingPriority(nice);
   auto caller = Authenticate(context, tokens);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
@@ -77,19 +78,23 @@ Status TrainingServiceImpl::SubmitJob(ServerContext* context,
   });
 }
 
-Status TrainingServiceImpl::GetJob(ServerContext* context, const trainer::v1::GetJobRequest* request,
-                                   trainer::v1::GetJobResponse* response) {
-  return Serve(*context, tokens_, limits_.serving_nice, [&](const jobs::Caller& caller) {
+grpc::ServerUnaryReactor* TrainingServiceImpl::GetJob(grpc::CallbackServerContext* context,
+                                                      const trainer::v1::GetJobRequest* request,
+                                                      trainer::v1::GetJobResponse* response) {
+  auto* reactor = context->DefaultReactor();
+  reactor->Finish(Serve(*context, tokens_, limits_.serving_nice, [&](const jobs::Caller& caller) {
     auto job = manager_->GetJob(request->job_id(), caller);
     if (job.ok()) *response->mutable_job() = std::move(*job);
     return job.status();
-  });
+  }));
+  return reactor;
 }
 
-Status TrainingServiceImpl::ListJobs(ServerContext* context,
-                                     const trainer::v1::ListJobsRequest* request,
-                                     trainer::v1::ListJobsResponse* response) {
-  return Serve(*context, tokens_, limits_.serving_nice, [&](const jobs::Caller& caller) {
+grpc::ServerUnaryReactor* TrainingServiceImpl::ListJobs(
+    grpc::CallbackServerContext* context, const trainer::v1::ListJobsRequest* request,
+    trainer::v1::ListJobsResponse* response) {
+  auto* reactor = context->DefaultReactor();
+  reactor->Finish(Serve(*context, tokens_, limits_.serving_nice, [&](const jobs::Caller& caller) {
     std::vector<trainer::v1::JobState> states;
     for (int s : request->states()) states.push_back(static_cast<trainer::v1::JobState>(s));
     if (!trainer::v1::JobView_IsValid(request->view())) {
@@ -101,7 +106,8 @@ Status TrainingServiceImpl::ListJobs(ServerContext* context,
     for (auto& j : page->jobs) *response->add_jobs() = std::move(j);
     response->set_next_page_token(page->next_page_token);
     return absl::OkStatus();
-  });
+  }));
+  return reactor;
 }
 
 Status TrainingServiceImpl::CancelJob(ServerContext* context,

@@ -18,9 +18,14 @@
 
 namespace traind::rpc {
 
-using TrainingServiceBase = trainer::v1::TrainingService::WithCallbackMethod_StreamMetrics<
-    trainer::v1::TrainingService::WithCallbackMethod_GetWeights<
-        trainer::v1::TrainingService::Service>>;
+// Callback API for the calls that never block (reads of memory, streams);
+// the sync API for those that write to disk or compute (submit, cancel,
+// delete, classify), which would stall gRPC's callback threads.
+using TrainingServiceBase = trainer::v1::TrainingService::WithCallbackMethod_GetJob<
+    trainer::v1::TrainingService::WithCallbackMethod_ListJobs<
+        trainer::v1::TrainingService::WithCallbackMethod_StreamMetrics<
+            trainer::v1::TrainingService::WithCallbackMethod_GetWeights<
+                trainer::v1::TrainingService::Service>>>>;
 
 class TrainingServiceImpl final : public TrainingServiceBase {
  public:
@@ -44,11 +49,12 @@ class TrainingServiceImpl final : public TrainingServiceBase {
   grpc::Status SubmitJob(grpc::ServerContext* context,
                          const trainer::v1::SubmitJobRequest* request,
                          trainer::v1::SubmitJobResponse* response) override;
-  grpc::Status GetJob(grpc::ServerContext* context, const trainer::v1::GetJobRequest* request,
-                      trainer::v1::GetJobResponse* response) override;
-  grpc::Status ListJobs(grpc::ServerContext* context,
-                        const trainer::v1::ListJobsRequest* request,
-                        trainer::v1::ListJobsResponse* response) override;
+  grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* context,
+                                   const trainer::v1::GetJobRequest* request,
+                                   trainer::v1::GetJobResponse* response) override;
+  grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* context,
+                                     const trainer::v1::ListJobsRequest* request,
+                                     trainer::v1::ListJobsResponse* response) override;
   grpc::Status CancelJob(grpc::ServerContext* context,
                          const trainer::v1::CancelJobRequest* request,
                          trainer::v1::CancelJobResponse* response) override;
