@@ -1,0 +1,105 @@
+#include "client/spec_flags.h"
+
+#include <cstdint>
+#include <random>
+
+#include <google/protobuf/util/json_util.h>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "client/flags.h"
+#include "client/status.h"
+#include "common/file_util.h"
+
+namespace traind::client {
+namespace {
+
+using trainer::v1::JobSpec;
+
+// Sets an int32 field from a flag's text, when given.
+absl::Status SetInt(const char* name, const std::string& text,
+                    void (JobSpec::*set)(int32_t), JobSpec* spec) {
+  if (text.empty()) return absl::OkStatus();
+  int32_t v;
+  if (!absl::SimpleAtoi(text, &v)) {
+    return UsageError(absl::StrCat("--", name, ": not a 32-bit integer: ", text));
+  }
+  (spec->*set)(v);
+  return absl::OkStatus();
+}
+
+absl::Status SetDouble(const char* name, const std::string& text,
+                       void (JobSpec::*set)(double), JobSpec* spec) {
+  if (text.empty()) return absl::OkStatus();
+  double v;
+  if (!absl::SimpleAtod(text, &v)) {
+    return UsageError(absl::StrCat("--", name, ": not a number: ", text));
+  }
+  (spec->*set)(v);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<JobSpec> SpecFromFlags() {
+  JobSpec spec;
+  if (const std::string f = absl::GetFlag(FLAGS_f); !f.empty()) {
+    auto text = ReadFile(f);
+    if (!text.ok()) return UsageError(std::string(text.status().message()));
+    auto st = google::protobuf::util::JsonStringToMessage(*text, &spec);
+    if (!st.ok()) {
+      return UsageError(absl::StrCat(f, ": not a valid JobSpec: ", st.message().as_string()));
+    }
+  }
+  if (const std::string k = absl::AsciiStrToUpper(absl::GetFlag(FLAGS_kind)); !k.empty()) {
+    trainer::v1::JobKind kind;
+    if (!trainer::v1::JobKind_Parse(k, &kind) || kind == trainer::v1::JOB_KIND_UNSPECIFIED) {
+      return UsageError("--kind: must be finetune, scratch or sweep");
+    }
+    spec.set_kind(kind);
+  }
+  if (auto v = absl::GetFlag(FLAGS_dataset); !v.empty()) spec.set_dataset(v);
+  for (absl::Status st : {
+           SetInt("epochs", absl::GetFlag(FLAGS_epochs), &JobSpec::set_epochs, &spec),
+           SetInt("batch_size", absl::GetFlag(FLAGS_batch_size), &JobSpec::set_batch_size, &spec),
+           SetInt("image_size", absl::GetFlag(FLAGS_image_size), &JobSpec::set_image_size, &spec),
+           SetInt("threads", absl::GetFlag(FLAGS_threads), &JobSpec::set_threads, &spec),
+           SetInt("loader_threads", absl::GetFlag(FLAGS_loader_threads),
+                  &JobSpec::set_loader_threads, &spec),
+           SetDouble("lr", absl::GetFlag(FLAGS_lr), &JobSpec::set_learning_rate, &spec),
+           SetDouble("backbone_lr", absl::GetFlag(FLAGS_backbone_lr),
+                     &JobSpec::set_backbone_learning_rate, &spec),
+           SetDouble("train_fraction", absl::GetFlag(FLAGS_train_fraction),
+                     &JobSpec::set_train_fraction, &spec),
+       }) {
+    if (!st.ok()) return st;
+  }
+  if (auto v = absl::GetFlag(FLAGS_seed); !v.empty()) {
+    uint64_t seed;
+    if (!absl::SimpleAtoi(v, &seed)) return UsageError("--seed: not a non-negative integer: " + v);
+    spec.set_seed(seed);
+  }
+  if (auto v = absl::GetFlag(FLAGS_trainable); !v.empty()) {
+    spec.clear_trainable_blocks();
+    for (absl::string_view b : absl::StrSplit(v, ',', absl::SkipEmpty())) {
+      spec.add_trainable_blocks(std::string(b));
+    }
+  }
+  if (auto v = absl::GetFlag(FLAGS_device); !v.empty()) spec.set_device(v);
+  if (auto v = absl::GetFlag(FLAGS_precision); !v.empty()) spec.set_precision(v);
+  if (auto v = absl::GetFlag(FLAGS_pretrained); !v.empty()) spec.set_pretrained_file(v);
+  if (auto v = absl::GetFlag(FLAGS_from_job); !v.empty()) spec.set_from_job(v);
+  if (absl::GetFlag(FLAGS_augment_validation)) spec.set_augment_validation(true);
+  return spec;
+}
+
+std::string RandomRequestId() {
+  std::random_device rd;
+  return absl::StrFormat("trainctl-%08x%08x", rd(), rd());
+}
+
+}  // namespace traind::client
