@@ -1,0 +1,277 @@
+// The augmentation ops at fixed parameters, each matching torchvision on PIL images (the declarations are in data.h).
+#include "server/train/data.h"
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cctype>
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <system_error>
+#include <thread>
+#include <utility>
+
+#include <ATen/Parallel.h>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "common/file_util.h"
+
+namespace traind::train {
+namespace fs = std::filesystem;
+namespace {
+
+// PIL's RGB -> L conversion: ITU-R 601-2 luma in 16-bit fixed point.
+cv::Mat Gray(const cv::Mat& rgb) {
+  cv::Mat gray(rgb.size(), CV_8UC1);
+  for (int y = 0; y < rgb.rows; ++y) {
+    const uint8_t* in = rgb.ptr<uint8_t>(y);
+    uint8_t* out = gray.ptr<uint8_t>(y);
+    for (int x = 0; x < rgb.cols; ++x, in += 3) {
+      out[x] = static_cast<uint8_t>((in[0] * 19595 + in[1] * 38470 + in[2] * 7471 + 0x8000) >> 16);
+    }
+  }
+  return gray;
+}
+
+// PIL's Image.blend(degenerate, img, factor) on 8-bit data, as ImageEnhance
+// uses it: degenerate + factor * (img - degenerate) in single precision,
+// truncated and clipped to [0, 255].
+cv::Mat Blend(const cv::Mat& img, const cv::Mat& degenerate, double factor) {
+  const float alpha = static_cast<float>(factor);
+  cv::Mat out(img.size(), CV_8UC3);
+  for (int y = 0; y < img.rows; ++y) {
+    const uint8_t* in = img.ptr<uint8_t>(y);
+    const uint8_t* deg = degenerate.ptr<uint8_t>(y);
+    uint8_t* o = out.ptr<uint8_t>(y);
+    for (int k = 0; k < img.cols * 3; ++k) {
+      const float v = static_cast<float>(deg[k]) +
+                      alpha * static_cast<float>(static_cast<int>(in[k]) - deg[k]);
+      o[k] = v <= 0.0f ? 0 : v >= 255.0f ? 255 : static_cast<uint8_t>(v);
+    }
+  }
+  return out;
+}
+
+// Resampling as PIL's Image.resize with BILINEAR (torchvision's default for
+// PIL images): a triangle filter widened by the reduction factor (so it
+// antialiases when shrinking), 22-bit fixed-point weights, a horizontal pass
+// into 8-bit rows, then a vertical pass.
+constexpr int kPrecisionBits = 32 - 8 - 2;
+
+struct Taps {
+  int size = 0;                 // taps per output pixel
+  std::vector<int> first, count;
+  std::vector<int32_t> weights;  // size per output pixel
+};
+
+Taps ComputeTaps(int in_size, int out_size) {
+  const double scale = static_cast<double>(in_size) / out_size;
+  const double filter_scale = std::max(scale, 1.0);
+  const double support = 1.0 * filter_scale;
+  Taps taps;
+  taps.size = static_cast<int>(std::ceil(support)) * 2 + 1;
+  taps.first.resize(out_size);
+  taps.count.resize(out_size);
+  taps.weights.assign(static_cast<size_t>(out_size) * taps.size, 0);
+  std::vector<double> w(taps.size);
+  for (int o = 0; o < out_size; ++o) {
+    const double center = (o + 0.5) * scale;
+    const int lo = std::max(0, static_cast<int>(center - support + 0.5));
+    const int hi = std::min(in_size, static_cast<int>(center + support + 0.5));
+    double total = 0;
+    for (int i = 0; i < hi - lo; ++i) {
+      const double t = std::abs((i + lo - center + 0.5) / filter_scale);
+      w[i] = t < 1.0 ? 1.0 - t : 0.0;
+      total += w[i];
+    }
+    for (int i = 0; i < hi - lo; ++i) {
+      const double k = total != 0.0 ? w[i] / total : w[i];
+      taps.weights[static_cast<size_t>(o) * taps.size + i] =
+          static_cast<int32_t>(k < 0 ? -0.5 + k * (1 << kPrecisionBits)
+                                     : 0.5 + k * (1 << kPrecisionBits));
+    }
+    taps.first[o] = lo;
+    taps.count[o] = hi - lo;
+  }
+  return taps;
+}
+
+uint8_t Clip8(int32_t v) {
+  v >>= kPrecisionBits;
+  return static_cast<uint8_t>(v < 0 ? 0 : v > 255 ? 255 : v);
+}
+
+cv::Mat PilResize(const cv::Mat& src, int out_w, int out_h) {
+  const Taps h = ComputeTaps(src.cols, out_w);
+  const Taps v = ComputeTaps(src.rows, out_h);
+  // Only the source rows the vertical pass reads.
+  const int row0 = v.first[0];
+  const int row1 = v.first[out_h - 1] + v.count[out_h - 1];
+  cv::Mat tmp(row1 - row0, out_w, CV_8UC3);
+  for (int y = row0; y < row1; ++y) {
+    const uint8_t* in = src.ptr<uint8_t>(y);
+    uint8_t* out = tmp.ptr<uint8_t>(y - row0);
+    for (int o = 0; o < out_w; ++o) {
+      const int32_t* k = &h.weights[static_cast<size_t>(o) * h.size];
+      int32_t acc[3] = {1 << (kPrecisionBits - 1), 1 << (kPrecisionBits - 1),
+                        1 << (kPrecisionBits - 1)};
+      const uint8_t* p = in + 3 * h.first[o];
+      for (int i = 0; i < h.count[o]; ++i, p += 3) {
+        acc[0] += p[0] * k[i];
+        acc[1] += p[1] * k[i];
+        acc[2] += p[2] * k[i];
+      }
+      for (int c = 0; c < 3; ++c) out[3 * o + c] = Clip8(acc[c]);
+    }
+  }
+  cv::Mat dst(out_h, out_w, CV_8UC3);
+  for (int o = 0; o < out_h; ++o) {
+    const int32_t* k = &v.weights[static_cast<size_t>(o) * v.size];
+    uint8_t* out = dst.ptr<uint8_t>(o);
+    for (int x = 0; x < out_w * 3; ++x) {
+      int32_t acc = 1 << (kPrecisionBits - 1);
+      for (int i = 0; i < v.count[o]; ++i) {
+        acc += tmp.ptr<uint8_t>(v.first[o] - row0 + i)[x] * k[i];
+      }
+      out[x] = Clip8(acc);
+    }
+  }
+  return dst;
+}
+
+// PIL's RGB <-> HSV conversions (colorsys's formulas, 8-bit channels).
+void RgbToHsv(const uint8_t* in, uint8_t* out) {
+  const uint8_t r = in[0], g = in[1], b = in[2];
+  const uint8_t maxc = std::max({r, g, b}), minc = std::min({r, g, b});
+  out[2] = maxc;
+  if (minc == maxc) {
+    out[0] = out[1] = 0;
+    return;
+  }
+  const float cr = static_cast<float>(maxc - minc);
+  const float s = cr / static_cast<float>(maxc);
+  const float rc = static_cast<float>(maxc - r) / cr;
+  const float gc = static_cast<float>(maxc - g) / cr;
+  const float bc = static_cast<float>(maxc - b) / cr;
+  float h;
+  if (r == maxc) {
+    h = bc - gc;
+  } else if (g == maxc) {
+    h = 2.0f + rc - bc;
+  } else {
+    h = 4.0f + gc - rc;
+  }
+  h = static_cast<float>(std::fmod(h / 6.0 + 1.0, 1.0));
+  auto clip = [](int v) { return static_cast<uint8_t>(v < 0 ? 0 : v > 255 ? 255 : v); };
+  out[0] = clip(static_cast<int>(h * 255.0));
+  out[1] = clip(static_cast<int>(s * 255.0));
+}
+
+void HsvToRgb(const uint8_t* in, uint8_t* out) {
+  const uint8_t h = in[0], s = in[1], v = in[2];
+  if (s == 0) {
+    out[0] = out[1] = out[2] = v;
+    return;
+  }
+  const int i = static_cast<int>(std::floor(static_cast<float>(h) * 6.0 / 255.0));
+  const float f = static_cast<float>(static_cast<float>(h) * 6.0 / 255.0 - static_cast<float>(i));
+  const float fs = static_cast<float>(static_cast<float>(s) / 255.0);
+  auto clip = [](double x) {
+    const long r = std::lround(x);
+    return static_cast<uint8_t>(r < 0 ? 0 : r > 255 ? 255 : r);
+  };
+  const uint8_t p = clip(static_cast<float>(v) * (1.0 - fs));
+  const uint8_t q = clip(static_cast<float>(v) * (1.0 - fs * f));
+  const uint8_t t = clip(static_cast<float>(v) * (1.0 - fs * (1.0 - f)));
+  switch (i % 6) {
+    case 0: out[0] = v; out[1] = t; out[2] = p; break;
+    case 1: out[0] = q; out[1] = v; out[2] = p; break;
+    case 2: out[0] = p; out[1] = v; out[2] = t; break;
+    case 3: out[0] = p; out[1] = q; out[2] = v; break;
+    case 4: out[0] = t; out[1] = p; out[2] = v; break;
+    default: out[0] = v; out[1] = p; out[2] = q; break;
+  }
+}
+
+}  // namespace
+
+cv::Mat AdjustBrightness(const cv::Mat& img, double factor) {
+  return Blend(img, cv::Mat::zeros(img.size(), img.type()), factor);
+}
+
+cv::Mat AdjustContrast(const cv::Mat& img, double factor) {
+  // ImageEnhance.Contrast: a flat image at the rounded mean luma.
+  const double mean = cv::mean(Gray(img))[0];
+  const cv::Mat flat(img.size(), img.type(),
+                     cv::Scalar::all(static_cast<int>(mean + 0.5)));
+  return Blend(img, flat, factor);
+}
+
+cv::Mat AdjustSaturation(const cv::Mat& img, double factor) {
+  cv::Mat gray3;
+  cv::cvtColor(Gray(img), gray3, cv::COLOR_GRAY2RGB);
+  return Blend(img, gray3, factor);
+}
+
+cv::Mat AdjustHue(const cv::Mat& img, double shift) {
+  // torchvision: np.uint8(shift * 255) added to PIL's 8-bit hue, wrapping.
+  const uint8_t delta = static_cast<uint8_t>(static_cast<int>(shift * 255.0) & 0xff);
+  cv::Mat out(img.size(), CV_8UC3);
+  for (int y = 0; y < img.rows; ++y) {
+    const uint8_t* in = img.ptr<uint8_t>(y);
+    uint8_t* o = out.ptr<uint8_t>(y);
+    for (int x = 0; x < img.cols; ++x) {
+      uint8_t hsv[3];
+      RgbToHsv(in + 3 * x, hsv);
+      hsv[0] = static_cast<uint8_t>(hsv[0] + delta);
+      HsvToRgb(hsv, o + 3 * x);
+    }
+  }
+  return out;
+}
+
+cv::Mat HorizontalFlip(const cv::Mat& img) {
+  cv::Mat flipped;
+  cv::flip(img, flipped, 1);
+  return flipped;
+}
+
+cv::Mat Rotate(const cv::Mat& img, double degrees) {
+  // PIL's Image.rotate(angle, NEAREST): the inverse affine map about (w/2, h/2)
+  // applied to output pixel centres, truncated to the input pixel.
+  const double rad = -degrees * M_PI / 180.0;
+  const double a = std::cos(rad), b = std::sin(rad), d = -std::sin(rad), e = std::cos(rad);
+  const double cx = img.cols / 2.0, cy = img.rows / 2.0;
+  const double c = a * -cx + b * -cy + cx;
+  const double f = d * -cx + e * -cy + cy;
+  cv::Mat out(img.size(), CV_8UC3, cv::Scalar::all(0));
+  for (int y = 0; y < img.rows; ++y) {
+    uint8_t* o = out.ptr<uint8_t>(y);
+    for (int x = 0; x < img.cols; ++x) {
+      const double xin = a * (x + 0.5) + b * (y + 0.5) + c;
+      const double yin = d * (x + 0.5) + e * (y + 0.5) + f;
+      if (xin < 0 || yin < 0) continue;
+      const int xi = static_cast<int>(xin), yi = static_cast<int>(yin);
+      if (xi >= img.cols || yi >= img.rows) continue;
+      const uint8_t* in = img.ptr<uint8_t>(yi) + 3 * xi;
+      o[3 * x] = in[0];
+      o[3 * x + 1] = in[1];
+      o[3 * x + 2] = in[2];
+    }
+  }
+  return out;
+}
+
+cv::Mat ResizeSquare(const cv::Mat& rgb, int size) {
+  // OpenCV has no antialiased bilinear (INTER_AREA differs from PIL by a
+  // mean of 2.3 in 0..255 on Caltech-101), so this is PIL's filter itself.
+  return PilResize(rgb, size, size);
+}
+
+}  // namespace traind::train

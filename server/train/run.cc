@@ -1,0 +1,430 @@
+#include "server/train/run.h"
+
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include <opencv2/core.hpp>
+#include <torch/torch.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/file_util.h"
+#include "common/sha256.h"
+#include "server/train/checkpoint.h"
+#include "server/train/data.h"
+#include "server/train/model.h"
+#include "server/train/recipe.h"
+#include "server/train/weights.h"
+
+namespace traind::train {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+// PyTorch's BatchNorm raises in training mode when a channel holds a single
+// value: one image whose deepest ResNet-18 feature map is 1x1 (<= 32 px).
+bool BatchNormRaisesOnOneImage(int image_size) {
+  int s = (image_size + 2 * 3 - 7) / 2 + 1;  // conv1, 7x7 stride 2
+  s = (s + 2 * 1 - 3) / 2 + 1;               // max pool, 3x3 stride 2
+  for (int layer = 2; layer <= 4; ++layer) s = (s + 2 * 1 - 3) / 2 + 1;  // 3x3 stride 2
+  return s * s == 1;
+}
+
+absl::StatusOr<torch::Device> PickDevice(const std::string& device) {
+  const bool cuda = torch::cuda::is_available();
+  if (device == "cuda") {
+    if (!cuda) {
+      return absl::FailedPreconditionError(
+          "device: cuda requested but this LibTorch build sees no CUDA device");
+    }
+    return torch::Device(torch::kCUDA);
+  }
+  if (device == "auto" && cuda) return torch::Device(torch::kCUDA);
+  return torch::Device(torch::kCPU);
+}
+
+void ToChannelsLast(torch::nn::Module& module) {
+  for (auto& p : module.parameters()) {
+    if (p.dim() == 4) p.set_data(p.data().contiguous(torch::MemoryFormat::ChannelsLast));
+  }
+}
+
+// Reads and decodes a dataset, sharing decoded images between runs.
+
+
+
+
+
+}  // namespace
+
+absl::StatusOr<LoadedData> LoadData(const DataConfig& config, ProgressSink* sink) {
+  auto index = ScanDataset(config);
+  if (!index.ok()) return index.status();
+  LoadedData data;
+  data.index = std::move(*index);
+  std::vector<std::string> warnings;
+  const int threads = std::max(1, config.loader_threads);
+  DecodedImageCache* cache = &DecodedImageCache::Global();
+  data.train = DecodeImages(data.index.train, config.image_size, threads, &warnings, cache);
+  data.validation =
+      DecodeImages(data.index.validation, config.image_size, threads, &warnings, cache);
+  for (const auto& w : warnings) sink->OnWarning(w);
+  // A few bad files are skipped; many mean the wrong folder or a broken copy.
+  const size_t listed = data.index.train.size() + data.index.validation.size();
+  const size_t skipped = listed - data.train.images.size() - data.validation.images.size();
+  if (listed > 0 && skipped * 10 > listed) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "dataset: ", skipped, " of ", listed,
+        " images are unreadable (more than 10%); see the warnings for which"));
+  }
+  if (data.train.images.empty() || data.validation.images.empty()) {
+    return absl::FailedPreconditionError(
+        "dataset: no readable images left in the training or validation split");
+  }
+  return data;
+}
+
+absl::Status Run::Prepare(const LoadedData& data, TrainResult* result) {
+  auto device = PickDevice(config_.device);
+  if (!device.ok()) return device.status();
+  device_ = *device;
+  torch::set_num_threads(std::max(1, config_.threads));
+  result->dataset.class_names = data.index.classes;
+  result->dataset.train_images = static_cast<int>(data.train.images.size());
+  result->dataset.validation_images = static_cast<int>(data.validation.images.size());
+  sink_->OnDataset(result->dataset);
+
+  const int64_t num_classes = static_cast<int64_t>(data.index.classes.size());
+  auto model = BuildModel(config_, num_classes);
+  if (!model.ok()) return model.status();
+  model_ = *model;
+  optimizer_ = BuildOptimizer(model_, config_);
+  model_->to(device_);
+  ToChannelsLast(*model_);
+  sink_->OnInfo(absl::StrCat("training on ", device_.str(), " (",
+                             config_.bf16 ? "bf16 autocast" : "fp32", ") with ",
+                             torch::get_num_threads(), " threads: ",
+                             result->dataset.train_images, " train / ",
+                             result->dataset.validation_images,
+                             " validation images, ", num_classes, " classes"));
+  order_gen_ = at::detail::createCPUGenerator(config_.data.seed);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<RunPosition> Run::Resume(const LoadedData& data) {
+  RunPosition pos;
+  pos.global_step = config_.global_step_offset;
+  if (config_.resume_from.empty()) return pos;
+  auto bytes = ReadFile(config_.resume_from);
+  if (!bytes.ok()) return bytes.status();
+  auto restored = RestoreCheckpoint(*bytes, model_, *optimizer_);
+  if (!restored.ok()) return restored.status();
+  pos = std::move(*restored);
+  if (pos.next_batch > 0 && pos.order.size() != data.train.images.size()) {
+    return absl::DataLossError(absl::StrCat(
+        "checkpoint: its data order has ", pos.order.size(), " images, the training split ",
+        data.train.images.size(), "; the dataset changed since it was written"));
+  }
+  order_gen_.set_state(pos.order_rng);
+  sink_->OnInfo(absl::StrCat("continuing at epoch ", pos.epoch, ", batch ", pos.next_batch,
+                             " from checkpoint ", config_.resume_from));
+  return pos;
+}
+
+absl::StatusOr<TrainResult> Run::Execute(const LoadedData& data) {
+  TrainResult result;
+  if (auto st = Prepare(data, &result); !st.ok()) return st;
+  auto pos = Resume(data);
+  if (!pos.ok()) return pos.status();
+  for (int epoch = pos->epoch; epoch <= config_.epochs; ++epoch) {
+    auto er = TrainEpoch(data, epoch, &*pos);
+    if (!er.ok()) return er.status();
+    result.epochs.push_back(*er);
+    sink_->OnEpoch(*er);
+    // The next epoch's start: its order is drawn from the generator's state.
+    RunPosition next;
+    next.epoch = epoch + 1;
+    next.global_step = pos->global_step;
+    if (auto st = WriteCheckpoint(std::move(next)); !st.ok()) return st;
+    if (after_epoch_) {
+      auto go = after_epoch_(*er);
+      if (!go.ok()) return go.status();
+      if (!*go) break;
+    }
+  }
+  if (auto st = WriteWeights(); !st.ok()) return st;
+  if (last_evaluation_.images > 0) sink_->OnEvaluation(last_evaluation_);
+  return result;
+}
+
+// Where an epoch stands: enough to checkpoint it mid-way and to resume it.
+struct Run::EpochState {
+  int epoch = 0;
+  std::vector<int64_t> order;
+  int first_batch = 0;
+  EvalTotals train;
+  double train_seconds = 0;
+  double data_seconds = 0;
+  double earlier_seconds = 0;  // spent on this epoch before a resume
+  Clock::time_point start = Clock::now();
+
+  // The run's position before batch b.
+  RunPosition Position(int b, int64_t global_step) const {
+    RunPosition p;
+    p.epoch = epoch;
+    p.next_batch = b;
+    p.global_step = global_step;
+    p.order = order;
+    p.loss_sum = train.loss_sum;
+    p.correct = train.correct;
+    p.count = train.count;
+    p.elapsed_seconds = earlier_seconds + Seconds(start);
+    p.step_seconds = train_seconds;
+    p.data_seconds = data_seconds;
+    return p;
+  }
+};
+
+absl::StatusOr<EpochResult> Run::TrainEpoch(const LoadedData& data, int epoch,
+                                            RunPosition* pos) {
+  EpochState e;
+  e.epoch = epoch;
+  if (epoch == pos->epoch && pos->next_batch > 0) {  // resumed mid-epoch
+    e.order = pos->order;
+    e.first_batch = pos->next_batch;
+    e.train.loss_sum = pos->loss_sum;
+    e.train.correct = pos->correct;
+    e.train.count = pos->count;
+    e.train_seconds = pos->step_seconds;
+    e.data_seconds = pos->data_seconds;
+    e.earlier_seconds = pos->elapsed_seconds;
+  } else {
+    torch::Tensor perm = torch::randperm(static_cast<int64_t>(data.train.images.size()),
+                                         order_gen_, torch::kLong);
+    e.order.assign(perm.data_ptr<int64_t>(), perm.data_ptr<int64_t>() + perm.numel());
+  }
+  if (auto st = TrainBatches(data, &e, pos); !st.ok()) return st;
+  const auto validation_start = Clock::now();
+  EvalTotals val = Evaluate(data.validation, epoch);
+  if (!val.status.ok()) return val.status;
+
+  EpochResult er;
+  er.trial = config_.trial;
+  er.epoch = epoch;
+  er.train_loss = e.train.loss_sum / std::max<int64_t>(1, e.train.count);
+  er.train_accuracy =
+      static_cast<double>(e.train.correct) / std::max<int64_t>(1, e.train.count);
+  er.validation_loss = val.loss_sum / std::max<int64_t>(1, val.count);
+  er.validation_accuracy = static_cast<double>(val.correct) / std::max<int64_t>(1, val.count);
+  er.seconds = e.earlier_seconds + Seconds(e.start);
+  er.images_per_second = e.train_seconds > 0 ? e.train.count / e.train_seconds : 0;
+  er.step_seconds = e.train_seconds;
+  er.data_seconds = e.data_seconds;
+  er.validation_seconds = Seconds(validation_start);
+  last_evaluation_ = std::move(val.detail);
+  return er;
+}
+
+absl::Status Run::TrainBatches(const LoadedData& data, EpochState* e, RunPosition* pos) {
+  const int64_t bs = config_.batch_size;
+  const int batches = static_cast<int>((static_cast<int64_t>(e->order.size()) + bs - 1) / bs);
+  e->first_batch = std::min(e->first_batch, batches);
+  // Each sample's augmentation is seeded by its dataset index, so the
+  // batches after first_batch come out as they would have.
+  std::vector<int64_t> rest(
+      e->order.begin() + std::min<int64_t>(e->first_batch * bs, e->order.size()), e->order.end());
+  BatchLoader::Options lo;
+  lo.batch_size = config_.batch_size;
+  lo.augment = true;
+  lo.augmentation = config_.data.augmentation;
+  lo.seed = config_.data.seed;
+  lo.epoch = e->epoch;
+  lo.threads = config_.data.loader_threads;
+  lo.prefetch = PrefetchDepth();
+  BatchLoader loader(data.train, std::move(rest), lo);
+  // Cancelled: after an interrupt (a shutdown), a checkpoint at batch b first.
+  auto stop = [&](int b) -> absl::Status {
+    if (cancel_.interrupted()) {
+      if (auto st = WriteCheckpoint(e->Position(b, pos->global_step)); !st.ok()) return st;
+    }
+    return absl::CancelledError("cancelled");
+  };
+
+  model_->train();
+  // A last batch that PyTorch could not train on is left out, and not
+  // counted in `batches`.
+  const bool skip_last = static_cast<int64_t>(e->order.size()) % bs == 1 &&
+                         BatchNormRaisesOnOneImage(config_.data.image_size);
+  const int trained_batches = batches - (skip_last ? 1 : 0);
+  Batch batch;
+  for (int b = e->first_batch;; ++b) {
+    const auto wait_start = Clock::now();
+    if (!loader.Next(&batch)) {
+      if (auto st = loader.status(); !st.ok()) return st;
+      break;
+    }
+    e->data_seconds += Seconds(wait_start);
+    if (cancel_.cancelled()) return stop(b);
+    if (batch.labels.size(0) == 1 && skip_last) {
+      if (!warned_single_) {
+        sink_->OnWarning(absl::StrCat(
+            "the last batch of each epoch holds a single image, which BatchNorm cannot "
+            "train on at ", config_.data.image_size, " px (PyTorch raises); it is skipped (",
+            data.train.images.size(), " training images, batch size ", config_.batch_size,
+            ")"));
+        warned_single_ = true;
+      }
+      continue;
+    }
+    const auto step_start = Clock::now();
+    torch::Tensor x = batch.images.to(device_);
+    torch::Tensor y = batch.labels.to(device_);
+    StepResult step = TrainStep(model_, *optimizer_, x, y, config_.bf16);
+    const double loss_value = step.loss.item<double>();
+    if (!std::isfinite(loss_value)) {
+      return absl::InternalError(absl::StrCat("training loss became ", loss_value, " at epoch ",
+                                              e->epoch, " batch ", b,
+                                              "; lower the learning rate"));
+    }
+    const int64_t n = y.size(0);
+    e->train.loss_sum += loss_value * n;
+    e->train.correct += step.logits.argmax(1).eq(y).sum().item<int64_t>();
+    e->train.count += n;
+    const double step_seconds = Seconds(step_start);
+    e->train_seconds += step_seconds;
+    BatchProgress progress;
+    progress.trial = config_.trial;
+    progress.epoch = e->epoch;
+    progress.batch = b;
+    progress.batches = trained_batches;
+    progress.global_step = pos->global_step++;
+    progress.loss = loss_value;
+    progress.images_per_second = step_seconds > 0 ? n / step_seconds : 0;
+    sink_->OnBatch(progress);
+  }
+  if (cancel_.cancelled()) return stop(batches);
+  return absl::OkStatus();
+}
+
+EvalTotals Run::Evaluate(const DecodedSet& set, int epoch) {
+  torch::NoGradGuard no_grad;
+  model_->eval();
+  std::vector<int64_t> order(set.images.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+  BatchLoader::Options lo;
+  lo.batch_size = config_.batch_size;
+  lo.augment = config_.data.augment_validation;
+  lo.augmentation = config_.data.augmentation;
+  // A different stream from training's: validation samples share indices.
+  lo.seed = config_.data.seed ^ 0x5a17d0e5ULL;
+  lo.epoch = epoch;
+  lo.threads = config_.data.loader_threads;
+  lo.prefetch = PrefetchDepth();
+  BatchLoader loader(set, std::move(order), lo);
+  EvalTotals totals;
+  const int64_t classes = model_->fc()->weight.size(0);
+  totals.detail.num_classes = static_cast<int>(classes);
+  totals.detail.confusion.assign(classes * classes, 0);
+  Batch batch;
+  while (loader.Next(&batch)) {
+    torch::Tensor x = batch.images.to(device_);
+    torch::Tensor y = batch.labels.to(device_);
+    torch::Tensor logits;
+    {
+      ScopedBf16Autocast autocast(config_.bf16, device_.type());
+      logits = model_->forward(x);
+    }
+    logits = logits.to(torch::kFloat);
+    totals.loss_sum += torch::nn::functional::cross_entropy(
+                           logits, y,
+                           torch::nn::functional::CrossEntropyFuncOptions()
+                               .reduction(torch::kSum))
+                           .item<double>();
+    const torch::Tensor predicted = logits.argmax(1);
+    totals.correct += predicted.eq(y).sum().item<int64_t>();
+    totals.count += y.size(0);
+    const torch::Tensor top5 = std::get<1>(logits.topk(std::min<int64_t>(5, classes), 1));
+    totals.detail.top5_correct += top5.eq(y.unsqueeze(1)).any(1).sum().item<int64_t>();
+    const torch::Tensor truth = y.to(torch::kCPU).contiguous();
+    const torch::Tensor guess = predicted.to(torch::kCPU).contiguous();
+    for (int64_t i = 0; i < truth.size(0); ++i) {
+      ++totals.detail.confusion[truth.data_ptr<int64_t>()[i] * classes +
+                                guess.data_ptr<int64_t>()[i]];
+    }
+  }
+  totals.detail.images = totals.count;
+  totals.detail.top1_correct = totals.correct;
+  totals.status = loader.status();
+  return totals;
+}
+
+// Background batch preparation only when there are cores to spare for it:
+// otherwise it preempts the intra-op threads mid-step, and the step waits
+// for the slowest (measured here: 2 cores, 2 threads, 58 -> 50 img/s).
+int Run::PrefetchDepth() const {
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  return cores >= config_.threads + config_.data.loader_threads ? 4 : 0;
+}
+
+absl::Status Run::WriteCheckpoint(RunPosition pos) {
+  if (config_.checkpoint_dir.empty()) return absl::OkStatus();
+  pos.order_rng = order_gen_.get_state();
+  auto bytes = SerializeCheckpoint(model_, *optimizer_, pos);
+  if (!bytes.ok()) return bytes.status();
+  std::error_code ec;
+  std::filesystem::create_directories(config_.checkpoint_dir, ec);
+  CheckpointInfo info;
+  info.epoch = pos.epoch;
+  info.next_batch = pos.next_batch;
+  info.global_step = pos.global_step;
+  info.path = (std::filesystem::path(config_.checkpoint_dir) /
+               absl::StrFormat("epoch-%03d-batch-%05d.safetensors", pos.epoch, pos.next_batch))
+                  .string();
+  if (auto st = WriteFileAtomically(info.path, *bytes); !st.ok()) {
+    return absl::Status(st.code(), absl::StrCat("checkpoint: ", st.message()));
+  }
+  info.sha256 = Sha256Hex(*bytes);
+  info.size = static_cast<int64_t>(bytes->size());
+  return sink_->OnCheckpoint(info);
+}
+
+absl::Status Run::WriteWeights() {
+  return WriteWeightsTo(config_.output_pth, config_.output_safetensors);
+}
+
+// The model's current weights as a torch.save archive and/or safetensors.
+absl::Status Run::WriteWeightsTo(const std::string& pth, const std::string& safetensors) {
+  NamedTensors tensors;
+  for (auto& [name, t] : StateDict(*model_)) {
+    // Plain contiguous CPU tensors: the layout torch.load users expect.
+    tensors.emplace_back(name, t.detach().to(torch::kCPU).contiguous());
+  }
+  if (!pth.empty()) {
+    auto bytes = SerializeTorchArchive(tensors);
+    if (!bytes.ok()) return bytes.status();
+    if (auto st = WriteFileAtomically(pth, *bytes); !st.ok()) return st;
+  }
+  if (!safetensors.empty()) {
+    auto bytes = SerializeSafetensors(tensors);
+    if (!bytes.ok()) return bytes.status();
+    if (auto st = WriteFileAtomically(safetensors, *bytes); !st.ok()) {
+      return st;
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace traind::train
