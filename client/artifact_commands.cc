@@ -59,6 +59,28 @@ absl::Status WriteImage(const std::string& path, const cv::Mat& img) {
   return absl::OkStatus();
 }
 
+// What an interrupted download left: FILE.part, fed into `digest`, and
+// beside it the digest the server announced for the whole file. Returns the
+// part's size, 0 (and an empty `expected_sha256`) when there is nothing
+// usable to continue.
+int64_t ReadPartial(const std::string& part, const std::string& part_sha,
+                    std::string* expected_sha256, Sha256* digest) {
+  std::ifstream meta(part_sha);
+  std::ifstream have(part, std::ios::binary);
+  expected_sha256->clear();
+  if (!meta || !have || !(meta >> *expected_sha256) || expected_sha256->size() != 64) {
+    expected_sha256->clear();
+    return 0;
+  }
+  int64_t bytes = 0;
+  std::string buf(1 << 20, '\0');
+  while (have.read(buf.data(), static_cast<std::streamsize>(buf.size())) || have.gcount()) {
+    digest->Update(absl::string_view(buf.data(), static_cast<size_t>(have.gcount())));
+    bytes += have.gcount();
+  }
+  return bytes;
+}
+
 }  // namespace
 
 absl::Status Weights(Connection& c, const std::string& id) {
@@ -85,21 +107,8 @@ absl::Status Weights(Connection& c, const std::string& id) {
     std::remove(part_sha.c_str());
   };
   std::string expected_sha;
-  int64_t received = 0;
   Sha256 sha;
-  {
-    std::ifstream meta(part_sha);
-    std::ifstream have(part, std::ios::binary);
-    if (meta && have && (meta >> expected_sha) && expected_sha.size() == 64) {
-      std::string buf(1 << 20, '\0');
-      while (have.read(buf.data(), static_cast<std::streamsize>(buf.size())) || have.gcount()) {
-        sha.Update(absl::string_view(buf.data(), static_cast<size_t>(have.gcount())));
-        received += have.gcount();
-      }
-    } else {
-      expected_sha.clear();
-    }
-  }
+  int64_t received = ReadPartial(part, part_sha, &expected_sha, &sha);
   const int64_t resumed_at = received;
   req.set_offset(received);
   std::ofstream file(part, std::ios::binary | (received > 0 ? std::ios::app : std::ios::trunc));

@@ -89,8 +89,21 @@ absl::StatusOr<JobSpec> SpecFromFlags() {
       spec.add_trainable_blocks(std::string(b));
     }
   }
-  if (auto v = absl::GetFlag(FLAGS_device); !v.empty()) spec.set_device(v);
-  if (auto v = absl::GetFlag(FLAGS_precision); !v.empty()) spec.set_precision(v);
+  if (auto v = absl::GetFlag(FLAGS_device); !v.empty()) {
+    trainer::v1::Device device;
+    if (!trainer::v1::Device_Parse(v, &device) || device == trainer::v1::DEVICE_UNSPECIFIED) {
+      return UsageError("--device: must be auto, cpu or cuda, got " + v);
+    }
+    spec.set_device(device);
+  }
+  if (auto v = absl::GetFlag(FLAGS_precision); !v.empty()) {
+    trainer::v1::Precision precision;
+    if (!trainer::v1::Precision_Parse(v, &precision) ||
+        precision == trainer::v1::PRECISION_UNSPECIFIED) {
+      return UsageError("--precision: must be fp32 or bf16, got " + v);
+    }
+    spec.set_precision(precision);
+  }
   if (auto v = absl::GetFlag(FLAGS_pretrained); !v.empty()) spec.set_pretrained_file(v);
   if (auto v = absl::GetFlag(FLAGS_from_job); !v.empty()) spec.set_from_job(v);
   if (absl::GetFlag(FLAGS_augment_validation)) spec.set_augment_validation(true);

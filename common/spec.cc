@@ -109,8 +109,10 @@ void ApplyDefaults(JobSpec* spec) {
   if (sweep->learning_rates().empty()) {
     for (double lr : {1e-3, 2e-3}) sweep->add_learning_rates(lr);
   }
-  if (spec->device().empty()) spec->set_device("auto");
-  if (spec->precision().empty()) spec->set_precision("fp32");
+  if (spec->device() == trainer::v1::DEVICE_UNSPECIFIED) spec->set_device(trainer::v1::auto_);
+  if (spec->precision() == trainer::v1::PRECISION_UNSPECIFIED) {
+    spec->set_precision(trainer::v1::fp32);
+  }
 }
 
 absl::Status ValidateSpec(const JobSpec& spec) {
@@ -144,13 +146,13 @@ absl::Status ValidateSpec(const JobSpec& spec) {
   for (double v : spec.sweep().learning_rates()) {
     if (auto st = CheckSetting(lr, "sweep.learning_rates", v); !st.ok()) return st;
   }
-  if (spec.device() != "auto" && spec.device() != "cpu" && spec.device() != "cuda") {
-    return Invalid("device", absl::StrCat("must be auto, cpu or cuda, got \"",
-                                          spec.device(), "\""));
+  if (!trainer::v1::Device_IsValid(spec.device()) ||
+      spec.device() == trainer::v1::DEVICE_UNSPECIFIED) {
+    return Invalid("device", absl::StrCat("must be auto, cpu or cuda, got ", spec.device()));
   }
-  if (spec.precision() != "fp32" && spec.precision() != "bf16") {
-    return Invalid("precision", absl::StrCat("must be fp32 or bf16, got \"",
-                                             spec.precision(), "\""));
+  if (!trainer::v1::Precision_IsValid(spec.precision()) ||
+      spec.precision() == trainer::v1::PRECISION_UNSPECIFIED) {
+    return Invalid("precision", absl::StrCat("must be fp32 or bf16, got ", spec.precision()));
   }
   return absl::OkStatus();
 }

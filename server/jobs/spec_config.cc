@@ -52,9 +52,9 @@ train::TrainConfig ToConfig(const JobSpec& spec, const std::string& dataset_dir)
   for (const auto& b : spec.trainable_blocks()) {
     if (b != "fc") c.trainable_blocks.push_back(b);
   }
-  c.device = spec.device();
+  c.device = trainer::v1::Device_Name(spec.device());  // "auto", "cpu", "cuda"
   c.threads = spec.threads();
-  c.bf16 = spec.precision() == "bf16";
+  c.bf16 = spec.precision() == trainer::v1::bf16;
   return c;
 }
 

@@ -39,8 +39,8 @@ TEST(SpecTest, DefaultsAreTheRecipe) {
   EXPECT_EQ(spec.sweep().epochs_size(), 3);
   EXPECT_EQ(spec.sweep().learning_rates_size(), 2);
   EXPECT_DOUBLE_EQ(spec.sweep().backbone_lr_ratio(), 0.1);
-  EXPECT_EQ(spec.device(), "auto");
-  EXPECT_EQ(spec.precision(), "fp32");
+  EXPECT_EQ(spec.device(), trainer::v1::auto_);
+  EXPECT_EQ(spec.precision(), trainer::v1::fp32);
   EXPECT_TRUE(ValidateSpec(spec).ok());
 }
 
@@ -76,8 +76,8 @@ TEST(SpecTest, BadValuesNameTheirField) {
       {"trainable_blocks", [](JobSpec* s) { s->add_trainable_blocks("layer9"); }},
       {"augmentation.hue", [](JobSpec* s) { s->mutable_augmentation()->set_hue(0.7); }},
       {"sweep.epochs", [](JobSpec* s) { s->mutable_sweep()->add_epochs(0); }},
-      {"device", [](JobSpec* s) { s->set_device("tpu"); }},
-      {"precision", [](JobSpec* s) { s->set_precision("fp8"); }},
+      {"device", [](JobSpec* s) { s->set_device(static_cast<trainer::v1::Device>(9)); }},
+      {"precision", [](JobSpec* s) { s->set_precision(static_cast<trainer::v1::Precision>(8)); }},
       {"threads", [](JobSpec* s) { s->set_threads(0); }},
       {"dataset", [](JobSpec* s) { s->clear_dataset(); }},
   };

@@ -225,13 +225,19 @@ class EndToEndTest(unittest.TestCase):
             (["--dataset=subset", "--lr=-0.001"], "learning_rate"),
             (["--dataset=subset", "--lr=nan"], "learning_rate"),
             (["--dataset=subset", "--batch_size=0"], "batch_size"),
-            (["--dataset=subset", "--device=tpu"], "device"),
         ]
         for args, field in cases:
             p = self.daemon.trainctl("submit", "--kind=scratch", *args, check=False)
             self.assertEqual(p.returncode, 2, args)
             self.assertIn(f"{field}:", p.stderr, args)
             self.assertEqual(len(p.stderr.strip().splitlines()), 1, p.stderr)
+        # Device and precision are enums: an unknown name is refused before
+        # anything is sent (exit 1), naming the flag.
+        for flag in ("--device=tpu", "--precision=fp8"):
+            p = self.daemon.trainctl("submit", "--kind=scratch", "--dataset=subset", flag,
+                                     check=False)
+            self.assertEqual(p.returncode, 1, flag)
+            self.assertIn(flag.split("=")[0] + ": must be", p.stderr)
         p = self.daemon.trainctl("submit", "--dataset=subset", check=False)
         self.assertEqual(p.returncode, 2)
         self.assertIn("weights root", p.stderr)
