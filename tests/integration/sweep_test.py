@@ -9,7 +9,7 @@ import unittest
 
 from harness import Daemon, make_subset, temp_root
 
-COMMON = {"dataset": "subset", "image_size": 64, "batch_size": 8, "loader_threads": 1}
+COMMON = {"dataset": "subset", "image_size": 32, "batch_size": 8, "loader_threads": 1}
 
 
 def of_kind(events, kind):
@@ -36,7 +36,7 @@ class SweepTest(unittest.TestCase):
                        os.path.join(cls.root, "w")).start()
         # Sweeps fine-tune from this job's weights.
         cls.base = cls.d.submit("--kind=scratch", "--dataset=subset", "--epochs=1",
-                                "--image_size=64", "--batch_size=8")
+                                "--image_size=32", "--batch_size=8")
         cls.d.watch(cls.base)
 
     @classmethod
@@ -162,7 +162,8 @@ class SweepTest(unittest.TestCase):
         self.assertEqual(results[0], results[1])
 
     def test_cancelling_a_sweep_leaves_no_trial_running(self):
-        sweep = self.submit_file({"kind": "SWEEP"}, "cancel.json")
+        # 64 px: slow enough that the cancel lands while trials remain.
+        sweep = self.submit_file({"kind": "SWEEP", "image_size": 64}, "cancel.json")
         deadline = time.time() + 120
         while self.d.status(sweep)["state"] != "RUNNING":
             self.assertLess(time.time(), deadline)
