@@ -1,10 +1,13 @@
 // engine_bench [--threads N] [--steps N] [--image_size S] [--batch B]
 //              [--bf16 0|1] [--device cpu|cuda] [--on main|worker]
+//              [--profile DIR]
 // Times the engine's training and evaluation steps on synthetic batches and
 // prints images/s per mode. By default the steps run on a worker thread, as
 // they do in traind (whose jobs train on its worker threads): glibc gives
 // such a thread its own arena, whose memory behaves differently from the
-// main thread's; `--on main` runs them on the main thread. Needs the engine core only (LibTorch), so it also
+// main thread's; `--on main` runs them on the main thread. `--profile DIR`
+// also records the timed steps of each mode with LibTorch's autograd profiler
+// into DIR/<mode>.json (Chrome trace; bench/profile_step.py tabulates it). Needs the engine core only (LibTorch), so it also
 // builds against a CUDA LibTorch (bench/gpu_check.sh). Pair with reference_bench.py (run.sh does both and
 // prints the ratio); compare figures from one run, the machine is shared.
 #include <chrono>
@@ -14,6 +17,7 @@
 #include <string>
 #include <thread>
 
+#include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 
 #include "server/train/allocator.h"
@@ -37,6 +41,9 @@ int Arg(int argc, char** argv, const char* name, int def) {
   }
   return def;
 }
+
+// Where --profile writes traces; empty: no profiling.
+std::string g_profile_dir;
 
 double MeasureOn(const char* mode, int steps, int batch, int size, bool bf16,
                  const torch::Device& device);
@@ -94,6 +101,11 @@ double MeasureOn(const char* mode, int steps, int batch, int size, bool bf16,
   const auto start = std::chrono::steady_clock::now();
   for (int i = 0; i < steps; ++i) step();
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!g_profile_dir.empty()) {  // after the timing, which it would distort
+    torch::autograd::profiler::RecordProfile profile(
+        g_profile_dir + "/" + mode + (bf16 ? "-bf16" : "") + ".json");
+    for (int i = 0; i < steps; ++i) step();
+  }
   return steps * batch / s;
 }
 
@@ -118,6 +130,7 @@ int main(int argc, char** argv) {
               size, size, batch, threads, steps, device.str().c_str());
   const bool bf16 = Arg(argc, argv, "--bf16", 1) != 0;
   const bool on_main = std::strcmp(StrArg(argc, argv, "--on", "worker"), "main") == 0;
+  g_profile_dir = StrArg(argc, argv, "--profile", "");
   std::printf("engine: steps on %s thread\n", on_main ? "the main" : "a worker");
   for (const char* mode : {"finetune", "scratch", "eval"}) {
     std::printf("engine %-8s %7.1f img/s\n", mode, Measure(mode, steps, batch, size, false, device, on_main));
