@@ -378,6 +378,22 @@ TEST_F(LifecycleTest, AnAttemptThatTrainedFurtherIsNotACrashLoop) {
   engine_->Release();
 }
 
+TEST_F(LifecycleTest, ListsAreBasicUnlessFullIsAsked) {
+  auto m = Start();
+  auto id = *m->Submit(Scratch(1), "");
+  ASSERT_TRUE(Follow(*m, id).second.ok());
+  ASSERT_TRUE(m->GetJob(id)->has_evaluation());
+  ASSERT_GT(m->GetJob(id)->class_names_size(), 0);
+  const auto basic = m->ListJobs(0, "", {})->jobs.at(0);
+  EXPECT_FALSE(basic.has_evaluation());
+  EXPECT_EQ(basic.class_names_size(), 0);
+  EXPECT_EQ(basic.state(), trainer::v1::SUCCEEDED);  // the rest is there
+  EXPECT_EQ(basic.last_seq(), m->GetJob(id)->last_seq());
+  const auto full = m->ListJobs(0, "", {}, Caller(), /*full=*/true)->jobs.at(0);
+  EXPECT_TRUE(full.has_evaluation());
+  EXPECT_EQ(full.SerializeAsString(), m->GetJob(id)->SerializeAsString());
+}
+
 TEST_F(LifecycleTest, RequestIdMakesSubmitIdempotent) {
   auto m = Start();
   auto a = m->Submit(Scratch(1), "req-1");
