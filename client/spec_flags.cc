@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <random>
+#include <type_traits>
 
 #include <google/protobuf/util/json_util.h>
 
@@ -20,24 +21,22 @@ namespace {
 
 using trainer::v1::JobSpec;
 
-// Sets an int32 field from a flag's text, when given.
-absl::Status SetInt(const char* name, const std::string& text,
-                    void (JobSpec::*set)(int32_t), JobSpec* spec) {
+// Sets a numeric field (int32 or double) from a flag's text, when given.
+template <typename T>
+absl::Status SetNumber(const char* name, const std::string& text, void (JobSpec::*set)(T),
+                       JobSpec* spec) {
   if (text.empty()) return absl::OkStatus();
-  int32_t v;
-  if (!absl::SimpleAtoi(text, &v)) {
-    return UsageError(absl::StrCat("--", name, ": not a 32-bit integer: ", text));
+  T v;
+  bool parsed;
+  if constexpr (std::is_floating_point_v<T>) {
+    parsed = absl::SimpleAtod(text, &v);
+  } else {
+    parsed = absl::SimpleAtoi(text, &v);
   }
-  (spec->*set)(v);
-  return absl::OkStatus();
-}
-
-absl::Status SetDouble(const char* name, const std::string& text,
-                       void (JobSpec::*set)(double), JobSpec* spec) {
-  if (text.empty()) return absl::OkStatus();
-  double v;
-  if (!absl::SimpleAtod(text, &v)) {
-    return UsageError(absl::StrCat("--", name, ": not a number: ", text));
+  if (!parsed) {
+    return UsageError(absl::StrCat("--", name, ": not a ",
+                                   std::is_floating_point_v<T> ? "number" : "32-bit integer",
+                                   ": ", text));
   }
   (spec->*set)(v);
   return absl::OkStatus();
@@ -64,16 +63,16 @@ absl::StatusOr<JobSpec> SpecFromFlags() {
   }
   if (auto v = absl::GetFlag(FLAGS_dataset); !v.empty()) spec.set_dataset(v);
   for (absl::Status st : {
-           SetInt("epochs", absl::GetFlag(FLAGS_epochs), &JobSpec::set_epochs, &spec),
-           SetInt("batch_size", absl::GetFlag(FLAGS_batch_size), &JobSpec::set_batch_size, &spec),
-           SetInt("image_size", absl::GetFlag(FLAGS_image_size), &JobSpec::set_image_size, &spec),
-           SetInt("threads", absl::GetFlag(FLAGS_threads), &JobSpec::set_threads, &spec),
-           SetInt("loader_threads", absl::GetFlag(FLAGS_loader_threads),
+           SetNumber("epochs", absl::GetFlag(FLAGS_epochs), &JobSpec::set_epochs, &spec),
+           SetNumber("batch_size", absl::GetFlag(FLAGS_batch_size), &JobSpec::set_batch_size, &spec),
+           SetNumber("image_size", absl::GetFlag(FLAGS_image_size), &JobSpec::set_image_size, &spec),
+           SetNumber("threads", absl::GetFlag(FLAGS_threads), &JobSpec::set_threads, &spec),
+           SetNumber("loader_threads", absl::GetFlag(FLAGS_loader_threads),
                   &JobSpec::set_loader_threads, &spec),
-           SetDouble("lr", absl::GetFlag(FLAGS_lr), &JobSpec::set_learning_rate, &spec),
-           SetDouble("backbone_lr", absl::GetFlag(FLAGS_backbone_lr),
+           SetNumber("lr", absl::GetFlag(FLAGS_lr), &JobSpec::set_learning_rate, &spec),
+           SetNumber("backbone_lr", absl::GetFlag(FLAGS_backbone_lr),
                      &JobSpec::set_backbone_learning_rate, &spec),
-           SetDouble("train_fraction", absl::GetFlag(FLAGS_train_fraction),
+           SetNumber("train_fraction", absl::GetFlag(FLAGS_train_fraction),
                      &JobSpec::set_train_fraction, &spec),
        }) {
     if (!st.ok()) return st;
