@@ -28,11 +28,9 @@ struct JobManager::Entry {
   bool interrupted = false;       // by shutdown; guarded by JobManager::mu_
   absl::Status store_error;       // a failed write; guarded by JobManager::mu_
   double images_per_second = 0;   // latest batch; guarded by JobManager::mu_
-  // Held across a state change and its writes, so that the job's rows and
-  // state events follow the order of its changes; never taken under mu_.
+  // Held across a state change and its writes (the row, the state event),
+  // so that they follow the order of the changes; never taken under mu_.
   absl::Mutex io_mu;
-  // One row write of this job at a time.
-  absl::Mutex persist_mu;
 };
 
 // Turns engine progress into job events, TensorBoard records and job

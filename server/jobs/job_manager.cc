@@ -98,7 +98,6 @@ absl::Status JobManager::Recover() {
     entry->job = std::move(s.job);
     auto last = store_->LastSeq(entry->id);
     if (!last.ok()) return last.status();
-    entry->job.set_last_seq(*last);
     events_.Open(entry->id, *last, IsTerminal(entry->job.state()));
     if (entry->job.owner().empty()) entry->job.set_owner("local");  // stored before owners
     // Jobs stored before event files existed get their (empty) folder named too.
@@ -166,13 +165,13 @@ absl::Status JobManager::Recover() {
 
 int64_t JobManager::FurthestStep(Entry& entry) {
   constexpr int kTail = 256;  // the last attempt's final batches are among these
-  int64_t known, last;
+  const int64_t last = events_.LastSeq(entry.id);
+  int64_t known;
   int attempt;
   {
     absl::MutexLock lock(&mu_);
     known = std::max(entry.job.max_global_step(), entry.job.checkpoint_global_step());
     attempt = entry.job.attempt();
-    last = entry.job.last_seq();
   }
   auto tail = store_->ReadEvents(entry.id, std::max<int64_t>(0, last - kTail), kTail);
   if (!tail.ok()) return 0;
@@ -199,8 +198,24 @@ void JobManager::Emit(Entry& entry, JobEvent event) {
   if (!seq.ok()) StoreFailed(entry, seq.status());
 }
 
-Job JobManager::View(const Entry& entry) {
-  Job job = entry.job;
+Job JobManager::View(Entry& entry, bool full) {
+  Job job;
+  if (full) {
+    job = entry.job;
+  } else {
+    // The large fields are moved out around the copy (O(1), under mu_), so
+    // a list never copies a confusion matrix only to drop it.
+    std::unique_ptr<trainer::v1::Evaluation> evaluation(
+        entry.job.has_evaluation() ? entry.job.release_evaluation() : nullptr);
+    google::protobuf::RepeatedPtrField<std::string> class_names;
+    google::protobuf::RepeatedPtrField<trainer::v1::TrialResult> trials;
+    class_names.Swap(entry.job.mutable_class_names());
+    trials.Swap(entry.job.mutable_trials());
+    job = entry.job;
+    if (evaluation) entry.job.set_allocated_evaluation(evaluation.release());
+    class_names.Swap(entry.job.mutable_class_names());
+    trials.Swap(entry.job.mutable_trials());
+  }
   // The log's, so that a reader who saw an event never gets a smaller one.
   job.set_last_seq(events_.LastSeq(entry.id));
   return job;
@@ -212,11 +227,6 @@ void JobManager::Persist(Entry& entry) {
     absl::MutexLock lock(&mu_);
     row = entry.job;
   }
-  Write(entry, row);
-}
-
-void JobManager::Write(Entry& entry, const Job& row) {
-  absl::MutexLock one_writer(&entry.persist_mu);
   if (auto st = store_->UpdateJob(row); !st.ok()) StoreFailed(entry, st);
 }
 
@@ -462,12 +472,7 @@ absl::StatusOr<JobManager::Page> JobManager::ListJobs(
       page.next_page_token = absl::StrCat(after);
       break;
     }
-    page.jobs.push_back(View(*e));
-    if (!full) {
-      page.jobs.back().clear_evaluation();
-      page.jobs.back().clear_class_names();
-      page.jobs.back().clear_trials();
-    }
+    page.jobs.push_back(View(*e, full));
     after = e->index;
   }
   return page;
@@ -556,8 +561,9 @@ absl::StatusOr<std::unique_ptr<EventFollower>> JobManager::Follow(const std::str
                                          std::move(wake));
 }
 
-absl::StatusOr<JobManager::WeightsFile> JobManager::Weights(
-    const std::string& id, trainer::v1::WeightsFormat format, int trial, const Caller& caller) {
+absl::StatusOr<std::string> JobManager::WeightsPath(const std::string& id,
+                                                    trainer::v1::WeightsFormat format, int trial,
+                                                    const Caller& caller) {
   auto entry = Find(id, caller);
   if (!entry) return NoJob(id);
   {
@@ -576,8 +582,20 @@ absl::StatusOr<JobManager::WeightsFile> JobManager::Weights(
           entry->job.spec().kind() == trainer::v1::SWEEP ? "" : " (it is not a sweep)"));
     }
   }
+  std::string path = layout_.Weights(id, format, trial);
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) {
+    return absl::DataLossError(absl::StrCat("weights of ", id, " are missing: ", path));
+  }
+  return path;
+}
+
+absl::StatusOr<JobManager::WeightsFile> JobManager::Weights(
+    const std::string& id, trainer::v1::WeightsFormat format, int trial, const Caller& caller) {
+  auto path = WeightsPath(id, format, trial, caller);
+  if (!path.ok()) return path.status();
   WeightsFile file;
-  file.path = layout_.Weights(id, format, trial);
+  file.path = *std::move(path);
   std::error_code ec;
   file.size = static_cast<int64_t>(fs::file_size(file.path, ec));
   if (ec) return absl::DataLossError(absl::StrCat("weights of ", id, " are missing: ", file.path));
@@ -633,7 +651,7 @@ absl::StatusOr<trainer::v1::ClassifyResponse> JobManager::Classify(
   if (request.trial() < 0) return absl::InvalidArgumentError("trial: must be >= 0");
   const int top_k = request.top_k() == 0 ? 5 : request.top_k();
   // Resolves the weights (and refuses unfinished jobs and unknown trials).
-  auto weights = Weights(request.job_id(), trainer::v1::SAFETENSORS, request.trial(), caller);
+  auto weights = WeightsPath(request.job_id(), trainer::v1::SAFETENSORS, request.trial(), caller);
   if (!weights.ok()) return weights.status();
   auto got = GetJob(request.job_id(), caller);
   if (!got.ok()) return got.status();
@@ -643,7 +661,7 @@ absl::StatusOr<trainer::v1::ClassifyResponse> JobManager::Classify(
     absl::MutexLock lock(&classifiers_mu_);
     auto& slot = classifiers_[{job.id(), request.trial()}];
     if (!slot) {
-      auto loaded = train::Classifier::Load(weights->path, job.num_classes(),
+      auto loaded = train::Classifier::Load(*weights, job.num_classes(),
                                             job.spec().image_size(), options_.threads_per_job);
       if (!loaded.ok()) return loaded.status();
       slot = std::move(*loaded);

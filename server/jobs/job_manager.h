@@ -181,16 +181,20 @@ class JobManager {
   CheckpointRecord PickCheckpoint(const std::shared_ptr<Entry>& entry) ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status RecordCheckpoint(Entry& entry, const CheckpointRecord& checkpoint)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // The final weights' path of a SUCCEEDED job (or of one of its finished
+  // trials), checked to exist but not read; DATA_LOSS when it is missing.
+  absl::StatusOr<std::string> WeightsPath(const std::string& id,
+                                          trainer::v1::WeightsFormat format, int trial,
+                                          const Caller& caller);
   absl::StatusOr<std::string> InitialWeightsPath(const trainer::v1::JobSpec& spec,
                                                  const Caller& caller = Caller());
 
   // Appends an event to the job's log (stored, then readable). A failed
   // write stops the job and is reported when it has stopped.
   void Emit(Entry& entry, trainer::v1::JobEvent event) ABSL_LOCKS_EXCLUDED(mu_);
-  // Writes the job's current row (synchronous=FULL). Returns once a row that
-  // includes every change made before the call is stored.
+  // Writes the job's current row (synchronous=FULL). The caller holds
+  // entry.io_mu, which orders row writes with the changes they carry.
   void Persist(Entry& entry) ABSL_LOCKS_EXCLUDED(mu_);
-  void Write(Entry& entry, const trainer::v1::Job& row) ABSL_LOCKS_EXCLUDED(mu_);
   // Changes the state in memory, persists it and emits the state event.
   // The caller holds entry.io_mu and not mu_.
   void SetState(Entry& entry, trainer::v1::JobState state, const std::string& reason)
@@ -204,7 +208,9 @@ class JobManager {
   std::shared_ptr<Entry> Find(const std::string& id, const Caller& caller = Caller())
       ABSL_LOCKS_EXCLUDED(mu_);
   // The job as callers see it.
-  trainer::v1::Job View(const Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // full: every field; otherwise the BASIC view (no evaluation, class names
+  // or trials).
+  trainer::v1::Job View(Entry& entry, bool full = true) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Constant after construction.
   const Options options_;

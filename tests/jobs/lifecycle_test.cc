@@ -392,6 +392,13 @@ TEST_F(LifecycleTest, ListsAreBasicUnlessFullIsAsked) {
   const auto full = m->ListJobs(0, "", {}, Caller(), /*full=*/true)->jobs.at(0);
   EXPECT_TRUE(full.has_evaluation());
   EXPECT_EQ(full.SerializeAsString(), m->GetJob(id)->SerializeAsString());
+  // Listing leaves the jobs as they were: one without an evaluation still
+  // has none.
+  engine_->Hold();
+  auto queued = *m->Submit(Scratch(1), "");
+  ASSERT_EQ(m->ListJobs(0, "", {})->jobs.size(), 2u);
+  EXPECT_FALSE(m->GetJob(queued)->has_evaluation());
+  engine_->Release();
 }
 
 TEST_F(LifecycleTest, RequestIdMakesSubmitIdempotent) {
