@@ -26,6 +26,9 @@ ABSL_FLAG(std::string, device, "", "submit: auto, cpu or cuda (default auto)");
 ABSL_FLAG(std::string, threads, "", "submit: intra-op threads (default: the daemon's)");
 ABSL_FLAG(std::string, loader_threads, "", "submit: image-loading threads (default 2)");
 ABSL_FLAG(std::string, precision, "", "submit: fp32 or bf16 (default fp32)");
+ABSL_FLAG(std::string, world_size, "",
+          "submit: ranks of a data-parallel job, each a `traind worker` process (default 1)");
+ABSL_FLAG(std::string, backend, "", "submit: collective backend of a distributed job: gloo or nccl");
 ABSL_FLAG(std::string, pretrained, "", "submit: starting weights file under the weights root");
 ABSL_FLAG(std::string, from_job, "", "submit: start from this finished job's weights");
 ABSL_FLAG(bool, augment_validation, false, "submit: augment validation images too");

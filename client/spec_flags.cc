@@ -103,6 +103,19 @@ absl::StatusOr<JobSpec> SpecFromFlags() {
     }
     spec.set_precision(precision);
   }
+  if (auto v = absl::GetFlag(FLAGS_world_size); !v.empty()) {
+    int n;
+    if (!absl::SimpleAtoi(v, &n)) return UsageError("--world_size: not a 32-bit integer: " + v);
+    spec.mutable_distributed()->set_world_size(n);
+  }
+  if (auto v = absl::GetFlag(FLAGS_backend); !v.empty()) {
+    trainer::v1::Backend backend;
+    if (!trainer::v1::Backend_Parse(v, &backend) ||
+        backend == trainer::v1::BACKEND_UNSPECIFIED) {
+      return UsageError("--backend: must be gloo or nccl, got " + v);
+    }
+    spec.mutable_distributed()->set_backend(backend);
+  }
   if (auto v = absl::GetFlag(FLAGS_pretrained); !v.empty()) spec.set_pretrained_file(v);
   if (auto v = absl::GetFlag(FLAGS_from_job); !v.empty()) spec.set_from_job(v);
   if (absl::GetFlag(FLAGS_augment_validation)) spec.set_augment_validation(true);

@@ -27,6 +27,8 @@ const std::vector<Setting>& Settings() {
       {"sweep.random_trials", 8, 1, 1000, false, false, true},
       {"sweep.parallel_runs", 1, 1, 16, false, false, true},
       {"sweep.asha.reduction_factor", 3, 1, 1e6, true},
+      {"distributed.world_size", 1, 1, 1024, false, false, true},
+      {"distributed.rendezvous_timeout_seconds", 300, 5, 3600, false, false, true},
   };
   return *kSettings;
 }

@@ -82,6 +82,17 @@ const Field kFields[] = {
      [](const JobSpec& s) { return s.sweep().asha().has_reduction_factor(); },
      [](const JobSpec& s) { return s.sweep().asha().reduction_factor(); },
      [](JobSpec* s, double v) { s->mutable_sweep()->mutable_asha()->set_reduction_factor(v); }},
+    {"distributed.world_size", [](const JobSpec& s) { return s.distributed().has_world_size(); },
+     [](const JobSpec& s) -> double { return s.distributed().world_size(); },
+     [](JobSpec* s, double v) {
+       s->mutable_distributed()->set_world_size(static_cast<int>(v));
+     }},
+    {"distributed.rendezvous_timeout_seconds",
+     [](const JobSpec& s) { return s.distributed().has_rendezvous_timeout_seconds(); },
+     [](const JobSpec& s) -> double { return s.distributed().rendezvous_timeout_seconds(); },
+     [](JobSpec* s, double v) {
+       s->mutable_distributed()->set_rendezvous_timeout_seconds(static_cast<int>(v));
+     }},
 };
 
 }  // namespace
@@ -112,6 +123,11 @@ void ApplyDefaults(JobSpec* spec) {
   if (spec->device() == trainer::v1::DEVICE_UNSPECIFIED) spec->set_device(trainer::v1::auto_);
   if (spec->precision() == trainer::v1::PRECISION_UNSPECIFIED) {
     spec->set_precision(trainer::v1::fp32);
+  }
+  auto* dist = spec->mutable_distributed();
+  if (dist->backend() == trainer::v1::BACKEND_UNSPECIFIED) dist->set_backend(trainer::v1::gloo);
+  if (dist->launcher() == trainer::v1::LAUNCHER_UNSPECIFIED) {
+    dist->set_launcher(trainer::v1::LOCAL_PROCESSES);
   }
 }
 
@@ -153,6 +169,30 @@ absl::Status ValidateSpec(const JobSpec& spec) {
   if (!trainer::v1::Precision_IsValid(spec.precision()) ||
       spec.precision() == trainer::v1::PRECISION_UNSPECIFIED) {
     return Invalid("precision", absl::StrCat("must be fp32 or bf16, got ", spec.precision()));
+  }
+  const auto& dist = spec.distributed();
+  if (!trainer::v1::Backend_IsValid(dist.backend()) ||
+      dist.backend() == trainer::v1::BACKEND_UNSPECIFIED) {
+    return Invalid("distributed.backend",
+                   absl::StrCat("must be gloo or nccl, got ", dist.backend()));
+  }
+  if (!trainer::v1::Launcher_IsValid(dist.launcher()) ||
+      dist.launcher() == trainer::v1::LAUNCHER_UNSPECIFIED) {
+    return Invalid("distributed.launcher",
+                   absl::StrCat("must be LOCAL_PROCESSES, got ", dist.launcher()));
+  }
+  if (dist.world_size() > 1) {
+    if (spec.batch_size() % dist.world_size() != 0) {
+      return Invalid("distributed.world_size",
+                     absl::StrCat("must divide batch_size (the global batch): ",
+                                  spec.batch_size(), " images cannot be split evenly over ",
+                                  dist.world_size(), " ranks"));
+    }
+    if (spec.kind() == trainer::v1::SWEEP) {
+      return Invalid("distributed.world_size",
+                     "a SWEEP job trains its runs inside the daemon; submit world_size 1 "
+                     "(distributed sweeps are not supported yet)");
+    }
   }
   return absl::OkStatus();
 }

@@ -12,4 +12,5 @@ $SUDO apt-get install -y -q --no-install-recommends \
   libabsl-dev libgtest-dev libgmock-dev libsqlite3-dev libssl-dev nlohmann-json3-dev \
   libopenblas0-openmp libcpp-httplib-dev openssl clang libclang-rt-14-dev \
   python3 python3-torch python3-torchvision python3-numpy python3-crc32c \
-  python3-grpcio python3-protobuf
+  python3-grpcio python3-protobuf \
+  libgloo-dev iproute2

@@ -16,6 +16,7 @@
 #include "absl/flags/usage.h"
 #include "absl/time/time.h"
 #include "common/flags.h"
+#include "server/dist/worker.h"
 #include "server/server.h"
 #include "server/train/allocator.h"
 
@@ -73,6 +74,8 @@ ABSL_FLAG(int, max_attempts_without_progress, 3,
           "checkpoint is FAILED instead of run again");
 
 int main(int argc, char** argv) {
+  // `traind worker`: one rank of a distributed job (server/dist/worker.h).
+  if (argc > 1 && std::string(argv[1]) == "worker") return traind::dist::RunWorker();
   absl::SetProgramUsageMessage(
       "traind: the training-job daemon. Usage: traind [--listen=HOST:PORT] "
       "[--state-dir=DIR] [--data-root=DIR] [--weights-root=DIR] [--workers=N]");

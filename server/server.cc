@@ -13,6 +13,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/file_util.h"
+#include "server/dist/launcher.h"
+#include "server/dist/rank_service.h"
 
 namespace traind {
 
@@ -65,6 +67,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
     credentials = grpc::SslServerCredentials(ssl);
   }
   options.jobs.max_streams_per_user = options.limits.max_streams_per_user;
+  // Jobs of world size > 1 run on `traind worker` ranks that call back here.
+  s->attempts_ = std::make_unique<dist::AttemptRegistry>();
+  auto engine = std::make_shared<dist::DistributedEngine>(
+      options.jobs.engine ? options.jobs.engine : jobs::NewLibTorchEngine(), s->attempts_.get(),
+      options.worker_binary);
+  options.jobs.engine = engine;
+  s->ranks_ = std::make_unique<dist::RankService>(s->attempts_.get());
   auto manager = jobs::JobManager::Create(options.jobs);
   if (!manager.ok()) return manager.status();
   s->manager_ = std::move(*manager);
@@ -84,6 +93,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
   builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, 30 * 60 * 1000);
   builder.RegisterService(s->service_.get());
+  builder.RegisterService(s->ranks_.get());
   // Classify carries images: up to 64 MiB per call (8 MiB per image).
   builder.SetMaxReceiveMessageSize(64 << 20);
   s->server_ = builder.BuildAndStart();
@@ -91,6 +101,19 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
     s->manager_->Shutdown();
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
   }
+  // Local ranks reach the control link on loopback, or through the
+  // listening address when it is a specific one.
+  dist::ControlLink link;
+  const bool any = host == "0.0.0.0" || host == "[::]" || host == "::";
+  if (absl::StartsWith(options.listen, "unix:")) {
+    link.address = options.listen;
+  } else if (loopback || any) {
+    link.address = absl::StrCat(tls ? "localhost" : "127.0.0.1", ":", s->port_);
+  } else {
+    link.address = absl::StrCat(host, ":", s->port_);
+  }
+  if (tls) link.ca_file = options.tls_cert;
+  engine->SetControlLink(link);
   if (!options.metrics_listen.empty()) {
     const auto colon = options.metrics_listen.rfind(':');
     int port = 0;

@@ -13,6 +13,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "server/dist/attempts.h"
+#include "server/dist/rank_service.h"
 #include "server/jobs/job_manager.h"
 #include "server/rpc/auth.h"
 #include "server/rpc/metrics.h"
@@ -47,6 +49,8 @@ class Server {
     bool insecure = false;
     rpc::TrainingServiceImpl::Limits limits;
     jobs::JobManager::Options jobs;
+    // The executable a distributed job's ranks run (`traind worker`).
+    std::string worker_binary = "/proc/self/exe";
   };
 
   static absl::StatusOr<std::unique_ptr<Server>> BuildAndStart(Options options);
@@ -65,8 +69,11 @@ class Server {
  private:
   Server() = default;
 
+  // Outlives the manager, whose engine holds it.
+  std::unique_ptr<dist::AttemptRegistry> attempts_;
   std::unique_ptr<jobs::JobManager> manager_;
   std::unique_ptr<rpc::TrainingServiceImpl> service_;
+  std::unique_ptr<dist::RankService> ranks_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   std::unique_ptr<rpc::RpcMetrics> metrics_;

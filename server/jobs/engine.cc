@@ -5,6 +5,8 @@
 namespace traind::jobs {
 namespace {
 
+constexpr char kLostPayload[] = "type.traind/attempt-lost";
+
 class LibTorchEngine final : public Engine {
  public:
   absl::Status Train(const train::TrainConfig& config, train::ProgressSink* sink,
@@ -29,6 +31,15 @@ class LibTorchEngine final : public Engine {
 };
 
 }  // namespace
+
+absl::Status AttemptLost(absl::Status status) {
+  status.SetPayload(kLostPayload, absl::Cord("1"));
+  return status;
+}
+
+bool IsAttemptLost(const absl::Status& status) {
+  return status.GetPayload(kLostPayload).has_value();
+}
 
 std::unique_ptr<Engine> NewLibTorchEngine() { return std::make_unique<LibTorchEngine>(); }
 

@@ -49,7 +49,22 @@ class Engine {
   // folders, an empty class folder, too few images for the split), naming
   // the problem. Lists files; decodes nothing.
   virtual absl::Status CheckDataset(const train::DataConfig& data) = 0;
+
+  // Refuses, at submit, a distributed block the engine cannot run (a
+  // backend this LibTorch lacks), naming the field. In-process engines run
+  // world size 1 only.
+  virtual absl::Status CheckDistributed(const train::DistributedConfig& dist) {
+    if (dist.world_size <= 1) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        "distributed.world_size: this daemon trains in one process only");
+  }
 };
+
+// Marks an engine's error as "the attempt was lost, not the job's fault" (a
+// rank died, the collective broke): the job runs again from its newest
+// checkpoint, bounded like a daemon restart by attempts without progress.
+absl::Status AttemptLost(absl::Status status);
+bool IsAttemptLost(const absl::Status& status);
 
 // Trains on LibTorch in this process (server/train).
 std::unique_ptr<Engine> NewLibTorchEngine();

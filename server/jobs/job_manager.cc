@@ -370,6 +370,9 @@ absl::StatusOr<std::string> JobManager::Submit(JobSpec spec,
   auto dataset = ResolveBeneath(options_.data_root, spec.dataset(), "dataset");
   if (!dataset.ok()) return dataset.status();
   // Refused now, not when the job runs; named relative to the data root.
+  if (auto st = engine_->CheckDistributed(ToConfig(spec, *dataset).distributed); !st.ok()) {
+    return st;
+  }
   if (auto st = engine_->CheckDataset(ToConfig(spec, *dataset).data); !st.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "dataset: ", absl::StrReplaceAll(st.message(), {{*dataset, spec.dataset()}})));
@@ -887,10 +890,16 @@ void JobManager::RunJob(const std::shared_ptr<Entry>& entry) {
   bool interrupted;
   int epochs;
   int64_t step;
+  int attempt = 0;
+  int lost_in_a_row = 0;
+  const bool lost = IsAttemptLost(status) && !entry->cancel.cancelled();
   {
     absl::MutexLock lock(&mu_);
     Job& job = entry->job;
-    job.set_attempts_without_progress(0);  // it ended on its own
+    attempt = job.attempt();
+    lost_in_a_row = job.attempts_without_progress();
+    // A lost attempt counts like a daemon crash; otherwise it ended on its own.
+    if (!lost) job.set_attempts_without_progress(0);
     if (!entry->store_error.ok()) {
       status = absl::Status(entry->store_error.code(),
                             absl::StrCat("cannot record the job's progress: ",
@@ -904,7 +913,17 @@ void JobManager::RunJob(const std::shared_ptr<Entry>& entry) {
     epochs = job.checkpoint_epochs();
     step = job.checkpoint_global_step();
   }
-  if (status.ok()) {
+  if (lost && lost_in_a_row < options_.max_attempts_without_progress) {
+    SetState(*entry, trainer::v1::QUEUED,
+             absl::StrCat("attempt ", attempt, " was lost (", status.message(),
+                          "); it runs again from its last checkpoint"));
+    absl::MutexLock lock(&mu_);
+    queue_.push_front(entry);
+  } else if (lost) {
+    SetState(*entry, trainer::v1::FAILED,
+             absl::StrCat(lost_in_a_row, " attempts in a row were lost without a new checkpoint; "
+                          "not retrying. The last: ", status.message()));
+  } else if (status.ok()) {
     SetState(*entry, trainer::v1::SUCCEEDED, "");
   } else if (absl::IsCancelled(status) && interrupted) {
     SetState(*entry, trainer::v1::QUEUED,

@@ -1,5 +1,7 @@
 #include "server/jobs/spec_config.h"
 
+#include <algorithm>
+
 namespace traind::jobs {
 
 using trainer::v1::JobSpec;
@@ -55,6 +57,11 @@ train::TrainConfig ToConfig(const JobSpec& spec, const std::string& dataset_dir)
   c.device = trainer::v1::Device_Name(spec.device());  // "auto", "cpu", "cuda"
   c.threads = spec.threads();
   c.bf16 = spec.precision() == trainer::v1::bf16;
+  const auto& d = spec.distributed();
+  c.distributed.world_size = std::max(1, d.world_size());
+  c.distributed.backend = trainer::v1::Backend_Name(d.backend());
+  c.distributed.launcher = trainer::v1::Launcher_Name(d.launcher());
+  c.distributed.timeout_seconds = d.rendezvous_timeout_seconds();
   return c;
 }
 

@@ -37,6 +37,14 @@ struct DataConfig {
   int loader_threads = 2;
 };
 
+// Data-parallel training over several ranks (processes).
+struct DistributedConfig {
+  int world_size = 1;  // 1: trained in the calling process
+  std::string backend = "gloo";
+  std::string launcher = "LOCAL_PROCESSES";
+  int timeout_seconds = 300;  // rendezvous and each collective
+};
+
 // One training run (fine-tune or scratch). Defaults are the recipe's.
 struct TrainConfig {
   Kind kind = Kind::kFinetune;
@@ -65,6 +73,7 @@ struct TrainConfig {
   // A checkpoint to continue from (already verified by the caller); empty:
   // start afresh.
   std::string resume_from;
+  DistributedConfig distributed;
 };
 
 struct BatchProgress {

@@ -121,7 +121,91 @@ absl::Status Run::Prepare(const LoadedData& data, TrainResult* result) {
                              result->dataset.validation_images,
                              " validation images, ", num_classes, " classes"));
   order_gen_ = at::detail::createCPUGenerator(config_.data.seed);
+  if (distributed()) {
+    int64_t n = 0;
+    for (const auto& p : model_->parameters()) {
+      if (p.requires_grad()) n += p.numel();
+    }
+    flat_ = torch::zeros({n + 5}, torch::kFloat);
+    if (auto st = SyncFromRankZero(true); !st.ok()) return st;
+  }
   return absl::OkStatus();
+}
+
+std::vector<int64_t> Run::RankShare(const std::vector<int64_t>& order, bool pad) const {
+  if (!distributed()) return order;
+  const int64_t w = collective_->world_size();
+  const int64_t r = collective_->rank();
+  std::vector<int64_t> padded = order;
+  if (pad && !order.empty()) {
+    for (size_t i = 0; padded.size() % w != 0; ++i) padded.push_back(order[i % order.size()]);
+  }
+  std::vector<int64_t> share;
+  for (size_t i = r; i < padded.size(); i += w) share.push_back(padded[i]);
+  return share;
+}
+
+absl::Status Run::SyncFromRankZero(bool parameters) {
+  torch::NoGradGuard no_grad;
+  auto sync = [&](torch::Tensor t) -> absl::Status {
+    torch::Tensor c = t.to(torch::kCPU).contiguous();
+    if (auto st = collective_->Broadcast(c, 0); !st.ok()) return st;
+    t.copy_(c);
+    return absl::OkStatus();
+  };
+  if (parameters) {
+    for (auto& p : model_->parameters()) {
+      if (auto st = sync(p); !st.ok()) return st;
+    }
+  }
+  for (auto& b : model_->buffers()) {
+    if (auto st = sync(b); !st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Run::SharedStep> Run::DistributedStep(const torch::Tensor& x,
+                                                     const torch::Tensor& y) {
+  StepResult step = ForwardBackward(model_, *optimizer_, x, y, config_.bf16);
+  const int64_t n = y.size(0);
+  torch::NoGradGuard no_grad;
+  int64_t at = 0;
+  std::vector<torch::Tensor> params;
+  for (auto& p : model_->parameters()) {
+    if (!p.requires_grad()) continue;
+    torch::Tensor dst = flat_.narrow(0, at, p.numel());
+    if (p.grad().defined()) {
+      dst.view_as(p).copy_(p.grad());  // copy_ handles channels-last strides
+    } else {
+      dst.zero_();
+    }
+    at += p.numel();
+    params.push_back(p);
+  }
+  float* tail = flat_.data_ptr<float>() + at;
+  tail[0] = static_cast<float>(step.loss.item<double>() * n);
+  tail[1] = static_cast<float>(step.logits.argmax(1).eq(y).sum().item<int64_t>());
+  tail[2] = static_cast<float>(n);
+  tail[3] = cancel_.cancelled() ? 1.f : 0.f;
+  tail[4] = cancel_.interrupted() ? 1.f : 0.f;
+  if (auto st = collective_->AllreduceSum(flat_); !st.ok()) return st;
+  SharedStep shared;
+  shared.loss_sum = tail[0];
+  shared.correct = static_cast<int64_t>(std::llround(tail[1]));
+  shared.count = static_cast<int64_t>(std::llround(tail[2]));
+  shared.stop = tail[3] > 0;
+  shared.interrupt = tail[4] > 0;
+  if (shared.stop || !std::isfinite(shared.loss_sum)) return shared;
+  // The mean of the ranks' mean-loss gradients: equal shares, so the mean
+  // over the global batch as each rank normalised its own share.
+  const float scale = 1.f / static_cast<float>(collective_->world_size());
+  at = 0;
+  for (auto& p : params) {
+    p.grad().copy_(flat_.narrow(0, at, p.numel()).view_as(p) * scale);
+    at += p.numel();
+  }
+  optimizer_->step();
+  return shared;
 }
 
 absl::StatusOr<RunPosition> Run::Resume(const LoadedData& data) {
@@ -239,15 +323,18 @@ absl::StatusOr<EpochResult> Run::TrainEpoch(const LoadedData& data, int epoch,
 }
 
 absl::Status Run::TrainBatches(const LoadedData& data, EpochState* e, RunPosition* pos) {
-  const int64_t bs = config_.batch_size;
-  const int batches = static_cast<int>((static_cast<int64_t>(e->order.size()) + bs - 1) / bs);
+  // This rank's images (all of them outside data-parallel runs) and its part
+  // of each global batch.
+  const std::vector<int64_t> share = RankShare(e->order, /*pad=*/true);
+  const int64_t bs = config_.batch_size / (distributed() ? collective_->world_size() : 1);
+  const int batches = static_cast<int>((static_cast<int64_t>(share.size()) + bs - 1) / bs);
   e->first_batch = std::min(e->first_batch, batches);
   // Each sample's augmentation is seeded by its dataset index, so the
   // batches after first_batch come out as they would have.
-  std::vector<int64_t> rest(
-      e->order.begin() + std::min<int64_t>(e->first_batch * bs, e->order.size()), e->order.end());
+  std::vector<int64_t> rest(share.begin() + std::min<int64_t>(e->first_batch * bs, share.size()),
+                            share.end());
   BatchLoader::Options lo;
-  lo.batch_size = config_.batch_size;
+  lo.batch_size = static_cast<int>(bs);
   lo.augment = true;
   lo.augmentation = config_.data.augmentation;
   lo.seed = config_.data.seed;
@@ -266,7 +353,7 @@ absl::Status Run::TrainBatches(const LoadedData& data, EpochState* e, RunPositio
   model_->train();
   // A last batch that PyTorch could not train on is left out, and not
   // counted in `batches`.
-  const bool skip_last = static_cast<int64_t>(e->order.size()) % bs == 1 &&
+  const bool skip_last = static_cast<int64_t>(share.size()) % bs == 1 &&
                          BatchNormRaisesOnOneImage(config_.data.image_size);
   const int trained_batches = batches - (skip_last ? 1 : 0);
   Batch batch;
@@ -277,7 +364,9 @@ absl::Status Run::TrainBatches(const LoadedData& data, EpochState* e, RunPositio
       break;
     }
     e->data_seconds += Seconds(wait_start);
-    if (cancel_.cancelled()) return stop(b);
+    // Data-parallel ranks stop together, at the batch where any rank's flag
+    // arrives through the step's allreduce.
+    if (!distributed() && cancel_.cancelled()) return stop(b);
     if (batch.labels.size(0) == 1 && skip_last) {
       if (!warned_single_) {
         sink_->OnWarning(absl::StrCat(
@@ -292,16 +381,35 @@ absl::Status Run::TrainBatches(const LoadedData& data, EpochState* e, RunPositio
     const auto step_start = Clock::now();
     torch::Tensor x = batch.images.to(device_);
     torch::Tensor y = batch.labels.to(device_);
-    StepResult step = TrainStep(model_, *optimizer_, x, y, config_.bf16);
-    const double loss_value = step.loss.item<double>();
+    double loss_value;
+    int64_t n;
+    int64_t correct;
+    if (distributed()) {
+      auto shared = DistributedStep(x, y);
+      if (!shared.ok()) return shared.status();
+      if (shared->stop) {
+        // Every rank saw the same flags; rank 0 checkpoints an interrupt.
+        if (shared->interrupt && !cancel_.interrupted()) {
+          return absl::CancelledError("cancelled");
+        }
+        return stop(b);
+      }
+      n = shared->count;
+      loss_value = shared->loss_sum / std::max<int64_t>(1, n);
+      correct = shared->correct;
+    } else {
+      StepResult step = TrainStep(model_, *optimizer_, x, y, config_.bf16);
+      loss_value = step.loss.item<double>();
+      n = y.size(0);
+      correct = step.logits.argmax(1).eq(y).sum().item<int64_t>();
+    }
     if (!std::isfinite(loss_value)) {
       return absl::InternalError(absl::StrCat("training loss became ", loss_value, " at epoch ",
                                               e->epoch, " batch ", b,
                                               "; lower the learning rate"));
     }
-    const int64_t n = y.size(0);
     e->train.loss_sum += loss_value * n;
-    e->train.correct += step.logits.argmax(1).eq(y).sum().item<int64_t>();
+    e->train.correct += correct;
     e->train.count += n;
     const double step_seconds = Seconds(step_start);
     e->train_seconds += step_seconds;
@@ -315,15 +423,25 @@ absl::Status Run::TrainBatches(const LoadedData& data, EpochState* e, RunPositio
     progress.images_per_second = step_seconds > 0 ? n / step_seconds : 0;
     sink_->OnBatch(progress);
   }
-  if (cancel_.cancelled()) return stop(batches);
+  if (!distributed() && cancel_.cancelled()) return stop(batches);
   return absl::OkStatus();
 }
 
 EvalTotals Run::Evaluate(const DecodedSet& set, int epoch) {
+  EvalTotals totals;
+  // Data-parallel: every rank evaluates rank 0's weights (its BatchNorm
+  // statistics are the saved ones) on its own share, unpadded.
+  if (distributed()) {
+    if (auto st = SyncFromRankZero(false); !st.ok()) {
+      totals.status = st;
+      return totals;
+    }
+  }
   torch::NoGradGuard no_grad;
   model_->eval();
-  std::vector<int64_t> order(set.images.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+  std::vector<int64_t> all(set.images.size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int64_t>(i);
+  std::vector<int64_t> order = RankShare(all, /*pad=*/false);
   BatchLoader::Options lo;
   lo.batch_size = config_.batch_size;
   lo.augment = config_.data.augment_validation;
@@ -334,7 +452,6 @@ EvalTotals Run::Evaluate(const DecodedSet& set, int epoch) {
   lo.threads = config_.data.loader_threads;
   lo.prefetch = PrefetchDepth();
   BatchLoader loader(set, std::move(order), lo);
-  EvalTotals totals;
   const int64_t classes = model_->fc()->weight.size(0);
   totals.detail.num_classes = static_cast<int>(classes);
   totals.detail.confusion.assign(classes * classes, 0);
@@ -365,9 +482,26 @@ EvalTotals Run::Evaluate(const DecodedSet& set, int epoch) {
                                 guess.data_ptr<int64_t>()[i]];
     }
   }
+  totals.status = loader.status();
+  if (distributed() && totals.status.ok()) {
+    // One allreduce of the sums and the confusion matrix (exact in double).
+    const int64_t cells = classes * classes;
+    torch::Tensor sums = torch::zeros({cells + 4}, torch::kDouble);
+    double* v = sums.data_ptr<double>();
+    for (int64_t i = 0; i < cells; ++i) v[i] = static_cast<double>(totals.detail.confusion[i]);
+    v[cells] = totals.loss_sum;
+    v[cells + 1] = static_cast<double>(totals.correct);
+    v[cells + 2] = static_cast<double>(totals.count);
+    v[cells + 3] = static_cast<double>(totals.detail.top5_correct);
+    totals.status = collective_->AllreduceSum(sums);
+    for (int64_t i = 0; i < cells; ++i) totals.detail.confusion[i] = std::llround(v[i]);
+    totals.loss_sum = v[cells];
+    totals.correct = std::llround(v[cells + 1]);
+    totals.count = std::llround(v[cells + 2]);
+    totals.detail.top5_correct = std::llround(v[cells + 3]);
+  }
   totals.detail.images = totals.count;
   totals.detail.top1_correct = totals.correct;
-  totals.status = loader.status();
   return totals;
 }
 

@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "server/train/checkpoint.h"
+#include "server/train/collective.h"
 #include "server/train/config.h"
 #include "server/train/data.h"
 #include "server/train/model.h"
@@ -43,8 +44,11 @@ struct EvalTotals {
 
 class Run {
  public:
-  Run(const TrainConfig& config, ProgressSink* sink, const CancelToken& cancel)
-      : config_(config), sink_(sink), cancel_(cancel) {}
+  // With a `collective` of world size > 1 this is one rank of a
+  // data-parallel run (see TrainRank in trainer.h).
+  Run(const TrainConfig& config, ProgressSink* sink, const CancelToken& cancel,
+      Collective* collective = nullptr)
+      : config_(config), sink_(sink), cancel_(cancel), collective_(collective) {}
 
   // Trains config.epochs epochs (from config.resume_from when set), then
   // writes the output weights.
@@ -71,6 +75,22 @@ class Run {
   absl::StatusOr<EpochResult> TrainEpoch(const LoadedData& data, int epoch, RunPosition* pos);
   absl::Status TrainBatches(const LoadedData& data, EpochState* epoch, RunPosition* pos);
   EvalTotals Evaluate(const DecodedSet& set, int epoch);
+  // Data-parallel: this rank's share of an epoch's order (DistributedSampler's
+  // rule: padded to a multiple of the world size, every world_size-th).
+  std::vector<int64_t> RankShare(const std::vector<int64_t>& order, bool pad) const;
+  // Rank 0's parameters and buffers on every rank.
+  absl::Status SyncFromRankZero(bool parameters);
+  // Forward and backward of this rank's share of a batch, gradients averaged
+  // over the ranks with the step's figures and flags in the same allreduce.
+  struct SharedStep {
+    double loss_sum = 0;  // over every rank's images
+    int64_t correct = 0;
+    int64_t count = 0;
+    bool stop = false;
+    bool interrupt = false;
+  };
+  absl::StatusOr<SharedStep> DistributedStep(const torch::Tensor& x, const torch::Tensor& y);
+  bool distributed() const { return collective_ && collective_->world_size() > 1; }
   int PrefetchDepth() const;
   // Writes `pos` (plus the model, the optimizer and the order generator's
   // state) durably under checkpoint_dir and reports it to the sink.
@@ -80,6 +100,8 @@ class Run {
   const TrainConfig& config_;
   ProgressSink* sink_;
   const CancelToken& cancel_;
+  Collective* const collective_;
+  torch::Tensor flat_;  // gradients + 5 figures, reused by every step's allreduce
   torch::Device device_{torch::kCPU};
   ResNet18 model_{nullptr};
   std::unique_ptr<torch::optim::Adam> optimizer_;

@@ -59,8 +59,8 @@ ScopedBf16Autocast::~ScopedBf16Autocast() {
   SetAutocastDtype(device_, was_dtype_);
 }
 
-StepResult TrainStep(ResNet18& model, torch::optim::Optimizer& optimizer,
-                     const torch::Tensor& images, const torch::Tensor& labels, bool bf16) {
+StepResult ForwardBackward(ResNet18& model, torch::optim::Optimizer& optimizer,
+                           const torch::Tensor& images, const torch::Tensor& labels, bool bf16) {
   model->train();
   optimizer.zero_grad();
   StepResult r;
@@ -71,6 +71,12 @@ StepResult TrainStep(ResNet18& model, torch::optim::Optimizer& optimizer,
   }
   r.logits = r.logits.to(torch::kFloat);
   r.loss.backward();
+  return r;
+}
+
+StepResult TrainStep(ResNet18& model, torch::optim::Optimizer& optimizer,
+                     const torch::Tensor& images, const torch::Tensor& labels, bool bf16) {
+  StepResult r = ForwardBackward(model, optimizer, images, labels, bf16);
   optimizer.step();
   return r;
 }

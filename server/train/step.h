@@ -35,6 +35,13 @@ struct StepResult {
   torch::Tensor loss;  // mean cross-entropy of the batch
 };
 
+// Zeroes the gradients, then forward in training mode, cross-entropy and
+// backward (no update): the first half of a step, the half that data-parallel
+// ranks run before averaging their gradients.
+StepResult ForwardBackward(ResNet18& model, torch::optim::Optimizer& optimizer,
+                           const torch::Tensor& images, const torch::Tensor& labels,
+                           bool bf16 = false);
+
 // One step: forward in training mode, cross-entropy, backward, update; the
 // forward pass under bfloat16 autocast (on the images' device) when `bf16`.
 StepResult TrainStep(ResNet18& model, torch::optim::Optimizer& optimizer,

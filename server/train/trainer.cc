@@ -15,6 +15,15 @@ absl::StatusOr<TrainResult> Train(const TrainConfig& config, ProgressSink* sink,
   });
 }
 
+absl::StatusOr<TrainResult> TrainRank(const TrainConfig& config, Collective* collective,
+                                      ProgressSink* sink, const CancelToken& cancel) {
+  return CatchingLibraryErrors([&]() -> absl::StatusOr<TrainResult> {
+    auto data = LoadData(config.data, sink);
+    if (!data.ok()) return data.status();
+    return Run(config, sink, cancel, collective).Execute(*data);
+  });
+}
+
 absl::Status CheckWeightsFile(const std::string& path) {
   return CatchingLibraryErrors([&]() -> absl::StatusOr<bool> {
            auto weights = LoadStateDict(path);

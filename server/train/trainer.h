@@ -17,6 +17,15 @@
 
 namespace traind::train {
 
+class Collective;
+
+// One rank of a data-parallel run over `collective`: the same run as Train,
+// with each global batch split over the ranks (DistributedSampler's rule),
+// gradients averaged by one allreduce per step and validation sharded. Only
+// rank 0's config should name checkpoint and output paths.
+absl::StatusOr<TrainResult> TrainRank(const TrainConfig& config, Collective* collective,
+                                      ProgressSink* sink, const CancelToken& cancel);
+
 // Trains as `config` says and writes the final weights to the output paths.
 // CANCELLED when `cancel` fired; INVALID_ARGUMENT / FAILED_PRECONDITION for
 // bad data or weights; INTERNAL for a numeric failure (NaN loss).
