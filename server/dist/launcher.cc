@@ -202,6 +202,7 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
   bool stop_sent = false;
   std::optional<Clock::time_point> kill_at;
   std::string first_loss;  // the first rank that ended abnormally
+  bool lost_by_signal = false;
   const auto grace = std::chrono::seconds(dist.timeout_seconds + 10);
   while (true) {
     for (const auto& m : attempt->Take(absl::Milliseconds(100))) {
@@ -218,7 +219,11 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
       if (waitpid(r.pid, &r.wait_status, WNOHANG) == r.pid) {
         r.running = false;
         const bool clean = WIFEXITED(r.wait_status) && WEXITSTATUS(r.wait_status) == 0;
-        if (!clean && first_loss.empty()) {
+        // A rank that was killed is the cause; ranks that then fail on the
+        // broken collective are not.
+        if (!clean && (first_loss.empty() ||
+                       (WIFSIGNALED(r.wait_status) && !lost_by_signal))) {
+          lost_by_signal = WIFSIGNALED(r.wait_status);
           first_loss = absl::StrCat("rank ", r.rank, " (pid ", r.pid, ") ",
                                     DescribeExit(r.wait_status));
           // The others see the broken collective within a second; a rank
@@ -242,6 +247,10 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
   }
   if (!relay.ok()) return relay;
   const std::optional<absl::Status> outcome = attempt->outcome();
+  if (outcome && jobs::IsAttemptLost(*outcome) && !first_loss.empty()) {
+    return jobs::AttemptLost(absl::UnavailableError(absl::StrCat(
+        "distributed attempt lost: ", first_loss, "; rank 0: ", outcome->message())));
+  }
   if (outcome && !outcome->ok()) return *outcome;
   if (!first_loss.empty()) {
     return jobs::AttemptLost(absl::UnavailableError(

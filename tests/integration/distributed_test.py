@@ -1,0 +1,204 @@
+"""Distributed jobs end to end: the real traind launching `traind worker`
+ranks as local processes (c10d Gloo on loopback), driven by the real
+trainctl, checked against torchvision and against uninterrupted runs."""
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import unittest
+
+from harness import ENGINE_GOLDEN, TRAINCTL, Daemon, make_subset, temp_root
+
+IMAGE = "64"
+BATCH = "8"
+SEED = 3
+
+
+def rank_pids(daemon_pid):
+    """{rank: pid} of the daemon's `traind worker` children."""
+    out = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != daemon_pid:
+                continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+            if b"RANK" in env:
+                out[int(env[b"RANK"])] = int(pid)
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def of_kind(events, kind):
+    return [e[kind] for e in events if kind in e]
+
+
+class DistributedTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.root = temp_root("traind-dist-")
+        cls.data = os.path.join(cls.root, "data")
+        cls.weights = os.path.join(cls.root, "weights")
+        os.makedirs(cls.weights)
+        make_subset(os.path.join(cls.data, "subset"), per_class=13)
+        cls.daemon = Daemon(os.path.join(cls.root, "state"), cls.data, cls.weights).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.stop()
+        shutil.rmtree(cls.root, ignore_errors=True)
+
+    def submit(self, *extra, epochs=2):
+        return self.daemon.submit("--kind=scratch", "--dataset=subset", f"--epochs={epochs}",
+                                  f"--image_size={IMAGE}", f"--batch_size={BATCH}",
+                                  f"--seed={SEED}", "--world_size=2", *extra)
+
+    def download(self, job, name):
+        out = os.path.join(self.root, name)
+        self.daemon.trainctl("weights", job, "-o", out)
+        with open(out, "rb") as f:
+            return out, hashlib.sha256(f.read()).hexdigest()
+
+    def test_two_rank_job_streams_gapless_and_its_accuracy_is_the_weights(self):
+        import torch
+        import torchvision
+        from torchvision.io import read_image
+        job = self.submit()
+        events, _ = self.daemon.watch(job)
+        self.assertEqual([int(e["seq"]) for e in events], list(range(1, len(events) + 1)))
+        self.assertEqual(of_kind(events, "state")[-1]["state"], "SUCCEEDED")
+        logs = [l["text"] for l in of_kind(events, "log")]
+        self.assertTrue(any("world size 2" in t and "rank 1 on" in t for t in logs), logs)
+        batches = of_kind(events, "batch")
+        self.assertEqual([int(b.get("global_step", 0)) for b in batches],
+                         list(range(len(batches))))
+
+        path, sha = self.download(job, "dist.pth")
+        self.assertEqual(sha, self.daemon.status(job)["weights_sha256"])
+        model = torchvision.models.resnet18(num_classes=4)
+        model.load_state_dict(torch.load(path), strict=True)
+        model.eval()
+
+        # The validation split, resized by the engine itself, evaluated here.
+        root = os.path.join(self.data, "subset")
+        files = subprocess.run([ENGINE_GOLDEN, "split", root, str(SEED), "0.8"], check=True,
+                               capture_output=True, text=True).stdout.split()
+        classes = sorted(os.listdir(root))
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+        correct = 0
+        for i, rel in enumerate(files):
+            png = os.path.join(self.root, f"val{i}.png")
+            subprocess.run([ENGINE_GOLDEN, "transform", "resize", IMAGE,
+                            os.path.join(root, rel), png], check=True, capture_output=True)
+            x = (read_image(png).float() / 255 - mean) / std
+            with torch.no_grad():
+                predicted = model(x.unsqueeze(0)).argmax(1).item()
+            correct += predicted == classes.index(rel.split("/")[0])
+        final = of_kind(events, "epoch")[-1]
+        self.assertAlmostEqual(final.get("validation_accuracy", 0.0), correct / len(files),
+                               places=9)
+        report = self.daemon.trainctl_json("status", job)[0]
+        self.assertEqual(int(report["evaluation"]["images"]), len(files))
+
+    def test_bad_distributed_blocks_are_refused_naming_the_field(self):
+        cases = [(["--world_size=0"], "distributed.world_size"),
+                 (["--world_size=1025"], "distributed.world_size"),
+                 (["--world_size=3"], "distributed.world_size: must divide batch_size"),
+                 (["--world_size=2", "--backend=nccl"], "distributed.backend")]
+        before = len(self.daemon.trainctl_json("list")[0].get("jobs", []))
+        for extra, want in cases:
+            p = self.daemon.trainctl("submit", "--kind=scratch", "--dataset=subset",
+                                     f"--batch_size={BATCH}", *extra, check=False)
+            self.assertNotEqual(p.returncode, 0, extra)
+            self.assertIn(want, p.stderr, extra)
+        self.assertEqual(len(self.daemon.trainctl_json("list")[0].get("jobs", [])), before)
+
+    def watch_until(self, job, predicate):
+        env = dict(os.environ, TRAINCTL_SERVER=self.daemon.address)
+        watcher = subprocess.Popen([TRAINCTL, "--output=json", "watch", job],
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                   text=True, env=env)
+        events = []
+        for line in watcher.stdout:
+            events.append(json.loads(line))
+            if predicate(events[-1]):
+                break
+        return watcher, events
+
+    def finish_watch(self, watcher, events):
+        for line in watcher.stdout:
+            events.append(json.loads(line))
+        watcher.wait(timeout=300)
+        watcher.stdout.close()
+        return events
+
+    def test_cancel_stops_every_rank_within_one_batch(self):
+        job = self.submit(epochs=200)
+        watcher, events = self.watch_until(job, lambda e: "batch" in e)
+        pids = rank_pids(self.daemon.proc.pid)
+        self.assertEqual(sorted(pids), [0, 1])
+        self.daemon.trainctl("cancel", job)
+        events = self.finish_watch(watcher, events)
+        states = [s["state"] for s in of_kind(events, "state")]
+        self.assertEqual(states[-2:], ["CANCELLING", "CANCELLED"])
+        at = next(i for i, e in enumerate(events)
+                  if e.get("state", {}).get("state") == "CANCELLING")
+        self.assertLessEqual(len(of_kind(events[at:], "batch")), 1)
+        for pid in pids.values():  # every rank has ended
+            self.assertFalse(os.path.exists(f"/proc/{pid}"), pid)
+
+    def test_rank_killed_mid_epoch_resumes_to_the_uninterrupted_weights(self):
+        clean = self.submit(epochs=3)
+        self.daemon.watch(clean)
+        _, want = self.download(clean, "clean.pth")
+
+        job = self.submit(epochs=3)
+        # Mid-epoch 2: after its first checkpoint and batch.
+        watcher, events = self.watch_until(
+            job, lambda e: int(e.get("batch", {}).get("epoch", 0)) == 2)
+        pids = rank_pids(self.daemon.proc.pid)
+        os.kill(pids[1], signal.SIGKILL)
+        events = self.finish_watch(watcher, events)
+        self.assertEqual(of_kind(events, "state")[-1]["state"], "SUCCEEDED")
+        reasons = [s.get("reason", "") for s in of_kind(events, "state")]
+        self.assertTrue(any("rank 1" in r and "was killed by signal 9" in r for r in reasons),
+                        reasons)
+        resumed = of_kind(events, "resumed")
+        self.assertEqual(len(resumed), 1)
+        self.assertEqual(int(resumed[0]["epoch"]), 1)  # from the end-of-epoch-1 checkpoint
+        _, got = self.download(job, "resumed.pth")
+        self.assertEqual(got, want)  # bit-identical: same order, same reductions
+
+    def test_control_plane_killed_mid_job_relaunches_from_checkpoint(self):
+        job = self.submit(epochs=3)
+        watcher, _ = self.watch_until(
+            job, lambda e: int(e.get("batch", {}).get("epoch", 0)) == 2)
+        pids = rank_pids(self.daemon.proc.pid)
+        self.daemon.stop(signal.SIGKILL)
+        watcher.kill()  # it would reconnect
+        watcher.wait(timeout=60)
+        watcher.stdout.close()
+        deadline = time.time() + 10
+        while time.time() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids.values()):
+            time.sleep(0.1)
+        for pid in pids.values():  # the ranks died with their control plane
+            self.assertFalse(os.path.exists(f"/proc/{pid}"), pid)
+        self.daemon.start()
+        events, _ = self.daemon.watch(job)
+        self.assertEqual(of_kind(events, "state")[-1]["state"], "SUCCEEDED")
+        self.assertEqual([int(e["seq"]) for e in events], list(range(1, len(events) + 1)))
+        resumed = of_kind(events, "resumed")
+        self.assertEqual(int(resumed[-1]["epoch"]), 1)
+
+
+if __name__ == "__main__":
+    unittest.main()
