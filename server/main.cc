@@ -14,6 +14,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "common/flags.h"
 #include "server/dist/worker.h"
@@ -69,6 +70,10 @@ ABSL_FLAG(int, threads_per_job, 0,
           "intra-op threads of a job whose spec does not say (0: all cores / workers)");
 ABSL_FLAG(int, grace_seconds, 10, "how long shutdown waits for open calls");
 ABSL_FLAG(int, keep_checkpoints, 2, "checkpoints kept per job, newest first (at least 1)");
+ABSL_FLAG(std::string, rank_wrapper, "",
+          "distributed jobs: a command put before each local rank's `traind worker`, "
+          "{rank} replaced by its rank (e.g. 'numactl --cpunodebind={rank}' or "
+          "'ip netns exec ns{rank} env TRAIND_RANK_ADDR=...')");
 ABSL_FLAG(int, max_attempts_without_progress, 3,
           "a job whose runs end this many times in a row (daemon crashes) without a new "
           "checkpoint is FAILED instead of run again");
@@ -125,16 +130,27 @@ int main(int argc, char** argv) {
   jobs.threads_per_job = absl::GetFlag(FLAGS_threads_per_job);
   if (jobs.threads_per_job <= 0) jobs.threads_per_job = std::max(1, cores / std::max(1, jobs.workers));
 
+  // Ranks run this very binary, found now (a wrapper would change /proc/self).
+  std::error_code exe_error;
+  const auto exe = std::filesystem::read_symlink("/proc/self/exe", exe_error);
+  if (!exe_error) options.worker_binary = exe.string();
+  for (absl::string_view w :
+       absl::StrSplit(absl::GetFlag(FLAGS_rank_wrapper), ' ', absl::SkipEmpty())) {
+    options.rank_wrapper.emplace_back(w);
+  }
   auto server = traind::Server::BuildAndStart(options);
   if (!server.ok()) {
     std::fprintf(stderr, "traind: %s\n", std::string(server.status().message()).c_str());
     return 1;
   }
   const std::string host = options.listen.substr(0, options.listen.rfind(':'));
+  const std::string where = options.listen.rfind("unix:", 0) == 0
+                                ? options.listen
+                                : host + ":" + std::to_string((*server)->port());
   std::printf(
-      "traind: serving on %s:%d (state %s, data root %s, weights root %s, %d worker(s), "
+      "traind: serving on %s (state %s, data root %s, weights root %s, %d worker(s), "
       "%d thread(s) per job)\n",
-      host.c_str(), (*server)->port(), jobs.state_dir.c_str(), jobs.data_root.c_str(),
+      where.c_str(), jobs.state_dir.c_str(), jobs.data_root.c_str(),
       jobs.weights_root.c_str(), jobs.workers, jobs.threads_per_job);
   if ((*server)->metrics_port() > 0) {
     const std::string& m = options.metrics_listen;

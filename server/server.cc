@@ -71,7 +71,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
   s->attempts_ = std::make_unique<dist::AttemptRegistry>();
   auto engine = std::make_shared<dist::DistributedEngine>(
       options.jobs.engine ? options.jobs.engine : jobs::NewLibTorchEngine(), s->attempts_.get(),
-      options.worker_binary);
+      options.worker_binary, options.rank_wrapper);
   options.jobs.engine = engine;
   s->ranks_ = std::make_unique<dist::RankService>(s->attempts_.get());
   auto manager = jobs::JobManager::Create(options.jobs);

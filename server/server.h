@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <grpcpp/server.h>
 
@@ -51,6 +52,8 @@ class Server {
     jobs::JobManager::Options jobs;
     // The executable a distributed job's ranks run (`traind worker`).
     std::string worker_binary = "/proc/self/exe";
+    // Words before the worker binary for each local rank ({rank} replaced).
+    std::vector<std::string> rank_wrapper;
   };
 
   static absl::StatusOr<std::unique_ptr<Server>> BuildAndStart(Options options);

@@ -15,6 +15,8 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "server/train/collective.h"
 
 extern char** environ;
@@ -105,10 +107,12 @@ absl::Status Deliver(const RankMessage& m, train::ProgressSink* sink) {
 }  // namespace
 
 DistributedEngine::DistributedEngine(std::shared_ptr<jobs::Engine> in_process,
-                                     AttemptRegistry* attempts, std::string worker_binary)
+                                     AttemptRegistry* attempts, std::string worker_binary,
+                                     std::vector<std::string> rank_wrapper)
     : in_process_(std::move(in_process)),
       attempts_(attempts),
-      worker_binary_(std::move(worker_binary)) {}
+      worker_binary_(std::move(worker_binary)),
+      rank_wrapper_(std::move(rank_wrapper)) {}
 
 void DistributedEngine::SetControlLink(ControlLink link) {
   absl::MutexLock lock(&mu_);
@@ -191,7 +195,24 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
     env.push_back(absl::StrCat("TRAIND_ATTEMPT=", attempt->id()));
     // In the environment, not argv: other users can read a process's argv.
     env.push_back(absl::StrCat("TRAIND_ATTEMPT_SECRET=", attempt->secret_for_launcher()));
-    auto pid = Spawn({worker_binary_, "worker"}, env);
+    std::vector<std::string> argv;
+    for (const auto& w : rank_wrapper_) {
+      argv.push_back(absl::StrReplaceAll(w, {{"{rank}", absl::StrCat(r)}}));
+    }
+    argv.push_back(worker_binary_);
+    argv.push_back("worker");
+    // A wrapper is found on PATH like a shell would; the binary is absolute.
+    if (!argv[0].empty() && argv[0][0] != '/') {
+      for (absl::string_view dir : absl::StrSplit(std::getenv("PATH") ? std::getenv("PATH") : "",
+                                                  ':', absl::SkipEmpty())) {
+        const std::string candidate = absl::StrCat(dir, "/", argv[0]);
+        if (access(candidate.c_str(), X_OK) == 0) {
+          argv[0] = candidate;
+          break;
+        }
+      }
+    }
+    auto pid = Spawn(argv, env);
     if (!pid.ok()) return jobs::AttemptLost(pid.status());
     ranks[r].rank = r;
     ranks[r].pid = *pid;

@@ -11,6 +11,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "server/dist/attempts.h"
 #include "server/jobs/engine.h"
@@ -28,8 +29,10 @@ struct ControlLink {
 class DistributedEngine : public jobs::Engine {
  public:
   // `worker_binary`: the traind executable the ranks run (`traind worker`).
+  // `rank_wrapper`: words put before it for each local rank, "{rank}"
+  // replaced by the rank (e.g. numactl, taskset, ip netns exec); may be empty.
   DistributedEngine(std::shared_ptr<jobs::Engine> in_process, AttemptRegistry* attempts,
-                    std::string worker_binary);
+                    std::string worker_binary, std::vector<std::string> rank_wrapper = {});
 
   // Called once the daemon listens; attempts wait for it.
   void SetControlLink(ControlLink link);
@@ -60,6 +63,7 @@ class DistributedEngine : public jobs::Engine {
   const std::shared_ptr<jobs::Engine> in_process_;
   AttemptRegistry* const attempts_;
   const std::string worker_binary_;
+  const std::vector<std::string> rank_wrapper_;
   absl::Mutex mu_;
   std::optional<ControlLink> link_ ABSL_GUARDED_BY(mu_);
 };

@@ -200,5 +200,90 @@ class DistributedTest(unittest.TestCase):
         self.assertEqual(int(resumed[-1]["epoch"]), 1)
 
 
+class UnixSocketDaemon(Daemon):
+    """A traind on a Unix socket: reachable from every network namespace."""
+
+    def start(self):
+        self.sock = os.path.join(self.state_dir + "-sock")
+        self.listen = f"unix:{self.sock}"
+        cmd = [os.environ.get("TRAIND", "../../build/server/traind"), f"--listen={self.listen}",
+               f"--state-dir={self.state_dir}", f"--data-root={self.data_root}",
+               f"--weights-root={self.weights_root}", "--threads-per-job=2"] + self.extra
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+        for line in self.proc.stdout:
+            if "serving on" in line:
+                return self
+        raise RuntimeError(f"traind did not start: exit {self.proc.wait()}")
+
+    @property
+    def address(self):
+        return self.listen
+
+
+class TwoHostsTest(unittest.TestCase):
+    """Rank 0 and rank 1 in two network namespaces joined by a veth pair (two
+    hosts on one machine, addresses this test assigns); the control plane in
+    the root namespace, reached by the ranks over its Unix socket."""
+
+    def setUp(self):
+        self.ns = [f"traind-t{os.getpid()}-{r}" for r in range(2)]
+        p = subprocess.run(["ip", "netns", "add", self.ns[0]], capture_output=True, text=True)
+        if p.returncode != 0:
+            self.skipTest(f"cannot create network namespaces here: {p.stderr.strip()}")
+        self.addCleanup(self.remove_namespaces)
+        veth = [f"tdv{os.getpid() % 100000}{r}" for r in range(2)]
+        for cmd in (["ip", "netns", "add", self.ns[1]],
+                    ["ip", "link", "add", veth[0], "netns", self.ns[0], "type", "veth", "peer",
+                     "name", veth[1], "netns", self.ns[1]],
+                    ["ip", "-n", self.ns[0], "addr", "add", "10.231.1.10/24", "dev", veth[0]],
+                    ["ip", "-n", self.ns[1], "addr", "add", "10.231.1.11/24", "dev", veth[1]]):
+            subprocess.run(cmd, check=True)
+        for r in range(2):
+            subprocess.run(["ip", "-n", self.ns[r], "link", "set", "lo", "up"], check=True)
+            subprocess.run(["ip", "-n", self.ns[r], "link", "set", veth[r], "up"], check=True)
+        self.root = temp_root("traind-2hosts-")
+        self.addCleanup(shutil.rmtree, self.root, True)
+        self.data = os.path.join(self.root, "data")
+        os.makedirs(os.path.join(self.root, "weights"))
+        make_subset(os.path.join(self.data, "subset"), per_class=13)
+
+    def remove_namespaces(self):
+        for ns in self.ns:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+    def run_job(self, daemon):
+        job = daemon.submit("--kind=scratch", "--dataset=subset", "--epochs=2",
+                            f"--image_size={IMAGE}", f"--batch_size={BATCH}", f"--seed={SEED}",
+                            "--world_size=2")
+        events, _ = daemon.watch(job)
+        out = os.path.join(self.root, f"{job}-{id(daemon)}.pth")
+        daemon.trainctl("weights", job, "-o", out)
+        with open(out, "rb") as f:
+            return events, hashlib.sha256(f.read()).hexdigest()
+
+    def test_ranks_on_two_hosts_train_what_local_ranks_train(self):
+        wrapper = (f"ip netns exec traind-t{os.getpid()}-{{rank}} env MASTER_ADDR=10.231.1.10 "
+                   "TRAIND_RANK_ADDR=10.231.1.1{rank}")
+        apart = UnixSocketDaemon(os.path.join(self.root, "state-apart"), self.data,
+                                 os.path.join(self.root, "weights"),
+                                 extra=[f"--rank_wrapper={wrapper}"]).start()
+        try:
+            events, apart_sha = self.run_job(apart)
+        finally:
+            apart.stop()
+        self.assertEqual(of_kind(events, "state")[-1]["state"], "SUCCEEDED", events[-3:])
+        logs = [l["text"] for l in of_kind(events, "log")]
+        self.assertTrue(any("rank 0 on" in t and "(10.231.1.10)" in t and "(10.231.1.11)" in t
+                            for t in logs), logs)
+        local = Daemon(os.path.join(self.root, "state-local"), self.data,
+                       os.path.join(self.root, "weights")).start()
+        try:
+            _, local_sha = self.run_job(local)
+        finally:
+            local.stop()
+        self.assertEqual(apart_sha, local_sha)
+
+
 if __name__ == "__main__":
     unittest.main()
