@@ -146,6 +146,7 @@ class DistributedTest(unittest.TestCase):
         watcher, events = self.watch_until(job, lambda e: "batch" in e)
         pids = rank_pids(self.daemon.proc.pid)
         self.assertEqual(sorted(pids), [0, 1])
+        self.check_control_link_needs_the_secret(pids[0])
         self.daemon.trainctl("cancel", job)
         events = self.finish_watch(watcher, events)
         states = [s["state"] for s in of_kind(events, "state")]
@@ -155,6 +156,41 @@ class DistributedTest(unittest.TestCase):
         self.assertLessEqual(len(of_kind(events[at:], "batch")), 1)
         for pid in pids.values():  # every rank has ended
             self.assertFalse(os.path.exists(f"/proc/{pid}"), pid)
+
+    def check_control_link_needs_the_secret(self, rank0):
+        """The internal service answers only the attempt's own secret."""
+        import grpc
+        from rpc_client import load_ranks_messages
+        ranks = load_ranks_messages()
+        with open(f"/proc/{rank0}/environ", "rb") as f:
+            env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        attempt, secret = env[b"TRAIND_ATTEMPT"].decode(), env[b"TRAIND_ATTEMPT_SECRET"].decode()
+        self.assertGreaterEqual(len(secret), 64)
+        channel = grpc.insecure_channel(self.daemon.address)
+
+        def call(method, request, response):
+            stub = channel.unary_unary(f"/traind.internal.v1.Ranks/{method}",
+                                       request_serializer=lambda m: m.SerializeToString(),
+                                       response_deserializer=response.FromString)
+            try:
+                stub(request, timeout=30)
+                return grpc.StatusCode.OK
+            except grpc.RpcError as e:
+                return e.code()
+
+        for key in (ranks.AttemptKey(attempt=attempt, secret="0" * len(secret)),
+                    ranks.AttemptKey(attempt=attempt, secret=""),
+                    ranks.AttemptKey(attempt="attempt-0000", secret=secret)):
+            self.assertEqual(call("Join", ranks.JoinRequest(key=key, rank=0, world_size=2),
+                                  ranks.JoinResponse), grpc.StatusCode.UNAUTHENTICATED)
+            self.assertEqual(call("Report", ranks.ReportRequest(key=key), ranks.ReportResponse),
+                             grpc.StatusCode.UNAUTHENTICATED)
+            self.assertEqual(call("Finish", ranks.FinishRequest(key=key, code=0),
+                                  ranks.FinishResponse), grpc.StatusCode.UNAUTHENTICATED)
+        good = ranks.AttemptKey(attempt=attempt, secret=secret)
+        self.assertEqual(call("Report", ranks.ReportRequest(key=good), ranks.ReportResponse),
+                         grpc.StatusCode.OK)
+        channel.close()
 
     def test_rank_killed_mid_epoch_resumes_to_the_uninterrupted_weights(self):
         clean = self.submit(epochs=3)

@@ -31,6 +31,18 @@ def load_messages():
 pb = load_messages()
 
 
+def load_ranks_messages():
+    """Generates and imports traind/internal/v1/ranks_pb2 (the control link)."""
+    out = tempfile.mkdtemp(prefix="traind-ranks-pb2-")
+    protos = glob.glob(os.path.join(PROTO_DIR, "traind/internal/v1/*.proto"))
+    subprocess.run(["protoc", f"--proto_path={PROTO_DIR}", f"--python_out={out}", *protos],
+                   check=True)
+    for d in ("traind", "traind/internal", "traind/internal/v1"):
+        open(os.path.join(out, d, "__init__.py"), "a").close()
+    sys.path.insert(0, out)
+    return importlib.import_module("traind.internal.v1.ranks_pb2")
+
+
 class Client:
     """Calls TrainingService methods over one channel, each call with its own
     metadata (for example another user's bearer token)."""

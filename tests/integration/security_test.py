@@ -108,6 +108,17 @@ class SecurityTest(unittest.TestCase):
         self.assertEqual(self.ctl("root", "status", self.job).returncode, 2)
         print("\n" + "\n".join(matrix))
 
+    def test_distributed_ranks_use_the_tls_control_link(self):
+        job = self.ctl("alice", "--output=json", "submit", "--kind=scratch", "--dataset=subset",
+                       "--epochs=1", "--image_size=32", "--batch_size=8",
+                       "--world_size=2").stdout.split('"job_id":"')[1].split('"')[0]
+        watch = self.ctl("alice", "--output=json", "watch", job)
+        self.assertEqual(watch.returncode, 0, watch.stdout[-2000:])
+        self.assertIn("world size 2", watch.stdout)
+        self.assertIn('"SUCCEEDED"', watch.stdout)
+        # Bob does not see alice's distributed job.
+        self.assertNotEqual(self.ctl("bob", "status", job).returncode, 0)
+
     def test_plaintext_to_the_tls_port_is_refused(self):
         p = self.ctl("alice", "list", ca=False)
         self.assertEqual(p.returncode, 3, p.stderr)
