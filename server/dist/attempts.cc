@@ -48,6 +48,16 @@ std::vector<RankMessage> Attempt::Take(absl::Duration wait) {
   return out;
 }
 
+void Attempt::AttachCancel(const train::CancelToken* cancel) {
+  absl::MutexLock lock(&mu_);
+  cancel_ = cancel;
+}
+
+void Attempt::DetachCancel() {
+  absl::MutexLock lock(&mu_);
+  cancel_ = nullptr;
+}
+
 void Attempt::RequestStop(bool interrupt) {
   absl::MutexLock lock(&mu_);
   stop_ = true;
@@ -56,12 +66,12 @@ void Attempt::RequestStop(bool interrupt) {
 
 bool Attempt::stop_requested() const {
   absl::MutexLock lock(&mu_);
-  return stop_;
+  return stop_ || (cancel_ && cancel_->cancelled());
 }
 
 bool Attempt::interrupt_requested() const {
   absl::MutexLock lock(&mu_);
-  return interrupt_;
+  return interrupt_ || (cancel_ && cancel_->interrupted());
 }
 
 void Attempt::SetOutcome(absl::Status status) {

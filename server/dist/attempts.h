@@ -55,6 +55,11 @@ class Attempt {
   // The messages posted since the last call, waiting up to `wait` for one.
   std::vector<RankMessage> Take(absl::Duration wait);
 
+  // The job's token: its cancellation reaches rank 0 in the reply to the
+  // next report, without waiting for the launcher's loop. Detach before the
+  // token goes away.
+  void AttachCancel(const train::CancelToken* cancel);
+  void DetachCancel();
   // Asks the ranks to stop (rank 0 learns it from its next report).
   void RequestStop(bool interrupt);
   bool stop_requested() const;
@@ -73,6 +78,7 @@ class Attempt {
   const std::string backend_;
   mutable absl::Mutex mu_;
   std::deque<RankMessage> inbox_ ABSL_GUARDED_BY(mu_);
+  const train::CancelToken* cancel_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool interrupt_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<absl::Status> outcome_ ABSL_GUARDED_BY(mu_);

@@ -159,7 +159,11 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
   train::TrainConfig ranks_config = config;
   ranks_config.threads = std::max(1, config.threads / world);
   auto attempt = attempts_->Create(ranks_config, world, dist.timeout_seconds, dist.backend);
-  absl::Cleanup forget = [&] { attempts_->Remove(attempt->id()); };
+  attempt->AttachCancel(&cancel);
+  absl::Cleanup forget = [&] {
+    attempt->DetachCancel();
+    attempts_->Remove(attempt->id());
+  };
   auto port = FreeLoopbackPort();
   if (!port.ok()) return port.status();
 

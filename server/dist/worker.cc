@@ -8,10 +8,13 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/numbers.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/file_util.h"
@@ -162,6 +165,18 @@ class Link {
     return resp;
   }
 
+  // A report with no progress: the stop flags alone.
+  absl::StatusOr<pb::ReportResponse> Poll() {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    pb::ReportRequest req;
+    *req.mutable_key() = key_;
+    pb::ReportResponse resp;
+    auto st = stub_->Report(&ctx, req, &resp);
+    if (!st.ok()) return FromGrpc(st, "asking the control plane");
+    return resp;
+  }
+
   void Finish(const absl::Status& status) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
@@ -241,6 +256,44 @@ class RemoteSink final : public train::ProgressSink {
   Link* const link_;
   train::CancelToken* const cancel_;
   absl::Status link_error_;
+};
+
+// Rank 0 also asks between reports, so that a cancel that arrives while a
+// step computes rides in that step's allreduce: the batch in flight is the
+// last one reported, as in a one-process job.
+class StopPoller {
+ public:
+  StopPoller(Link* link, train::CancelToken* cancel) : link_(link), cancel_(cancel) {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~StopPoller() {
+    {
+      absl::MutexLock lock(&mu_);
+      done_ = true;
+    }
+    thread_.join();
+  }
+
+ private:
+  void Loop() {
+    absl::MutexLock lock(&mu_);
+    while (!done_ && !cancel_->cancelled()) {
+      auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return done_; };
+      if (mu_.AwaitWithTimeout(absl::Condition(&done), absl::Milliseconds(50))) break;
+      mu_.Unlock();
+      auto reply = link_->Poll();
+      mu_.Lock();
+      if (!reply.ok()) continue;  // the reports notice a lost link
+      if (reply->interrupt()) cancel_->Interrupt();
+      if (reply->stop()) cancel_->Cancel();
+    }
+  }
+
+  Link* const link_;
+  train::CancelToken* const cancel_;
+  absl::Mutex mu_;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
 };
 
 // Ranks other than 0 report nothing (rank 0 reports the global figures).
@@ -356,7 +409,10 @@ int RunWorker() {
     sink->OnInfo(absl::StrCat("distributed: world size ", *world, " over ",
                               config.distributed.backend, ", ", config.batch_size / *world,
                               " images per rank per step; ", absl::StrJoin(where, ", ")));
+    std::optional<StopPoller> poller;
+    if (*rank == 0) poller.emplace(&link, &cancel);
     auto result = train::TrainRank(config, collective->get(), sink, cancel);
+    poller.reset();
     if (!result.ok()) return result.status();
     if (*rank == 0) {
       if (auto st = link.Upload(pb::WEIGHTS_PTH, config.output_pth, nullptr); !st.ok()) {

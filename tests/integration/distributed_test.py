@@ -109,6 +109,62 @@ class DistributedTest(unittest.TestCase):
         report = self.daemon.trainctl_json("status", job)[0]
         self.assertEqual(int(report["evaluation"]["images"]), len(files))
 
+    def test_two_ranks_equal_pytorch_ddp_on_the_same_order(self):
+        """PyTorch's DistributedDataParallel on the same images, order and
+        shares (augmentation off, so the images are exactly the engine's)."""
+        import torch
+        from torchvision.io import read_image
+        job_file = os.path.join(self.root, "ddp.json")
+        with open(job_file, "w") as f:
+            json.dump({"augmentation": {"hflip_probability": 0, "rotation_degrees": 0,
+                                        "brightness": 0, "contrast": 0, "saturation": 0,
+                                        "hue": 0}}, f)
+        job = self.submit("-f", job_file, epochs=1)
+        events, _ = self.daemon.watch(job)
+        self.assertEqual(of_kind(events, "state")[-1]["state"], "SUCCEEDED")
+        got_path, _ = self.download(job, "ddp-traind.pth")
+        got = torch.load(got_path)
+
+        # The training split in the engine's order (random_split's), resized by
+        # the engine, normalised as the recipe does.
+        root = os.path.join(self.data, "subset")
+        classes = sorted(os.listdir(root))
+        files = [os.path.join(c, f) for c in classes for f in sorted(os.listdir(os.path.join(root, c)))]
+        n_train = int(len(files) * 0.8)
+        perm = torch.randperm(len(files), generator=torch.Generator().manual_seed(SEED)).tolist()
+        train = [files[i] for i in perm[:n_train]]
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+        xs = []
+        for i, rel in enumerate(train):
+            png = os.path.join(self.root, f"ddp{i}.png")
+            subprocess.run([ENGINE_GOLDEN, "transform", "resize", IMAGE, os.path.join(root, rel),
+                            png], check=True, capture_output=True)
+            xs.append((read_image(png).float() / 255 - mean) / std)
+        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(SEED)).tolist()
+        images = os.path.join(self.root, "ddp-images.pt")
+        torch.save({"x": torch.stack(xs), "y": torch.tensor([classes.index(r.split("/")[0])
+                                                              for r in train]),
+                    "orders": [order], "batch": int(BATCH), "lr": 1e-3}, images)
+        init = os.path.join(self.root, "ddp-init.safetensors")
+        subprocess.run([ENGINE_GOLDEN, "init", "scratch", "-", str(len(classes)), str(SEED), init],
+                       check=True, capture_output=True)
+        want_path = os.path.join(self.root, "ddp-torch.pt")
+        subprocess.run(["/usr/bin/python3", "ddp_oracle.py", init, images, want_path, "2",
+                        str(29000 + os.getpid() % 3000)], check=True, timeout=600)
+        want = torch.load(want_path)
+        self.assertEqual(sorted(got), sorted(want))
+        worst = max(((got[k].double() - want[k].double()).abs().max().item(), k) for k in want)
+        if os.environ.get("DDP_DEBUG"):
+            for k in want:
+                print(k, (got[k].double() - want[k].double()).abs().max().item())
+        print(f"\ntraind 2 ranks against PyTorch DDP: largest difference {worst[0]:.3g} "
+              f"({worst[1]})")
+        self.assertLess(worst[0], 1e-4, worst[1])
+        from harness import read_safetensors
+        start = read_safetensors(init)["fc.weight"]
+        self.assertGreater((want["fc.weight"] - start).abs().max().item(), 1e-3)  # it trained
+
     def test_bad_distributed_blocks_are_refused_naming_the_field(self):
         cases = [(["--world_size=0"], "distributed.world_size"),
                  (["--world_size=1025"], "distributed.world_size"),
