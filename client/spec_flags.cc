@@ -116,6 +116,14 @@ absl::StatusOr<JobSpec> SpecFromFlags() {
     }
     spec.mutable_distributed()->set_backend(backend);
   }
+  if (auto v = absl::AsciiStrToUpper(absl::GetFlag(FLAGS_launcher)); !v.empty()) {
+    trainer::v1::Launcher launcher;
+    if (!trainer::v1::Launcher_Parse(v, &launcher) ||
+        launcher == trainer::v1::LAUNCHER_UNSPECIFIED) {
+      return UsageError("--launcher: must be local_processes or slurm, got " + v);
+    }
+    spec.mutable_distributed()->set_launcher(launcher);
+  }
   if (auto v = absl::GetFlag(FLAGS_pretrained); !v.empty()) spec.set_pretrained_file(v);
   if (auto v = absl::GetFlag(FLAGS_from_job); !v.empty()) spec.set_from_job(v);
   if (absl::GetFlag(FLAGS_augment_validation)) spec.set_augment_validation(true);

@@ -29,6 +29,10 @@ const std::vector<Setting>& Settings() {
       {"sweep.asha.reduction_factor", 3, 1, 1e6, true},
       {"distributed.world_size", 1, 1, 1024, false, false, true},
       {"distributed.rendezvous_timeout_seconds", 300, 5, 3600, false, false, true},
+      {"distributed.slurm.nodes", 1, 1, 1024, false, false, true},
+      {"distributed.slurm.cpus_per_task", 0, 1, 1024, false, false, true},
+      {"distributed.slurm.gpus_per_task", 0, 0, 64, false, false, true},
+      {"distributed.slurm.time_limit_minutes", 0, 1, 525600, false, false, true},
   };
   return *kSettings;
 }

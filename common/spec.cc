@@ -1,5 +1,6 @@
 #include "common/spec.h"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 #include <string>
@@ -93,6 +94,29 @@ const Field kFields[] = {
      [](JobSpec* s, double v) {
        s->mutable_distributed()->set_rendezvous_timeout_seconds(static_cast<int>(v));
      }},
+    {"distributed.slurm.nodes", [](const JobSpec& s) { return s.distributed().slurm().has_nodes(); },
+     [](const JobSpec& s) -> double { return s.distributed().slurm().nodes(); },
+     [](JobSpec* s, double v) {
+       s->mutable_distributed()->mutable_slurm()->set_nodes(static_cast<int>(v));
+     }},
+    {"distributed.slurm.cpus_per_task",
+     [](const JobSpec& s) { return s.distributed().slurm().has_cpus_per_task(); },
+     [](const JobSpec& s) -> double { return s.distributed().slurm().cpus_per_task(); },
+     [](JobSpec* s, double v) {
+       s->mutable_distributed()->mutable_slurm()->set_cpus_per_task(static_cast<int>(v));
+     }},
+    {"distributed.slurm.gpus_per_task",
+     [](const JobSpec& s) { return s.distributed().slurm().has_gpus_per_task(); },
+     [](const JobSpec& s) -> double { return s.distributed().slurm().gpus_per_task(); },
+     [](JobSpec* s, double v) {
+       s->mutable_distributed()->mutable_slurm()->set_gpus_per_task(static_cast<int>(v));
+     }},
+    {"distributed.slurm.time_limit_minutes",
+     [](const JobSpec& s) { return s.distributed().slurm().has_time_limit_minutes(); },
+     [](const JobSpec& s) -> double { return s.distributed().slurm().time_limit_minutes(); },
+     [](JobSpec* s, double v) {
+       s->mutable_distributed()->mutable_slurm()->set_time_limit_minutes(static_cast<int>(v));
+     }},
 };
 
 }  // namespace
@@ -138,7 +162,9 @@ absl::Status ValidateSpec(const JobSpec& spec) {
   }
   if (spec.dataset().empty()) return Invalid("dataset", "is required");
   for (const Field& f : kFields) {
-    if (std::string(f.name) == "threads" && !spec.has_threads()) continue;
+    // Unset settings without a default (threads: the daemon's; Slurm's own
+    // defaults) are not checked.
+    if (!f.has(spec) && FindSetting(f.name)->default_value == 0) continue;
     if (auto st = CheckSetting(*FindSetting(f.name), f.name, f.get(spec)); !st.ok()) return st;
   }
   static const std::set<std::string> kBlocks = {"conv1", "layer1", "layer2",
@@ -179,7 +205,7 @@ absl::Status ValidateSpec(const JobSpec& spec) {
   if (!trainer::v1::Launcher_IsValid(dist.launcher()) ||
       dist.launcher() == trainer::v1::LAUNCHER_UNSPECIFIED) {
     return Invalid("distributed.launcher",
-                   absl::StrCat("must be LOCAL_PROCESSES, got ", dist.launcher()));
+                   absl::StrCat("must be LOCAL_PROCESSES or SLURM, got ", dist.launcher()));
   }
   if (dist.world_size() > 1) {
     if (spec.batch_size() % dist.world_size() != 0) {
@@ -187,6 +213,13 @@ absl::Status ValidateSpec(const JobSpec& spec) {
                      absl::StrCat("must divide batch_size (the global batch): ",
                                   spec.batch_size(), " images cannot be split evenly over ",
                                   dist.world_size(), " ranks"));
+    }
+    if (dist.launcher() == trainer::v1::SLURM &&
+        dist.world_size() % std::max(1, dist.slurm().nodes()) != 0) {
+      return Invalid("distributed.slurm.nodes",
+                     absl::StrCat("must divide world_size: ", dist.world_size(),
+                                  " ranks cannot be spread evenly over ", dist.slurm().nodes(),
+                                  " nodes"));
     }
     if (spec.kind() == trainer::v1::SWEEP) {
       return Invalid("distributed.world_size",

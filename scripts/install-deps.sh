@@ -13,4 +13,4 @@ $SUDO apt-get install -y -q --no-install-recommends \
   libopenblas0-openmp libcpp-httplib-dev openssl clang libclang-rt-14-dev \
   python3 python3-torch python3-torchvision python3-numpy python3-crc32c \
   python3-grpcio python3-protobuf \
-  libgloo-dev iproute2
+  libgloo-dev iproute2 slurmctld slurmd slurm-client munge

@@ -74,6 +74,11 @@ ABSL_FLAG(std::string, rank_wrapper, "",
           "distributed jobs: a command put before each local rank's `traind worker`, "
           "{rank} replaced by its rank (e.g. 'numactl --cpunodebind={rank}' or "
           "'ip netns exec ns{rank} env TRAIND_RANK_ADDR=...')");
+ABSL_FLAG(std::string, rank_control_address, "",
+          "distributed jobs on other machines (SLURM): the host:port or unix:PATH their ranks "
+          "dial to reach this daemon (default: the listening address)");
+ABSL_FLAG(std::string, slurm_partition, "", "SLURM launcher: the default sbatch --partition");
+ABSL_FLAG(std::string, slurm_account, "", "SLURM launcher: the default sbatch --account");
 ABSL_FLAG(int, max_attempts_without_progress, 3,
           "a job whose runs end this many times in a row (daemon crashes) without a new "
           "checkpoint is FAILED instead of run again");
@@ -138,6 +143,9 @@ int main(int argc, char** argv) {
        absl::StrSplit(absl::GetFlag(FLAGS_rank_wrapper), ' ', absl::SkipEmpty())) {
     options.rank_wrapper.emplace_back(w);
   }
+  options.rank_control_address = absl::GetFlag(FLAGS_rank_control_address);
+  options.slurm.partition = absl::GetFlag(FLAGS_slurm_partition);
+  options.slurm.account = absl::GetFlag(FLAGS_slurm_account);
   auto server = traind::Server::BuildAndStart(options);
   if (!server.ok()) {
     std::fprintf(stderr, "traind: %s\n", std::string(server.status().message()).c_str());

@@ -113,6 +113,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
     link.address = absl::StrCat(host, ":", s->port_);
   }
   if (tls) link.ca_file = options.tls_cert;
+  link.remote_address = options.rank_control_address;
+  if (link.remote_address.empty() && !loopback && !any) link.remote_address = link.address;
+  engine->SetSlurmDefaults(options.slurm);
   engine->SetControlLink(link);
   if (!options.metrics_listen.empty()) {
     const auto colon = options.metrics_listen.rfind(':');

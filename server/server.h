@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "server/dist/attempts.h"
+#include "server/dist/launcher.h"
 #include "server/dist/rank_service.h"
 #include "server/jobs/job_manager.h"
 #include "server/rpc/auth.h"
@@ -54,6 +55,10 @@ class Server {
     std::string worker_binary = "/proc/self/exe";
     // Words before the worker binary for each local rank ({rank} replaced).
     std::vector<std::string> rank_wrapper;
+    // host:port (or unix:PATH) that ranks on other machines dial; empty: the
+    // listening address.
+    std::string rank_control_address;
+    dist::SlurmDefaults slurm;
   };
 
   static absl::StatusOr<std::unique_ptr<Server>> BuildAndStart(Options options);

@@ -2,21 +2,18 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
-#include <thread>
+#include <filesystem>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "server/dist/rank_group.h"
 #include "server/train/collective.h"
 
 extern char** environ;
@@ -40,42 +37,6 @@ absl::StatusOr<int> FreeLoopbackPort() {
     return absl::InternalError("cannot pick a free loopback port");
   }
   return ntohs(addr.sin_port);
-}
-
-struct Rank {
-  int rank = 0;
-  pid_t pid = -1;
-  bool running = false;
-  int wait_status = 0;
-};
-
-// Starts `argv` with `env`; the child dies with the thread that started it
-// (a daemon killed outright takes its ranks with it).
-absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv,
-                            const std::vector<std::string>& env) {
-  std::vector<char*> a, e;
-  for (const auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
-  a.push_back(nullptr);
-  for (const auto& s : env) e.push_back(const_cast<char*>(s.c_str()));
-  e.push_back(nullptr);
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid < 0) return absl::ResourceExhaustedError("fork() failed: cannot start a rank");
-  if (pid == 0) {
-    // Only async-signal-safe calls from here to exec.
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    syscall(SYS_close_range, 3U, ~0U, 0U);
-    execve(a[0], a.data(), e.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-std::string DescribeExit(int status) {
-  if (WIFSIGNALED(status)) return absl::StrCat("was killed by signal ", WTERMSIG(status));
-  if (WIFEXITED(status)) return absl::StrCat("exited with status ", WEXITSTATUS(status));
-  return "stopped";
 }
 
 absl::Status Deliver(const RankMessage& m, train::ProgressSink* sink) {
@@ -121,13 +82,18 @@ void DistributedEngine::SetControlLink(ControlLink link) {
 
 absl::Status DistributedEngine::CheckDistributed(const train::DistributedConfig& dist) {
   if (dist.world_size <= 1) return absl::OkStatus();
+  if (dist.launcher == "SLURM" && FindOnPath("sbatch") == "sbatch") {
+    return absl::InvalidArgumentError(
+        "distributed.launcher: SLURM needs Slurm's client commands (sbatch, scontrol, "
+        "scancel) on the daemon's PATH");
+  }
   if (!train::BackendAvailable(dist.backend)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "distributed.backend: ", dist.backend,
         " is not available in this traind's LibTorch (nccl needs a CUDA build with NCCL); "
         "use gloo"));
   }
-  if (dist.launcher != "LOCAL_PROCESSES") {
+  if (dist.launcher != "LOCAL_PROCESSES" && dist.launcher != "SLURM") {
     return absl::InvalidArgumentError(
         absl::StrCat("distributed.launcher: ", dist.launcher, " is not supported"));
   }
@@ -167,7 +133,20 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
   auto port = FreeLoopbackPort();
   if (!port.ok()) return port.status();
 
-  std::vector<std::string> base_env;
+  LaunchRequest request;
+  // The job's folder holds its checkpoints; batch scripts and scheduler
+  // logs go beside them.
+  const std::filesystem::path job_dir =
+      std::filesystem::path(config.checkpoint_dir).parent_path();
+  request.job_name = absl::StrCat("traind-", job_dir.filename().string(), "-", attempt->id());
+  request.world_size = world;
+  request.dist = dist;
+  if (request.dist.slurm.partition.empty()) request.dist.slurm.partition = slurm_.partition;
+  if (request.dist.slurm.account.empty()) request.dist.slurm.account = slurm_.account;
+  request.worker_binary = worker_binary_;
+  request.rank_wrapper = rank_wrapper_;
+  request.work_dir = job_dir.string();
+  request.master_port = *port;
   for (char** e = environ; *e; ++e) {
     const std::string kv = *e;
     // The launcher's variables win over any the daemon inherited.
@@ -175,59 +154,28 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
                                  "MASTER_PORT=", "TRAIND_"};
     bool own = false;
     for (const char* p : kOwn) own = own || kv.rfind(p, 0) == 0;
-    if (!own) base_env.push_back(kv);
+    if (!own) request.env.push_back(kv);
   }
-  std::vector<Rank> ranks(world);
-  absl::Cleanup reap_all = [&] {
-    for (auto& r : ranks) {
-      if (!r.running) continue;
-      kill(r.pid, SIGKILL);
-      waitpid(r.pid, &r.wait_status, 0);
-      r.running = false;
-    }
-  };
-  for (int r = 0; r < world; ++r) {
-    std::vector<std::string> env = base_env;
-    env.push_back(absl::StrCat("RANK=", r));
-    env.push_back(absl::StrCat("LOCAL_RANK=", r));
-    env.push_back(absl::StrCat("WORLD_SIZE=", world));
-    env.push_back("MASTER_ADDR=127.0.0.1");
-    env.push_back(absl::StrCat("MASTER_PORT=", *port));
-    env.push_back("TRAIND_RANK_ADDR=127.0.0.1");
-    env.push_back(absl::StrCat("TRAIND_CONTROL=", link.address));
-    if (!link.ca_file.empty()) env.push_back(absl::StrCat("TRAIND_CONTROL_CA=", link.ca_file));
-    env.push_back(absl::StrCat("TRAIND_ATTEMPT=", attempt->id()));
-    // In the environment, not argv: other users can read a process's argv.
-    env.push_back(absl::StrCat("TRAIND_ATTEMPT_SECRET=", attempt->secret_for_launcher()));
-    std::vector<std::string> argv;
-    for (const auto& w : rank_wrapper_) {
-      argv.push_back(absl::StrReplaceAll(w, {{"{rank}", absl::StrCat(r)}}));
-    }
-    argv.push_back(worker_binary_);
-    argv.push_back("worker");
-    // A wrapper is found on PATH like a shell would; the binary is absolute.
-    if (!argv[0].empty() && argv[0][0] != '/') {
-      for (absl::string_view dir : absl::StrSplit(std::getenv("PATH") ? std::getenv("PATH") : "",
-                                                  ':', absl::SkipEmpty())) {
-        const std::string candidate = absl::StrCat(dir, "/", argv[0]);
-        if (access(candidate.c_str(), X_OK) == 0) {
-          argv[0] = candidate;
-          break;
-        }
-      }
-    }
-    auto pid = Spawn(argv, env);
-    if (!pid.ok()) return jobs::AttemptLost(pid.status());
-    ranks[r].rank = r;
-    ranks[r].pid = *pid;
-    ranks[r].running = true;
+  // Ranks on other machines dial the address the daemon was told they can
+  // reach; local ranks the local one.
+  request.env.push_back(absl::StrCat(
+      "TRAIND_CONTROL=", dist.launcher == "SLURM" && !link.remote_address.empty()
+                             ? link.remote_address
+                             : link.address));
+  if (!link.ca_file.empty()) {
+    request.env.push_back(absl::StrCat("TRAIND_CONTROL_CA=", link.ca_file));
   }
+  request.env.push_back(absl::StrCat("TRAIND_ATTEMPT=", attempt->id()));
+  // In the environment, not argv: other users can read a process's argv.
+  request.env.push_back(
+      absl::StrCat("TRAIND_ATTEMPT_SECRET=", attempt->secret_for_launcher()));
+  auto group = dist.launcher == "SLURM" ? StartSlurmRanks(request) : StartLocalRanks(request);
+  if (!group.ok()) return jobs::AttemptLost(group.status());
 
   absl::Status relay;  // a checkpoint the job could not record
   bool stop_sent = false;
   std::optional<Clock::time_point> kill_at;
-  std::string first_loss;  // the first rank that ended abnormally
-  bool lost_by_signal = false;
+  GroupState state;
   const auto grace = std::chrono::seconds(dist.timeout_seconds + 10);
   while (true) {
     for (const auto& m : attempt->Take(absl::Milliseconds(100))) {
@@ -238,48 +186,32 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
       stop_sent = true;
       if (!kill_at) kill_at = Clock::now() + grace;
     }
-    int running = 0;
-    for (auto& r : ranks) {
-      if (!r.running) continue;
-      if (waitpid(r.pid, &r.wait_status, WNOHANG) == r.pid) {
-        r.running = false;
-        const bool clean = WIFEXITED(r.wait_status) && WEXITSTATUS(r.wait_status) == 0;
-        // A rank that was killed is the cause; ranks that then fail on the
-        // broken collective are not.
-        if (!clean && (first_loss.empty() ||
-                       (WIFSIGNALED(r.wait_status) && !lost_by_signal))) {
-          lost_by_signal = WIFSIGNALED(r.wait_status);
-          first_loss = absl::StrCat("rank ", r.rank, " (pid ", r.pid, ") ",
-                                    DescribeExit(r.wait_status));
-          // The others see the broken collective within a second; a rank
-          // stuck elsewhere is ended.
-          const auto soon = Clock::now() + std::chrono::seconds(10);
-          if (!kill_at || *kill_at > soon) kill_at = soon;
-        }
-      } else {
-        ++running;
-      }
+    const bool had_loss = !state.loss.empty();
+    state = (*group)->Poll();
+    if (!state.note.empty()) sink->OnInfo(state.note);
+    if (!had_loss && !state.loss.empty()) {
+      // The others see the broken collective within a second; a rank stuck
+      // elsewhere is ended.
+      const auto soon = Clock::now() + std::chrono::seconds(10);
+      if (!kill_at || *kill_at > soon) kill_at = soon;
     }
-    if (running == 0) break;
-    if (kill_at && Clock::now() > *kill_at) {
-      for (auto& r : ranks) {
-        if (r.running) kill(r.pid, SIGKILL);
-      }
-    }
+    if (!state.running) break;
+    if (kill_at && Clock::now() > *kill_at) (*group)->Kill();
   }
   for (const auto& m : attempt->Take(absl::ZeroDuration())) {
     if (auto st = Deliver(m, sink); !st.ok() && relay.ok()) relay = st;
   }
   if (!relay.ok()) return relay;
+  if (!state.cancelled_outside.empty()) return absl::CancelledError(state.cancelled_outside);
   const std::optional<absl::Status> outcome = attempt->outcome();
-  if (outcome && jobs::IsAttemptLost(*outcome) && !first_loss.empty()) {
+  if (outcome && jobs::IsAttemptLost(*outcome) && !state.loss.empty()) {
     return jobs::AttemptLost(absl::UnavailableError(absl::StrCat(
-        "distributed attempt lost: ", first_loss, "; rank 0: ", outcome->message())));
+        "distributed attempt lost: ", state.loss, "; rank 0: ", outcome->message())));
   }
   if (outcome && !outcome->ok()) return *outcome;
-  if (!first_loss.empty()) {
+  if (!state.loss.empty()) {
     return jobs::AttemptLost(absl::UnavailableError(
-        absl::StrCat("distributed attempt lost: ", first_loss)));
+        absl::StrCat("distributed attempt lost: ", state.loss)));
   }
   if (!outcome) {
     return jobs::AttemptLost(absl::UnavailableError(

@@ -21,9 +21,17 @@ namespace traind::dist {
 struct ControlLink {
   // Where ranks reach the control link, host:port.
   std::string address;
+  // What ranks on other machines (SLURM) dial; empty: `address`.
+  std::string remote_address;
   // PEM file the ranks verify the daemon's certificate with; empty: the
   // link is plaintext (loopback only).
   std::string ca_file;
+};
+
+// Daemon-wide defaults for the SLURM launcher.
+struct SlurmDefaults {
+  std::string partition;
+  std::string account;
 };
 
 class DistributedEngine : public jobs::Engine {
@@ -36,6 +44,7 @@ class DistributedEngine : public jobs::Engine {
 
   // Called once the daemon listens; attempts wait for it.
   void SetControlLink(ControlLink link);
+  void SetSlurmDefaults(SlurmDefaults defaults) { slurm_ = std::move(defaults); }
 
   absl::Status Train(const train::TrainConfig& config, train::ProgressSink* sink,
                      const train::CancelToken& cancel) override;
@@ -64,6 +73,7 @@ class DistributedEngine : public jobs::Engine {
   AttemptRegistry* const attempts_;
   const std::string worker_binary_;
   const std::vector<std::string> rank_wrapper_;
+  SlurmDefaults slurm_;  // set before the first job
   absl::Mutex mu_;
   std::optional<ControlLink> link_ ABSL_GUARDED_BY(mu_);
 };

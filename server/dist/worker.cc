@@ -1,6 +1,9 @@
 #include "server/dist/worker.h"
 
+#include <arpa/inet.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -56,6 +59,30 @@ std::string HostName() {
   char name[256] = {};
   gethostname(name, sizeof(name) - 1);
   return name;
+}
+
+// The address of this host on the route to `master` (a UDP "connect"
+// sends nothing): the interface rank 0 and the other ranks can reach.
+std::string OwnAddressToward(const std::string& master) {
+  addrinfo hints{};
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(master.c_str(), "9", &hints, &found) != 0 || !found) return HostName();
+  std::string own = HostName();
+  const int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd >= 0 && connect(fd, found->ai_addr, found->ai_addrlen) == 0) {
+    sockaddr_in addr{};
+    socklen_t len = sizeof(addr);
+    char text[INET_ADDRSTRLEN] = {};
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0 &&
+        inet_ntop(AF_INET, &addr.sin_addr, text, sizeof(text))) {
+      own = text;
+    }
+  }
+  if (fd >= 0) close(fd);
+  freeaddrinfo(found);
+  return own;
 }
 
 absl::Status FromGrpc(const grpc::Status& st, const std::string& what) {
@@ -367,7 +394,7 @@ int RunWorker() {
   info.local_rank = *local_rank;
   info.master_addr = *master_addr;
   info.master_port = *master_port;
-  info.own_addr = Env("TRAIND_RANK_ADDR").value_or(*rank == 0 ? *master_addr : HostName());
+  info.own_addr = Env("TRAIND_RANK_ADDR").value_or(OwnAddressToward(*master_addr));
   info.timeout_seconds = joined->timeout_seconds() > 0 ? joined->timeout_seconds() : 300;
   config.distributed.world_size = *world;
   config.distributed.backend = joined->backend();

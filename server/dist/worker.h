@@ -4,7 +4,7 @@
 // SLURM_LOCALID; else Kubernetes' JOB_COMPLETION_INDEX), and the control
 // link from TRAIND_CONTROL, TRAIND_ATTEMPT, TRAIND_ATTEMPT_SECRET (and
 // TRAIND_CONTROL_CA for TLS); TRAIND_RANK_ADDR is the address its peers
-// reach it at (default: MASTER_ADDR on rank 0, else the host name's).
+// reach it at (default: this host's address on its route to MASTER_ADDR).
 #ifndef TRAIND_SERVER_DIST_WORKER_H_
 #define TRAIND_SERVER_DIST_WORKER_H_
 

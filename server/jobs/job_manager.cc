@@ -930,7 +930,11 @@ void JobManager::RunJob(const std::shared_ptr<Entry>& entry) {
              absl::StrCat("interrupted by daemon shutdown at ", epochs, " epochs (global step ",
                           step, ", checkpointed); it continues when traind restarts"));
   } else if (absl::IsCancelled(status)) {
-    SetState(*entry, trainer::v1::CANCELLED, "cancelled by request");
+    // The engine may say who cancelled it (a scheduler, from outside).
+    SetState(*entry, trainer::v1::CANCELLED,
+             status.message() == "cancelled" || status.message().empty()
+                 ? "cancelled by request"
+                 : std::string(status.message()));
   } else {
     SetState(*entry, trainer::v1::FAILED, std::string(status.message()));
   }

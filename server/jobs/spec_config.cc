@@ -62,6 +62,13 @@ train::TrainConfig ToConfig(const JobSpec& spec, const std::string& dataset_dir)
   c.distributed.backend = trainer::v1::Backend_Name(d.backend());
   c.distributed.launcher = trainer::v1::Launcher_Name(d.launcher());
   c.distributed.timeout_seconds = d.rendezvous_timeout_seconds();
+  const auto& sl = d.slurm();
+  c.distributed.slurm.nodes = std::max(1, sl.nodes());
+  c.distributed.slurm.cpus_per_task = sl.cpus_per_task();
+  c.distributed.slurm.gpus_per_task = sl.gpus_per_task();
+  c.distributed.slurm.time_limit_minutes = sl.time_limit_minutes();
+  c.distributed.slurm.partition = sl.partition();
+  c.distributed.slurm.account = sl.account();
   return c;
 }
 

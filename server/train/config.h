@@ -37,12 +37,23 @@ struct DataConfig {
   int loader_threads = 2;
 };
 
+// Where Slurm places a distributed job's ranks (launcher SLURM).
+struct SlurmConfig {
+  int nodes = 1;               // world_size / nodes ranks per node
+  int cpus_per_task = 0;       // 0: Slurm's default
+  int gpus_per_task = 0;
+  int time_limit_minutes = 0;  // 0: the partition's
+  std::string partition;       // empty: the daemon's --slurm_partition, else Slurm's default
+  std::string account;
+};
+
 // Data-parallel training over several ranks (processes).
 struct DistributedConfig {
   int world_size = 1;  // 1: trained in the calling process
   std::string backend = "gloo";
   std::string launcher = "LOCAL_PROCESSES";
   int timeout_seconds = 300;  // rendezvous and each collective
+  SlurmConfig slurm;
 };
 
 // One training run (fine-tune or scratch). Defaults are the recipe's.

@@ -1,0 +1,72 @@
+// The ranks of one attempt as a launcher started them: local child
+// processes, or a Slurm job. The launching engine (launcher.h) polls the
+// group while it relays rank 0's reports, and ends it.
+//
+// Thread-safety: a group is used by the one thread that started it.
+#ifndef TRAIND_SERVER_DIST_RANK_GROUP_H_
+#define TRAIND_SERVER_DIST_RANK_GROUP_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/train/config.h"
+
+namespace traind::dist {
+
+struct GroupState {
+  bool running = true;
+  // The first abnormal end seen (a rank killed, a node failed), naming it;
+  // empty while every rank is fine. Set while others may still run.
+  std::string loss;
+  // Ended by someone outside traind (scancel): the job is cancelled.
+  std::string cancelled_outside;
+  // Scheduler news for the job's log (pending and why, where it runs); empty
+  // when nothing changed.
+  std::string note;
+};
+
+class RankGroup {
+ public:
+  // Ends any rank still running.
+  virtual ~RankGroup() = default;
+  virtual GroupState Poll() = 0;
+  // Ends every rank now.
+  virtual void Kill() = 0;
+};
+
+// What every launcher needs to start an attempt's ranks.
+struct LaunchRequest {
+  std::string job_name;      // for the scheduler's listings
+  int world_size = 1;
+  train::DistributedConfig dist;
+  std::vector<std::string> env;  // the daemon's environment plus the control link's
+  std::string worker_binary;
+  std::vector<std::string> rank_wrapper;  // LOCAL_PROCESSES only
+  std::string work_dir;      // the job's folder: batch scripts, scheduler logs
+  int master_port = 0;
+};
+
+absl::StatusOr<std::unique_ptr<RankGroup>> StartLocalRanks(const LaunchRequest& request);
+absl::StatusOr<std::unique_ptr<RankGroup>> StartSlurmRanks(const LaunchRequest& request);
+
+// Runs argv with env; its exit code and output. For scheduler commands.
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv,
+                                         const std::vector<std::string>& env);
+
+// Starts argv with env; the child dies with the thread that started it.
+absl::StatusOr<int> SpawnChild(const std::vector<std::string>& argv,
+                               const std::vector<std::string>& env);
+
+// `name` resolved on PATH when it has no slash.
+std::string FindOnPath(const std::string& name);
+
+}  // namespace traind::dist
+
+#endif  // TRAIND_SERVER_DIST_RANK_GROUP_H_

@@ -1,0 +1,154 @@
+// SLURM: an attempt is one batch job, `srun --kill-on-bad-exit=1 traind
+// worker` over its allocation; Slurm places and starts the ranks, traind
+// follows the job with squeue and scontrol and ends it with scancel.
+#include <chrono>
+#include <filesystem>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/file_util.h"
+#include "server/dist/rank_group.h"
+
+namespace traind::dist {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// KEY=VALUE fields of `scontrol show job -o`.
+std::string Field(const std::string& line, const std::string& key) {
+  for (absl::string_view f : absl::StrSplit(line, ' ', absl::SkipEmpty())) {
+    if (absl::ConsumePrefix(&f, key + "=")) return std::string(f);
+  }
+  return "";
+}
+
+// Single-quoted for sh.
+std::string Quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+class SlurmRanks final : public RankGroup {
+ public:
+  SlurmRanks(std::string id, std::vector<std::string> env)
+      : id_(std::move(id)), env_(std::move(env)) {}
+  ~SlurmRanks() override {
+    if (!ended_) Kill();
+  }
+
+  GroupState Poll() override {
+    GroupState state;
+    state.loss = loss_;
+    if (ended_) {
+      state.running = false;
+      return state;
+    }
+    // Slurm is asked once a second, not at every relay turn.
+    if (Clock::now() - last_poll_ < std::chrono::seconds(1)) return state;
+    last_poll_ = Clock::now();
+    auto shown = RunCommand({"scontrol", "show", "job", "-o", id_}, env_);
+    if (!shown.ok() || shown->exit_code != 0) {
+      // Forgotten after MinJobAge: it ended; rank 0's report says how.
+      if (++unknown_ >= 3) {
+        ended_ = true;
+        state.running = false;
+      }
+      return state;
+    }
+    unknown_ = 0;
+    const std::string job_state = Field(shown->out, "JobState");
+    const std::string reason = Field(shown->out, "Reason");
+    if (job_state == "PENDING" || job_state == "CONFIGURING") {
+      const std::string note = absl::StrCat("Slurm job ", id_, " is pending (", reason, ")");
+      if (note != last_note_) state.note = last_note_ = note;
+      return state;
+    }
+    if (job_state == "RUNNING" || job_state == "COMPLETING") {
+      const std::string note = absl::StrCat("Slurm job ", id_, " runs on ",
+                                            Field(shown->out, "NodeList"));
+      if (note != last_note_) state.note = last_note_ = note;
+      return state;
+    }
+    ended_ = true;
+    state.running = false;
+    if (job_state == "COMPLETED") return state;
+    if (job_state == "CANCELLED" && !killed_) {
+      state.cancelled_outside = absl::StrCat("Slurm job ", id_, " was cancelled outside traind",
+                                             reason.empty() || reason == "None"
+                                                 ? ""
+                                                 : absl::StrCat(" (", reason, ")"));
+      return state;
+    }
+    if (job_state != "CANCELLED") {
+      loss_ = absl::StrCat("Slurm job ", id_, " ended ", job_state,
+                           reason.empty() || reason == "None" ? "" : absl::StrCat(" (", reason, ")"));
+    }
+    state.loss = loss_;
+    return state;
+  }
+
+  void Kill() override {
+    killed_ = true;
+    RunCommand({"scancel", id_}, env_).IgnoreError();
+  }
+
+ private:
+  const std::string id_;
+  const std::vector<std::string> env_;
+  Clock::time_point last_poll_{};
+  std::string last_note_;
+  std::string loss_;
+  int unknown_ = 0;
+  bool ended_ = false;
+  bool killed_ = false;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<RankGroup>> StartSlurmRanks(const LaunchRequest& request) {
+  const auto& s = request.dist.slurm;
+  const int nodes = std::max(1, s.nodes);
+  const int per_node = request.world_size / nodes;
+  // The batch script names no secret: those travel in sbatch's environment.
+  std::string script = absl::StrCat(
+      "#!/bin/sh\n",
+      "# traind: one attempt of ", request.job_name, "\n",
+      "first=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)\n",
+      "addr=$(scontrol show node \"$first\" | tr ' ' '\\n' | sed -n 's/^NodeAddr=//p' | head -n 1)\n",
+      "export MASTER_ADDR=\"${addr:-$first}\"\n",
+      "export MASTER_PORT=", request.master_port, "\n",
+      "test -x ", Quote(request.worker_binary), " || { echo \"traind: ", request.worker_binary,
+      " is not on $(hostname): every node needs the traind binary at that path\" >&2; exit 2; }\n",
+      "exec srun --kill-on-bad-exit=1 ", Quote(request.worker_binary), " worker\n");
+  const std::string path =
+      (std::filesystem::path(request.work_dir) / absl::StrCat(request.job_name, ".sbatch"))
+          .string();
+  std::error_code ec;
+  std::filesystem::create_directories(request.work_dir, ec);
+  if (auto st = WriteFileAtomically(path, script); !st.ok()) return st;
+  std::vector<std::string> argv = {
+      "sbatch", "--parsable", absl::StrCat("--job-name=", request.job_name),
+      absl::StrCat("--nodes=", nodes), absl::StrCat("--ntasks-per-node=", per_node),
+      absl::StrCat("--output=", request.work_dir, "/slurm-%j.out"), "--export=ALL"};
+  if (s.cpus_per_task > 0) argv.push_back(absl::StrCat("--cpus-per-task=", s.cpus_per_task));
+  if (s.gpus_per_task > 0) argv.push_back(absl::StrCat("--gpus-per-task=", s.gpus_per_task));
+  if (s.time_limit_minutes > 0) argv.push_back(absl::StrCat("--time=", s.time_limit_minutes));
+  if (!s.partition.empty()) argv.push_back(absl::StrCat("--partition=", s.partition));
+  if (!s.account.empty()) argv.push_back(absl::StrCat("--account=", s.account));
+  argv.push_back(path);
+  auto submitted = RunCommand(argv, request.env);
+  if (!submitted.ok()) return submitted.status();
+  std::string id(absl::StripAsciiWhitespace(submitted->out));
+  id = id.substr(0, id.find(';'));  // "id;cluster"
+  int64_t numeric;
+  if (submitted->exit_code != 0 || !absl::SimpleAtoi(id, &numeric)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "sbatch refused the attempt: ", absl::StripAsciiWhitespace(submitted->err)));
+  }
+  return std::unique_ptr<RankGroup>(new SlurmRanks(id, request.env));
+}
+
+}  // namespace traind::dist

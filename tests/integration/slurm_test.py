@@ -1,0 +1,159 @@
+"""Distributed jobs placed by a real Slurm (launcher SLURM): a throwaway
+cluster from Debian's packages in a temp folder (slurm_cluster.py), the real
+traind submitting each attempt with sbatch, driven by the real trainctl."""
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import unittest
+
+from harness import TRAINCTL, Daemon, make_subset, temp_root
+from slurm_cluster import SlurmCluster, missing_reason
+
+IMAGE = "64"
+BATCH = "8"
+SEED = 5
+
+
+def of_kind(events, kind):
+    return [e[kind] for e in events if kind in e]
+
+
+def pids_with_env(key, value):
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+        except OSError:
+            continue
+        if env.get(key.encode()) == value.encode() and b"worker" in cmd and b"TRAIND_ATTEMPT" in env:
+            out.append(int(pid))
+    return out
+
+
+class SlurmTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        reason = missing_reason()
+        if reason:
+            raise unittest.SkipTest(f"no Slurm cluster here: {reason}")
+        cls.root = temp_root("traind-slurm-")
+        os.chmod(cls.root, 0o755)  # munged (user munge) reaches its folder inside
+        cls.cluster = SlurmCluster(os.path.join(cls.root, "slurm"),
+                                   [("n1", "127.0.0.1", None, 2)])
+        os.makedirs(cls.cluster.root)
+        cls.cluster.start()
+        os.environ["SLURM_CONF"] = cls.cluster.conf
+        cls.data = os.path.join(cls.root, "data")
+        os.makedirs(os.path.join(cls.root, "weights"))
+        make_subset(os.path.join(cls.data, "subset"), per_class=13)
+        cls.daemon = Daemon(os.path.join(cls.root, "state"), cls.data,
+                            os.path.join(cls.root, "weights")).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.stop()
+        cls.cluster.stop()
+        os.environ.pop("SLURM_CONF", None)
+        shutil.rmtree(cls.root, ignore_errors=True)
+
+    def submit(self, launcher, epochs=2):
+        return self.daemon.submit("--kind=scratch", "--dataset=subset", f"--epochs={epochs}",
+                                  f"--image_size={IMAGE}", f"--batch_size={BATCH}",
+                                  f"--seed={SEED}", "--world_size=2", f"--launcher={launcher}")
+
+    def weights_sha(self, job):
+        out = os.path.join(self.root, f"{job}.pth")
+        self.daemon.trainctl("weights", job, "-o", out)
+        with open(out, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+
+    def watch_until(self, job, predicate):
+        env = dict(os.environ, TRAINCTL_SERVER=self.daemon.address)
+        watcher = subprocess.Popen([TRAINCTL, "--output=json", "watch", job],
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                   text=True, env=env)
+        events = []
+        for line in watcher.stdout:
+            events.append(json.loads(line))
+            if predicate(events[-1]):
+                break
+        return watcher, events
+
+    def finish_watch(self, watcher, events):
+        for line in watcher.stdout:
+            events.append(json.loads(line))
+        watcher.wait(timeout=300)
+        watcher.stdout.close()
+        return events
+
+    def slurm_job_id(self, events):
+        for text in (l["text"] for l in of_kind(events, "log")):
+            if text.startswith("Slurm job ") and " runs on " in text:
+                return text.split()[2]
+        return None
+
+    def test_two_ranks_under_slurm_train_what_local_ranks_train(self):
+        job = self.submit("slurm")
+        events, _ = self.daemon.watch(job)
+        self.assertEqual(of_kind(events, "state")[-1]["state"], "SUCCEEDED",
+                         [l["text"] for l in of_kind(events, "log")])
+        self.assertEqual([int(e["seq"]) for e in events], list(range(1, len(events) + 1)))
+        self.assertIsNotNone(self.slurm_job_id(events))
+        local = self.submit("local_processes")
+        self.daemon.watch(local)
+        self.assertEqual(self.weights_sha(job), self.weights_sha(local))
+
+    def test_scancel_from_outside_cancels_the_job_with_that_reason(self):
+        job = self.submit("slurm", epochs=200)
+        watcher, events = self.watch_until(job, lambda e: "batch" in e)
+        slurm_id = self.slurm_job_id(events)
+        self.assertIsNotNone(slurm_id)
+        subprocess.run(["scancel", slurm_id], check=True)
+        events = self.finish_watch(watcher, events)
+        last = of_kind(events, "state")[-1]
+        self.assertEqual(last["state"], "CANCELLED")
+        self.assertIn(f"Slurm job {slurm_id} was cancelled outside traind", last["reason"])
+
+    def test_trainctl_cancel_ends_the_slurm_job(self):
+        job = self.submit("slurm", epochs=200)
+        watcher, events = self.watch_until(job, lambda e: "batch" in e)
+        slurm_id = self.slurm_job_id(events)
+        self.daemon.trainctl("cancel", job)
+        events = self.finish_watch(watcher, events)
+        self.assertEqual(of_kind(events, "state")[-1]["state"], "CANCELLED")
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if f"JobState=RUNNING" not in self.cluster.scontrol("show", "job", "-o", slurm_id):
+                break
+            time.sleep(0.5)
+        self.assertNotIn("JobState=RUNNING", self.cluster.scontrol("show", "job", "-o", slurm_id))
+
+    def test_a_killed_rank_relaunches_the_attempt_from_its_checkpoint(self):
+        clean = self.submit("slurm", epochs=3)
+        self.daemon.watch(clean)
+        want = self.weights_sha(clean)
+        job = self.submit("slurm", epochs=3)
+        watcher, events = self.watch_until(
+            job, lambda e: int(e.get("batch", {}).get("epoch", 0)) == 2)
+        victims = pids_with_env("SLURM_PROCID", "1")
+        self.assertEqual(len(victims), 1, victims)
+        os.kill(victims[0], signal.SIGKILL)
+        events = self.finish_watch(watcher, events)
+        self.assertEqual(of_kind(events, "state")[-1]["state"], "SUCCEEDED")
+        reasons = [s.get("reason", "") for s in of_kind(events, "state")]
+        self.assertTrue(any("was lost" in r for r in reasons), reasons)
+        self.assertEqual(len(of_kind(events, "resumed")), 1)
+        self.assertEqual(self.weights_sha(job), want)
+
+
+if __name__ == "__main__":
+    unittest.main()
