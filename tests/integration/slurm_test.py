@@ -155,5 +155,89 @@ class SlurmTest(unittest.TestCase):
         self.assertEqual(self.weights_sha(job), want)
 
 
+class SlurmTwoNodesTest(unittest.TestCase):
+    """Two slurmd nodes, each in its own network namespace (two hosts on one
+    machine, bridged to the root namespace where slurmctld runs); the
+    control plane on a Unix socket, which the ranks reach from their
+    namespaces."""
+
+    def setUp(self):
+        reason = missing_reason()
+        if reason:
+            self.skipTest(f"no Slurm cluster here: {reason}")
+        tag = os.getpid() % 100000
+        self.ns = [f"traind-s{tag}-{i}" for i in (1, 2)]
+        p = subprocess.run(["ip", "netns", "add", self.ns[0]], capture_output=True, text=True)
+        if p.returncode != 0:
+            self.skipTest(f"cannot create network namespaces here: {p.stderr.strip()}")
+        self.bridge = f"tdbr{tag}"
+        self.addCleanup(self.remove_network)
+        run = lambda *cmd: subprocess.run(cmd, check=True)  # noqa: E731
+        run("ip", "netns", "add", self.ns[1])
+        run("ip", "link", "add", self.bridge, "type", "bridge")
+        run("ip", "addr", "add", "10.231.3.1/24", "dev", self.bridge)
+        run("ip", "link", "set", self.bridge, "up")
+        for i, ns in enumerate(self.ns):
+            host, inner = f"tdh{tag}{i}", f"tdn{tag}{i}"
+            run("ip", "link", "add", host, "type", "veth", "peer", "name", inner, "netns", ns)
+            run("ip", "link", "set", host, "master", self.bridge)
+            run("ip", "link", "set", host, "up")
+            run("ip", "-n", ns, "addr", "add", f"10.231.3.{11 + i}/24", "dev", inner)
+            run("ip", "-n", ns, "link", "set", inner, "up")
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+        self.root = temp_root("traind-slurm2-")
+        os.chmod(self.root, 0o755)
+        self.addCleanup(shutil.rmtree, self.root, True)
+        self.cluster = SlurmCluster(os.path.join(self.root, "slurm"),
+                                    [("n1", "10.231.3.11", self.ns[0], 1),
+                                     ("n2", "10.231.3.12", self.ns[1], 1)],
+                                    ctld_addr="10.231.3.1")
+        os.makedirs(self.cluster.root)
+        self.cluster.start()
+        self.addCleanup(self.cluster.stop)
+        os.environ["SLURM_CONF"] = self.cluster.conf
+        self.addCleanup(os.environ.pop, "SLURM_CONF", None)
+        self.data = os.path.join(self.root, "data")
+        os.makedirs(os.path.join(self.root, "weights"))
+        make_subset(os.path.join(self.data, "subset"), per_class=13)
+
+    def remove_network(self):
+        for ns in self.ns:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+
+    def test_two_ranks_on_two_nodes_train_what_local_ranks_train(self):
+        from distributed_test import UnixSocketDaemon
+        daemon = UnixSocketDaemon(os.path.join(self.root, "state"), self.data,
+                                  os.path.join(self.root, "weights")).start()
+        try:
+            shas = {}
+            for launcher in ("slurm", "local_processes"):
+                job = daemon.submit("--kind=scratch", "--dataset=subset", "--epochs=2",
+                                    f"--image_size={IMAGE}", f"--batch_size={BATCH}",
+                                    f"--seed={SEED}", "--world_size=2",
+                                    f"--launcher={launcher}", "-f", self.two_nodes_file())
+                events, _ = daemon.watch(job)
+                logs = [l["text"] for l in of_kind(events, "log")]
+                self.assertEqual(of_kind(events, "state")[-1]["state"], "SUCCEEDED", logs)
+                if launcher == "slurm":
+                    self.assertTrue(any("runs on n[1-2]" in t for t in logs), logs)
+                    self.assertTrue(any("(10.231.3.11)" in t and "(10.231.3.12)" in t
+                                        for t in logs), logs)
+                out = os.path.join(self.root, f"{job}.pth")
+                daemon.trainctl("weights", job, "-o", out)
+                with open(out, "rb") as f:
+                    shas[launcher] = hashlib.sha256(f.read()).hexdigest()
+        finally:
+            daemon.stop()
+        self.assertEqual(shas["slurm"], shas["local_processes"])
+
+    def two_nodes_file(self):
+        path = os.path.join(self.root, "two-nodes.json")
+        with open(path, "w") as f:
+            json.dump({"distributed": {"slurm": {"nodes": 2}}}, f)
+        return path
+
+
 if __name__ == "__main__":
     unittest.main()
