@@ -86,10 +86,12 @@ std::optional<absl::Status> Attempt::outcome() const {
 
 std::shared_ptr<Attempt> AttemptRegistry::Create(const train::TrainConfig& config,
                                                  int world_size, int timeout_seconds,
-                                                 const std::string& backend) {
-  auto attempt = std::make_shared<Attempt>(absl::StrCat("attempt-", RandomHex(8)),
-                                           RandomHex(32), config, world_size, timeout_seconds,
-                                           backend);
+                                                 const std::string& backend,
+                                                 const std::string& id,
+                                                 const std::string& secret) {
+  auto attempt = std::make_shared<Attempt>(
+      id.empty() ? absl::StrCat("attempt-", RandomHex(8)) : id,
+      secret.empty() ? RandomHex(32) : secret, config, world_size, timeout_seconds, backend);
   absl::MutexLock lock(&mu_);
   attempts_[attempt->id()] = attempt;
   return attempt;

@@ -87,8 +87,11 @@ class Attempt {
 class AttemptRegistry {
  public:
   // A new attempt with a fresh random id and secret.
+  // `id` and `secret` given: the attempt of ranks that outlived a control
+  // plane restart, taken up again.
   std::shared_ptr<Attempt> Create(const train::TrainConfig& config, int world_size,
-                                  int timeout_seconds, const std::string& backend);
+                                  int timeout_seconds, const std::string& backend,
+                                  const std::string& id = "", const std::string& secret = "");
   void Remove(const std::string& id);
   // The attempt with this id if `secret` is its secret; nullptr otherwise
   // (an unknown id and a wrong secret look alike to the caller).

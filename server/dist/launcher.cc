@@ -124,21 +124,11 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
   // The job's threads, shared by its ranks on this machine.
   train::TrainConfig ranks_config = config;
   ranks_config.threads = std::max(1, config.threads / world);
-  auto attempt = attempts_->Create(ranks_config, world, dist.timeout_seconds, dist.backend);
-  attempt->AttachCancel(&cancel);
-  absl::Cleanup forget = [&] {
-    attempt->DetachCancel();
-    attempts_->Remove(attempt->id());
-  };
-  auto port = FreeLoopbackPort();
-  if (!port.ok()) return port.status();
-
-  LaunchRequest request;
-  // The job's folder holds its checkpoints; batch scripts and scheduler
-  // logs go beside them.
+  // The job's folder holds its checkpoints; batch scripts, scheduler logs
+  // and the running Slurm attempt's record go beside them.
   const std::filesystem::path job_dir =
       std::filesystem::path(config.checkpoint_dir).parent_path();
-  request.job_name = absl::StrCat("traind-", job_dir.filename().string(), "-", attempt->id());
+  LaunchRequest request;
   request.world_size = world;
   request.dist = dist;
   if (request.dist.slurm.partition.empty()) request.dist.slurm.partition = slurm_.partition;
@@ -146,7 +136,6 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
   request.worker_binary = worker_binary_;
   request.rank_wrapper = rank_wrapper_;
   request.work_dir = job_dir.string();
-  request.master_port = *port;
   for (char** e = environ; *e; ++e) {
     const std::string kv = *e;
     // The launcher's variables win over any the daemon inherited.
@@ -156,21 +145,58 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
     for (const char* p : kOwn) own = own || kv.rfind(p, 0) == 0;
     if (!own) request.env.push_back(kv);
   }
-  // Ranks on other machines dial the address the daemon was told they can
-  // reach; local ranks the local one.
-  request.env.push_back(absl::StrCat(
-      "TRAIND_CONTROL=", dist.launcher == "SLURM" && !link.remote_address.empty()
-                             ? link.remote_address
-                             : link.address));
-  if (!link.ca_file.empty()) {
-    request.env.push_back(absl::StrCat("TRAIND_CONTROL_CA=", link.ca_file));
+  const bool slurm = dist.launcher == "SLURM";
+  // Ranks that kept training through a control plane restart are taken up
+  // again, not started twice.
+  std::optional<ReattachedSlurm> again;
+  if (slurm && !job_dir.empty()) again = ReattachSlurmRanks(request.work_dir, request.env);
+  auto attempt = again ? attempts_->Create(ranks_config, world, dist.timeout_seconds,
+                                           dist.backend, again->record.attempt,
+                                           again->record.secret)
+                       : attempts_->Create(ranks_config, world, dist.timeout_seconds,
+                                           dist.backend);
+  attempt->AttachCancel(&cancel);
+  absl::Cleanup forget = [&] {
+    attempt->DetachCancel();
+    attempts_->Remove(attempt->id());
+    std::error_code ec;
+    if (slurm) std::filesystem::remove(SlurmAttemptPath(request.work_dir), ec);
+  };
+  std::unique_ptr<RankGroup> group;
+  if (again) {
+    group = std::move(again->group);
+    sink->OnInfo(absl::StrCat("took up Slurm job ", again->record.slurm_job,
+                              " again: its ranks kept training while the control plane "
+                              "restarted"));
+  } else {
+    auto port = FreeLoopbackPort();
+    if (!port.ok()) return port.status();
+    request.master_port = *port;
+    request.job_name = absl::StrCat("traind-", job_dir.filename().string(), "-", attempt->id());
+    // Ranks on other machines dial the address the daemon was told they can
+    // reach; local ranks the local one.
+    request.env.push_back(absl::StrCat(
+        "TRAIND_CONTROL=",
+        slurm && !link.remote_address.empty() ? link.remote_address : link.address));
+    if (!link.ca_file.empty()) {
+      request.env.push_back(absl::StrCat("TRAIND_CONTROL_CA=", link.ca_file));
+    }
+    request.env.push_back(absl::StrCat("TRAIND_ATTEMPT=", attempt->id()));
+    // In the environment, not argv: other users can read a process's argv.
+    request.env.push_back(
+        absl::StrCat("TRAIND_ATTEMPT_SECRET=", attempt->secret_for_launcher()));
+    auto started = slurm ? StartSlurmRanks(request) : StartLocalRanks(request);
+    if (!started.ok()) return jobs::AttemptLost(started.status());
+    group = std::move(*started);
+    if (slurm) {
+      SlurmAttemptRecord record{attempt->id(), attempt->secret_for_launcher(),
+                                SlurmJobOf(*group)};
+      if (auto st = SaveSlurmAttempt(request.work_dir, record); !st.ok()) {
+        sink->OnWarning(absl::StrCat("cannot keep the Slurm attempt's record (", st.message(),
+                                     "): a control plane restart will start it again"));
+      }
+    }
   }
-  request.env.push_back(absl::StrCat("TRAIND_ATTEMPT=", attempt->id()));
-  // In the environment, not argv: other users can read a process's argv.
-  request.env.push_back(
-      absl::StrCat("TRAIND_ATTEMPT_SECRET=", attempt->secret_for_launcher()));
-  auto group = dist.launcher == "SLURM" ? StartSlurmRanks(request) : StartLocalRanks(request);
-  if (!group.ok()) return jobs::AttemptLost(group.status());
 
   absl::Status relay;  // a checkpoint the job could not record
   bool stop_sent = false;
@@ -187,7 +213,7 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
       if (!kill_at) kill_at = Clock::now() + grace;
     }
     const bool had_loss = !state.loss.empty();
-    state = (*group)->Poll();
+    state = group->Poll();
     if (!state.note.empty()) sink->OnInfo(state.note);
     if (!had_loss && !state.loss.empty()) {
       // The others see the broken collective within a second; a rank stuck
@@ -196,7 +222,7 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
       if (!kill_at || *kill_at > soon) kill_at = soon;
     }
     if (!state.running) break;
-    if (kill_at && Clock::now() > *kill_at) (*group)->Kill();
+    if (kill_at && Clock::now() > *kill_at) group->Kill();
   }
   for (const auto& m : attempt->Take(absl::ZeroDuration())) {
     if (auto st = Deliver(m, sink); !st.ok() && relay.ok()) relay = st;

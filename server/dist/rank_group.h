@@ -7,6 +7,7 @@
 #define TRAIND_SERVER_DIST_RANK_GROUP_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,27 @@ struct LaunchRequest {
 
 absl::StatusOr<std::unique_ptr<RankGroup>> StartLocalRanks(const LaunchRequest& request);
 absl::StatusOr<std::unique_ptr<RankGroup>> StartSlurmRanks(const LaunchRequest& request);
+
+// A Slurm attempt that outlived a control plane restart: its id and secret
+// and the Slurm job running its ranks, kept in the job's folder while it runs
+// (the state directory is the daemon's alone).
+struct SlurmAttemptRecord {
+  std::string attempt;
+  std::string secret;
+  std::string slurm_job;
+};
+std::string SlurmAttemptPath(const std::string& work_dir);
+absl::Status SaveSlurmAttempt(const std::string& work_dir, const SlurmAttemptRecord& record);
+// The record if one is kept and its Slurm job is still pending or running
+// (and then the group following it); the stale record is removed otherwise.
+struct ReattachedSlurm {
+  SlurmAttemptRecord record;
+  std::unique_ptr<RankGroup> group;
+};
+std::optional<ReattachedSlurm> ReattachSlurmRanks(const std::string& work_dir,
+                                                  const std::vector<std::string>& env);
+// The Slurm job id a group started (empty for other launchers).
+std::string SlurmJobOf(const RankGroup& group);
 
 // Runs argv with env; its exit code and output. For scheduler commands.
 struct CommandResult {

@@ -38,6 +38,7 @@ class SlurmRanks final : public RankGroup {
   ~SlurmRanks() override {
     if (!ended_) Kill();
   }
+  const std::string& id() const { return id_; }
 
   GroupState Poll() override {
     GroupState state;
@@ -106,7 +107,52 @@ class SlurmRanks final : public RankGroup {
   bool killed_ = false;
 };
 
+std::string JobState(const std::string& id, const std::vector<std::string>& env) {
+  auto shown = RunCommand({"scontrol", "show", "job", "-o", id}, env);
+  if (!shown.ok() || shown->exit_code != 0) return "";
+  return Field(shown->out, "JobState");
+}
+
 }  // namespace
+
+std::string SlurmAttemptPath(const std::string& work_dir) {
+  return (std::filesystem::path(work_dir) / "slurm-attempt").string();
+}
+
+absl::Status SaveSlurmAttempt(const std::string& work_dir, const SlurmAttemptRecord& r) {
+  return WriteFileAtomically(SlurmAttemptPath(work_dir),
+                             absl::StrCat("attempt=", r.attempt, "\nsecret=", r.secret,
+                                          "\nslurm_job=", r.slurm_job, "\n"));
+}
+
+std::optional<ReattachedSlurm> ReattachSlurmRanks(const std::string& work_dir,
+                                                  const std::vector<std::string>& env) {
+  const std::string path = SlurmAttemptPath(work_dir);
+  auto text = ReadFile(path);
+  if (!text.ok()) return std::nullopt;
+  SlurmAttemptRecord r;
+  for (absl::string_view line : absl::StrSplit(*text, '\n', absl::SkipEmpty())) {
+    if (absl::ConsumePrefix(&line, "attempt=")) r.attempt = std::string(line);
+    if (absl::ConsumePrefix(&line, "secret=")) r.secret = std::string(line);
+    if (absl::ConsumePrefix(&line, "slurm_job=")) r.slurm_job = std::string(line);
+  }
+  const std::string state = r.slurm_job.empty() ? "" : JobState(r.slurm_job, env);
+  if (r.attempt.empty() || r.secret.empty() ||
+      (state != "PENDING" && state != "CONFIGURING" && state != "RUNNING")) {
+    std::error_code ec;
+    std::filesystem::remove(path, ec);
+    return std::nullopt;
+  }
+  ReattachedSlurm out;
+  out.record = r;
+  out.group = std::make_unique<SlurmRanks>(r.slurm_job, env);
+  return out;
+}
+
+std::string SlurmJobOf(const RankGroup& group) {
+  const auto* slurm = dynamic_cast<const SlurmRanks*>(&group);
+  return slurm ? slurm->id() : "";
+}
 
 absl::StatusOr<std::unique_ptr<RankGroup>> StartSlurmRanks(const LaunchRequest& request) {
   const auto& s = request.dist.slurm;

@@ -106,6 +106,24 @@ class Link {
   }
 
   const pb::AttemptKey& key() const { return key_; }
+  // How long reports, uploads and the outcome keep retrying while the
+  // control plane is unreachable or does not know the attempt yet (it is
+  // restarting and will take the attempt up again).
+  void set_patience(absl::Duration d) { patience_ = d; }
+
+  template <typename F>
+  absl::Status Retrying(F call) {
+    const absl::Time give_up = absl::Now() + patience_;
+    absl::Duration wait = absl::Milliseconds(200);
+    while (true) {
+      absl::Status st = call();
+      const bool transient = absl::IsUnavailable(st) || absl::IsUnauthenticated(st) ||
+                             absl::IsDeadlineExceeded(st);
+      if (st.ok() || !transient || absl::Now() + wait > give_up) return st;
+      absl::SleepFor(wait);
+      wait = std::min(wait * 2, absl::Seconds(2));
+    }
+  }
   pb::Ranks::Stub* stub() { return stub_.get(); }
 
   absl::StatusOr<pb::RunConfig> Join(int rank, int world) {
@@ -150,6 +168,11 @@ class Link {
 
   absl::Status Upload(pb::FileKind kind, const std::string& path,
                       const train::CheckpointInfo* checkpoint) {
+    return Retrying([&] { return UploadOnce(kind, path, checkpoint); });
+  }
+
+  absl::Status UploadOnce(pb::FileKind kind, const std::string& path,
+                          const train::CheckpointInfo* checkpoint) {
     auto bytes = ReadFile(path);
     if (!bytes.ok()) return bytes.status();
     grpc::ClientContext ctx;
@@ -181,6 +204,15 @@ class Link {
   }
 
   absl::StatusOr<pb::ReportResponse> Report(const RankMessage& m) {
+    absl::StatusOr<pb::ReportResponse> reply;
+    Retrying([&] {
+      reply = ReportOnce(m);
+      return reply.status();
+    }).IgnoreError();
+    return reply;
+  }
+
+  absl::StatusOr<pb::ReportResponse> ReportOnce(const RankMessage& m) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
     pb::ReportRequest req;
@@ -205,19 +237,22 @@ class Link {
   }
 
   void Finish(const absl::Status& status) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-    pb::FinishRequest req;
-    *req.mutable_key() = key_;
-    req.set_code(static_cast<int>(status.code()));
-    req.set_message(std::string(status.message()));
-    pb::FinishResponse resp;
-    stub_->Finish(&ctx, req, &resp);
+    Retrying([&] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+      pb::FinishRequest req;
+      *req.mutable_key() = key_;
+      req.set_code(static_cast<int>(status.code()));
+      req.set_message(std::string(status.message()));
+      pb::FinishResponse resp;
+      return FromGrpc(stub_->Finish(&ctx, req, &resp), "reporting the outcome");
+    }).IgnoreError();
   }
 
  private:
   const pb::AttemptKey key_;
   std::unique_ptr<pb::Ranks::Stub> stub_;
+  absl::Duration patience_ = absl::ZeroDuration();
 };
 
 // Rank 0's progress, sent to the control plane as it happens. The reply to
@@ -396,6 +431,9 @@ int RunWorker() {
   info.master_port = *master_port;
   info.own_addr = Env("TRAIND_RANK_ADDR").value_or(OwnAddressToward(*master_addr));
   info.timeout_seconds = joined->timeout_seconds() > 0 ? joined->timeout_seconds() : 300;
+  // Half the collective's timeout: the other ranks wait in the next
+  // allreduce while rank 0 waits for the control plane.
+  link.set_patience(absl::Seconds(info.timeout_seconds / 2));
   config.distributed.world_size = *world;
   config.distributed.backend = joined->backend();
   config.distributed.timeout_seconds = info.timeout_seconds;

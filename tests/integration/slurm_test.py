@@ -137,6 +137,50 @@ class SlurmTest(unittest.TestCase):
             time.sleep(0.5)
         self.assertNotIn("JobState=RUNNING", self.cluster.scontrol("show", "job", "-o", slurm_id))
 
+    def test_a_restarted_control_plane_takes_up_the_running_slurm_job(self):
+        from slurm_cluster import free_port
+        clean = self.submit("slurm", epochs=3)
+        self.daemon.watch(clean)
+        want = self.weights_sha(clean)
+        # Its own daemon on a fixed port: the ranks dial the same address after the restart.
+        daemon = Daemon(os.path.join(self.root, "state-restart"), self.data,
+                        os.path.join(self.root, "weights"),
+                        listen=f"127.0.0.1:{free_port()}").start()
+        try:
+            job = daemon.submit("--kind=scratch", "--dataset=subset", "--epochs=3",
+                                f"--image_size={IMAGE}", f"--batch_size={BATCH}",
+                                f"--seed={SEED}", "--world_size=2", "--launcher=slurm")
+            env = dict(os.environ, TRAINCTL_SERVER=daemon.address)
+            watcher = subprocess.Popen([TRAINCTL, "--output=json", "watch", job],
+                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                       text=True, env=env)
+            events = []
+            for line in watcher.stdout:
+                events.append(json.loads(line))
+                if int(events[-1].get("batch", {}).get("epoch", 0)) == 2:
+                    break
+            slurm_id = self.slurm_job_id(events)
+            daemon.stop(signal.SIGKILL)
+            watcher.kill()
+            watcher.wait()
+            watcher.stdout.close()
+            time.sleep(2)  # the ranks keep running without their control plane
+            self.assertIn("JobState=RUNNING", self.cluster.scontrol("show", "job", "-o", slurm_id))
+            daemon.start()
+            events, _ = daemon.watch(job)
+            self.assertEqual([int(e["seq"]) for e in events], list(range(1, len(events) + 1)))
+            self.assertEqual(of_kind(events, "state")[-1]["state"], "SUCCEEDED")
+            logs = [l["text"] for l in of_kind(events, "log")]
+            self.assertTrue(any(f"took up Slurm job {slurm_id} again" in t for t in logs), logs)
+            started = {t.split()[2] for t in logs if t.startswith("Slurm job ") and " runs on " in t}
+            self.assertEqual(started, {slurm_id})  # not submitted twice
+            out = os.path.join(self.root, "restarted.pth")
+            daemon.trainctl("weights", job, "-o", out)
+            with open(out, "rb") as f:
+                self.assertEqual(hashlib.sha256(f.read()).hexdigest(), want)
+        finally:
+            daemon.stop()
+
     def test_a_killed_rank_relaunches_the_attempt_from_its_checkpoint(self):
         clean = self.submit("slurm", epochs=3)
         self.daemon.watch(clean)
