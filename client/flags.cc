@@ -30,7 +30,7 @@ ABSL_FLAG(std::string, world_size, "",
           "submit: ranks of a data-parallel job, each a `traind worker` process (default 1)");
 ABSL_FLAG(std::string, backend, "", "submit: collective backend of a distributed job: gloo or nccl");
 ABSL_FLAG(std::string, launcher, "",
-          "submit: what starts a distributed job's ranks: local_processes or slurm");
+          "submit: what starts a distributed job's ranks: local_processes, slurm or kubernetes");
 ABSL_FLAG(std::string, pretrained, "", "submit: starting weights file under the weights root");
 ABSL_FLAG(std::string, from_job, "", "submit: start from this finished job's weights");
 ABSL_FLAG(bool, augment_validation, false, "submit: augment validation images too");

@@ -120,7 +120,7 @@ absl::StatusOr<JobSpec> SpecFromFlags() {
     trainer::v1::Launcher launcher;
     if (!trainer::v1::Launcher_Parse(v, &launcher) ||
         launcher == trainer::v1::LAUNCHER_UNSPECIFIED) {
-      return UsageError("--launcher: must be local_processes or slurm, got " + v);
+      return UsageError("--launcher: must be local_processes, slurm or kubernetes, got " + v);
     }
     spec.mutable_distributed()->set_launcher(launcher);
   }

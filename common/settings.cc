@@ -33,6 +33,7 @@ const std::vector<Setting>& Settings() {
       {"distributed.slurm.cpus_per_task", 0, 1, 1024, false, false, true},
       {"distributed.slurm.gpus_per_task", 0, 0, 64, false, false, true},
       {"distributed.slurm.time_limit_minutes", 0, 1, 525600, false, false, true},
+      {"distributed.kubernetes.gpus", 0, 0, 64, false, false, true},
   };
   return *kSettings;
 }

@@ -117,6 +117,12 @@ const Field kFields[] = {
      [](JobSpec* s, double v) {
        s->mutable_distributed()->mutable_slurm()->set_time_limit_minutes(static_cast<int>(v));
      }},
+    {"distributed.kubernetes.gpus",
+     [](const JobSpec& s) { return s.distributed().kubernetes().has_gpus(); },
+     [](const JobSpec& s) -> double { return s.distributed().kubernetes().gpus(); },
+     [](JobSpec* s, double v) {
+       s->mutable_distributed()->mutable_kubernetes()->set_gpus(static_cast<int>(v));
+     }},
 };
 
 }  // namespace
@@ -205,7 +211,8 @@ absl::Status ValidateSpec(const JobSpec& spec) {
   if (!trainer::v1::Launcher_IsValid(dist.launcher()) ||
       dist.launcher() == trainer::v1::LAUNCHER_UNSPECIFIED) {
     return Invalid("distributed.launcher",
-                   absl::StrCat("must be LOCAL_PROCESSES or SLURM, got ", dist.launcher()));
+                   absl::StrCat("must be LOCAL_PROCESSES, SLURM or KUBERNETES, got ",
+                                dist.launcher()));
   }
   if (dist.world_size() > 1) {
     if (spec.batch_size() % dist.world_size() != 0) {

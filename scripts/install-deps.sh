@@ -13,4 +13,9 @@ $SUDO apt-get install -y -q --no-install-recommends \
   libopenblas0-openmp libcpp-httplib-dev openssl clang libclang-rt-14-dev \
   python3 python3-torch python3-torchvision python3-numpy python3-crc32c \
   python3-grpcio python3-protobuf \
-  libgloo-dev iproute2 slurmctld slurmd slurm-client munge
+  libgloo-dev iproute2 slurmctld slurmd slurm-client munge nodejs
+
+# The official Kubernetes schemas (kubernetes-models, from the npm registry)
+# that tests/integration/kube_test.py validates traind's objects against.
+if ! command -v npm >/dev/null; then $SUDO apt-get install -y -q --no-install-recommends npm; fi
+npm install --prefix "$(dirname "$0")/../tests/k8s" --no-audit --no-fund --silent

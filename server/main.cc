@@ -16,6 +16,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "common/file_util.h"
 #include "common/flags.h"
 #include "server/dist/worker.h"
 #include "server/server.h"
@@ -79,6 +80,21 @@ ABSL_FLAG(std::string, rank_control_address, "",
           "dial to reach this daemon (default: the listening address)");
 ABSL_FLAG(std::string, slurm_partition, "", "SLURM launcher: the default sbatch --partition");
 ABSL_FLAG(std::string, slurm_account, "", "SLURM launcher: the default sbatch --account");
+ABSL_FLAG(std::string, kube_api, "",
+          "KUBERNETES launcher: the API server, https://host:port (default in a pod: "
+          "KUBERNETES_SERVICE_HOST and _PORT)");
+ABSL_FLAG(std::string, kube_token_file, "/var/run/secrets/kubernetes.io/serviceaccount/token",
+          "KUBERNETES launcher: the bearer token file");
+ABSL_FLAG(std::string, kube_ca_file, "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+          "KUBERNETES launcher: the API server's CA (PEM)");
+ABSL_FLAG(std::string, kube_namespace, "",
+          "KUBERNETES launcher: where rank pods go (default: the pod's own namespace)");
+ABSL_FLAG(std::string, kube_image, "", "KUBERNETES launcher: the default rank image");
+ABSL_FLAG(std::string, kube_worker_command, "/usr/local/bin/traind",
+          "KUBERNETES launcher: traind's path inside the rank image");
+ABSL_FLAG(std::string, kube_data_claim, "",
+          "KUBERNETES launcher: a PersistentVolumeClaim with the datasets, mounted read-only in "
+          "every rank pod at --data-root");
 ABSL_FLAG(int, max_attempts_without_progress, 3,
           "a job whose runs end this many times in a row (daemon crashes) without a new "
           "checkpoint is FAILED instead of run again");
@@ -146,6 +162,24 @@ int main(int argc, char** argv) {
   options.rank_control_address = absl::GetFlag(FLAGS_rank_control_address);
   options.slurm.partition = absl::GetFlag(FLAGS_slurm_partition);
   options.slurm.account = absl::GetFlag(FLAGS_slurm_account);
+  auto& kube = options.kube;
+  kube.api = absl::GetFlag(FLAGS_kube_api);
+  const char* kube_host = std::getenv("KUBERNETES_SERVICE_HOST");
+  const char* kube_port = std::getenv("KUBERNETES_SERVICE_PORT");
+  if (kube.api.empty() && kube_host && kube_port) {
+    kube.api = std::string("https://") + kube_host + ":" + kube_port;
+  }
+  kube.token_file = absl::GetFlag(FLAGS_kube_token_file);
+  kube.ca_file = absl::GetFlag(FLAGS_kube_ca_file);
+  kube.namespace_ = absl::GetFlag(FLAGS_kube_namespace);
+  if (kube.namespace_.empty()) {
+    auto ns = traind::ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace");
+    kube.namespace_ = ns.ok() && !ns->empty() ? *ns : "default";
+  }
+  kube.image = absl::GetFlag(FLAGS_kube_image);
+  kube.worker_command = absl::GetFlag(FLAGS_kube_worker_command);
+  kube.data_claim = absl::GetFlag(FLAGS_kube_data_claim);
+  kube.data_mount = jobs.data_root;
   auto server = traind::Server::BuildAndStart(options);
   if (!server.ok()) {
     std::fprintf(stderr, "traind: %s\n", std::string(server.status().message()).c_str());

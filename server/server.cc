@@ -116,6 +116,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
   link.remote_address = options.rank_control_address;
   if (link.remote_address.empty() && !loopback && !any) link.remote_address = link.address;
   engine->SetSlurmDefaults(options.slurm);
+  engine->SetKubeAccess(options.kube);
   engine->SetControlLink(link);
   if (!options.metrics_listen.empty()) {
     const auto colon = options.metrics_listen.rfind(':');

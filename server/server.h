@@ -59,6 +59,7 @@ class Server {
     // listening address.
     std::string rank_control_address;
     dist::SlurmDefaults slurm;
+    dist::KubeAccess kube;
   };
 
   static absl::StatusOr<std::unique_ptr<Server>> BuildAndStart(Options options);

@@ -93,7 +93,14 @@ absl::Status DistributedEngine::CheckDistributed(const train::DistributedConfig&
         " is not available in this traind's LibTorch (nccl needs a CUDA build with NCCL); "
         "use gloo"));
   }
-  if (dist.launcher != "LOCAL_PROCESSES" && dist.launcher != "SLURM") {
+  if (dist.launcher == "KUBERNETES" && (kube_.api.empty() || (kube_.image.empty() &&
+                                                               dist.kubernetes.image.empty()))) {
+    return absl::InvalidArgumentError(
+        "distributed.launcher: KUBERNETES needs the daemon to reach a Kubernetes API "
+        "(in a pod, or --kube-api) and an image (--kube-image or distributed.kubernetes.image)");
+  }
+  if (dist.launcher != "LOCAL_PROCESSES" && dist.launcher != "SLURM" &&
+      dist.launcher != "KUBERNETES") {
     return absl::InvalidArgumentError(
         absl::StrCat("distributed.launcher: ", dist.launcher, " is not supported"));
   }
@@ -177,7 +184,9 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
     // reach; local ranks the local one.
     request.env.push_back(absl::StrCat(
         "TRAIND_CONTROL=",
-        slurm && !link.remote_address.empty() ? link.remote_address : link.address));
+        dist.launcher != "LOCAL_PROCESSES" && !link.remote_address.empty()
+            ? link.remote_address
+            : link.address));
     if (!link.ca_file.empty()) {
       request.env.push_back(absl::StrCat("TRAIND_CONTROL_CA=", link.ca_file));
     }
@@ -185,7 +194,11 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
     // In the environment, not argv: other users can read a process's argv.
     request.env.push_back(
         absl::StrCat("TRAIND_ATTEMPT_SECRET=", attempt->secret_for_launcher()));
-    auto started = slurm ? StartSlurmRanks(request) : StartLocalRanks(request);
+    request.kube = kube_;
+    request.attempt_secret = attempt->secret_for_launcher();
+    auto started = slurm                                 ? StartSlurmRanks(request)
+                   : dist.launcher == "KUBERNETES"       ? StartKubernetesRanks(request)
+                                                         : StartLocalRanks(request);
     if (!started.ok()) return jobs::AttemptLost(started.status());
     group = std::move(*started);
     if (slurm) {
@@ -215,6 +228,10 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
     const bool had_loss = !state.loss.empty();
     state = group->Poll();
     if (!state.note.empty()) sink->OnInfo(state.note);
+    if (!state.failure.empty()) {
+      group->Kill();
+      return absl::FailedPreconditionError(state.failure);
+    }
     if (!had_loss && !state.loss.empty()) {
       // The others see the broken collective within a second; a rank stuck
       // elsewhere is ended.

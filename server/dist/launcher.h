@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "server/dist/attempts.h"
+#include "server/dist/rank_group.h"
 #include "server/jobs/engine.h"
 
 namespace traind::dist {
@@ -45,6 +46,7 @@ class DistributedEngine : public jobs::Engine {
   // Called once the daemon listens; attempts wait for it.
   void SetControlLink(ControlLink link);
   void SetSlurmDefaults(SlurmDefaults defaults) { slurm_ = std::move(defaults); }
+  void SetKubeAccess(KubeAccess access) { kube_ = std::move(access); }
 
   absl::Status Train(const train::TrainConfig& config, train::ProgressSink* sink,
                      const train::CancelToken& cancel) override;
@@ -74,6 +76,7 @@ class DistributedEngine : public jobs::Engine {
   const std::string worker_binary_;
   const std::vector<std::string> rank_wrapper_;
   SlurmDefaults slurm_;  // set before the first job
+  KubeAccess kube_;
   absl::Mutex mu_;
   std::optional<ControlLink> link_ ABSL_GUARDED_BY(mu_);
 };

@@ -21,6 +21,9 @@ struct GroupState {
   // The first abnormal end seen (a rank killed, a node failed), naming it;
   // empty while every rank is fine. Set while others may still run.
   std::string loss;
+  // A failure that running again would not mend (an image that cannot be
+  // pulled): the job fails with it.
+  std::string failure;
   // Ended by someone outside traind (scancel): the job is cancelled.
   std::string cancelled_outside;
   // Scheduler news for the job's log (pending and why, where it runs); empty
@@ -37,6 +40,21 @@ class RankGroup {
   virtual void Kill() = 0;
 };
 
+// How the daemon reaches the Kubernetes API (in a pod: the service
+// account's token and CA, KUBERNETES_SERVICE_HOST/PORT) and what it runs.
+struct KubeAccess {
+  std::string api;         // https://host:port
+  std::string token_file;
+  std::string ca_file;
+  std::string namespace_;
+  std::string image;            // default rank image
+  std::string worker_command;   // traind's path inside the image
+  // A PersistentVolumeClaim with the datasets, mounted read-only in every
+  // rank pod at data_mount (the daemon's --data-root); empty: none.
+  std::string data_claim;
+  std::string data_mount;
+};
+
 // What every launcher needs to start an attempt's ranks.
 struct LaunchRequest {
   std::string job_name;      // for the scheduler's listings
@@ -47,10 +65,16 @@ struct LaunchRequest {
   std::vector<std::string> rank_wrapper;  // LOCAL_PROCESSES only
   std::string work_dir;      // the job's folder: batch scripts, scheduler logs
   int master_port = 0;
+  // KUBERNETES only.
+  KubeAccess kube;
+  std::string attempt_secret;
 };
 
 absl::StatusOr<std::unique_ptr<RankGroup>> StartLocalRanks(const LaunchRequest& request);
 absl::StatusOr<std::unique_ptr<RankGroup>> StartSlurmRanks(const LaunchRequest& request);
+// A Secret (the attempt's secret), a headless Service (rank 0's name) and an
+// Indexed Job, created through the API; deleted when the group ends.
+absl::StatusOr<std::unique_ptr<RankGroup>> StartKubernetesRanks(const LaunchRequest& request);
 
 // A Slurm attempt that outlived a control plane restart: its id and secret
 // and the Slurm job running its ranks, kept in the job's folder while it runs

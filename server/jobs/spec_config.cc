@@ -69,6 +69,18 @@ train::TrainConfig ToConfig(const JobSpec& spec, const std::string& dataset_dir)
   c.distributed.slurm.time_limit_minutes = sl.time_limit_minutes();
   c.distributed.slurm.partition = sl.partition();
   c.distributed.slurm.account = sl.account();
+  const auto& k = d.kubernetes();
+  c.distributed.kubernetes.image = k.image();
+  c.distributed.kubernetes.cpu = k.cpu();
+  c.distributed.kubernetes.memory = k.memory();
+  c.distributed.kubernetes.gpus = k.gpus();
+  // Sorted: the objects traind sends do not depend on map order.
+  c.distributed.kubernetes.node_selector.assign(k.node_selector().begin(),
+                                                k.node_selector().end());
+  std::sort(c.distributed.kubernetes.node_selector.begin(),
+            c.distributed.kubernetes.node_selector.end());
+  c.distributed.kubernetes.priority_class = k.priority_class();
+  c.distributed.kubernetes.queue = k.queue();
   return c;
 }
 

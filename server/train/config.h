@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -47,6 +48,17 @@ struct SlurmConfig {
   std::string account;
 };
 
+// Where Kubernetes runs a distributed job's ranks (launcher KUBERNETES).
+struct KubernetesConfig {
+  std::string image;           // empty: the daemon's --kube-image
+  std::string cpu;             // requests = limits, e.g. "4"; empty: none
+  std::string memory;          // e.g. "8Gi"
+  int gpus = 0;                // nvidia.com/gpu per rank
+  std::vector<std::pair<std::string, std::string>> node_selector;
+  std::string priority_class;
+  std::string queue;           // Kueue's queue-name label: gang admission
+};
+
 // Data-parallel training over several ranks (processes).
 struct DistributedConfig {
   int world_size = 1;  // 1: trained in the calling process
@@ -54,6 +66,7 @@ struct DistributedConfig {
   std::string launcher = "LOCAL_PROCESSES";
   int timeout_seconds = 300;  // rendezvous and each collective
   SlurmConfig slurm;
+  KubernetesConfig kubernetes;
 };
 
 // One training run (fine-tune or scratch). Defaults are the recipe's.

@@ -1,0 +1,180 @@
+"""Distributed jobs on Kubernetes (launcher KUBERNETES), as far as a machine
+without a Kubernetes API server allows: the real traind talks HTTPS to a
+stand-in API server (kube_standin.py) that also runs the Job's pods as local
+processes; every object traind sends and every object the stand-in serves
+is validated against the official Kubernetes schemas (tests/k8s, the
+kubernetes-models packages), and so is deploy/k8s. No real cluster ran this."""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import unittest
+
+from harness import TRAINCTL, TRAIND, Daemon, make_subset, temp_root
+from kube_standin import StandIn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+K8S = os.path.join(HERE, "../k8s")
+DEPLOY = os.path.join(HERE, "../../deploy")
+IMAGE = "64"
+BATCH = "8"
+SEED = 7
+
+
+def of_kind(events, kind):
+    return [e[kind] for e in events if kind in e]
+
+
+def validate(*files):
+    """Runs the schema validator; returns its output (fails the test if it refuses)."""
+    if not os.path.isdir(os.path.join(K8S, "node_modules")):
+        raise AssertionError("tests/k8s/node_modules is missing: scripts/install-deps.sh "
+                             "installs the Kubernetes schemas (npm install)")
+    p = subprocess.run(["node", "validate.mjs", *files], cwd=K8S, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise AssertionError(p.stdout + p.stderr)
+    return p.stdout
+
+
+class KubernetesTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.root = temp_root("traind-kube-")
+        certs = os.path.join(cls.root, "certs")
+        subprocess.run([os.path.join(DEPLOY, "make-certs.sh"), certs], check=True,
+                       capture_output=True)
+        cls.token = "standin-token-" + os.urandom(8).hex()
+        token_file = os.path.join(cls.root, "token")
+        with open(token_file, "w") as f:
+            f.write(cls.token + "\n")
+        cls.standin = StandIn(f"{certs}/server.crt", f"{certs}/server.key", cls.token,
+                              os.path.abspath(TRAIND)).start()
+        cls.standin.unpullable.add("registry.example/missing:1")
+        cls.data = os.path.join(cls.root, "data")
+        os.makedirs(os.path.join(cls.root, "weights"))
+        make_subset(os.path.join(cls.data, "subset"), per_class=13)
+        cls.daemon = Daemon(os.path.join(cls.root, "state"), cls.data,
+                            os.path.join(cls.root, "weights"),
+                            extra=[f"--kube-api=https://127.0.0.1:{cls.standin.port}",
+                                   f"--kube-token-file={token_file}",
+                                   f"--kube-ca-file={certs}/ca.crt", "--kube-namespace=traind",
+                                   "--kube-image=registry.example/traind:test",
+                                   "--kube-data-claim=datasets"]).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.stop()
+        cls.standin.stop()
+        try:
+            objects = os.path.join(cls.root, "objects.json")
+            with open(objects, "w") as f:
+                json.dump(cls.standin.received + cls.standin.served, f)
+            cls.validated = validate(objects)
+        finally:
+            shutil.rmtree(cls.root, ignore_errors=True)
+
+    def submit(self, *extra, epochs=2, launcher="kubernetes"):
+        return self.daemon.submit("--kind=scratch", "--dataset=subset", f"--epochs={epochs}",
+                                  f"--image_size={IMAGE}", f"--batch_size={BATCH}",
+                                  f"--seed={SEED}", "--world_size=2", f"--launcher={launcher}",
+                                  *extra)
+
+    def sha(self, job):
+        out = os.path.join(self.root, f"{job}.pth")
+        self.daemon.trainctl("weights", job, "-o", out)
+        with open(out, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+
+    def wait_for_no_objects(self):
+        deadline = time.time() + 20
+        while time.time() < deadline and self.standin.objects:
+            time.sleep(0.2)
+        self.assertEqual(self.standin.objects, {})
+
+    def test_job_trains_on_pods_and_its_objects_are_deleted(self):
+        job = self.submit()
+        events, _ = self.daemon.watch(job)
+        logs = [l["text"] for l in of_kind(events, "log")]
+        self.assertEqual(of_kind(events, "state")[-1]["state"], "SUCCEEDED", logs)
+        self.assertTrue(any(t.startswith("Kubernetes Job ") and " runs: " in t for t in logs), logs)
+        self.wait_for_no_objects()
+        sent = {o["kind"]: o for o in self.standin.received if job in o["metadata"]["name"]}
+        self.assertEqual(sorted(sent), ["Job", "Secret", "Service"])
+        spec = sent["Job"]["spec"]
+        self.assertEqual((spec["completions"], spec["parallelism"], spec["completionMode"],
+                          spec["backoffLimit"]), (2, 2, "Indexed", 0))
+        pod = spec["template"]["spec"]
+        self.assertEqual(pod["subdomain"], sent["Service"]["metadata"]["name"])
+        self.assertEqual(sent["Service"]["spec"]["clusterIP"], "None")
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        self.assertIn("secretKeyRef", env["TRAIND_ATTEMPT_SECRET"]["valueFrom"])  # not in the Job
+        self.assertEqual(env["MASTER_ADDR"]["value"],
+                         f"{sent['Job']['metadata']['name']}-0.{sent['Service']['metadata']['name']}")
+        self.assertEqual(pod["volumes"][0]["persistentVolumeClaim"]["claimName"], "datasets")
+        local = self.submit(launcher="local_processes")
+        self.daemon.watch(local)
+        self.assertEqual(self.sha(job), self.sha(local))
+
+    def test_cancel_deletes_the_job(self):
+        job = self.submit(epochs=200)
+        env = dict(os.environ, TRAINCTL_SERVER=self.daemon.address)
+        watcher = subprocess.Popen([TRAINCTL, "--output=json", "watch", job],
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                   env=env)
+        events = []
+        for line in watcher.stdout:
+            events.append(json.loads(line))
+            if "batch" in events[-1]:
+                break
+        self.daemon.trainctl("cancel", job)
+        for line in watcher.stdout:
+            events.append(json.loads(line))
+        watcher.wait(timeout=120)
+        watcher.stdout.close()
+        self.assertEqual(of_kind(events, "state")[-1]["state"], "CANCELLED")
+        self.wait_for_no_objects()
+
+    def test_a_job_deleted_outside_traind_is_cancelled_with_that_reason(self):
+        job = self.submit(epochs=200)
+        deadline = time.time() + 60
+        while time.time() < deadline and not any(k == "Job" for k, _ in self.standin.objects):
+            time.sleep(0.2)
+        name = next(n for k, n in self.standin.objects if k == "Job")
+        self.standin.handle("DELETE", "traind", "jobs", name, None, None)
+        events, _ = self.daemon.watch(job)
+        last = of_kind(events, "state")[-1]
+        self.assertEqual(last["state"], "CANCELLED")
+        self.assertIn(f"Kubernetes Job {name} was deleted outside traind", last["reason"])
+        self.wait_for_no_objects()
+
+    def test_an_image_that_cannot_be_pulled_fails_the_job_naming_it(self):
+        spec = os.path.join(self.root, "missing-image.json")
+        with open(spec, "w") as f:
+            json.dump({"distributed": {"kubernetes": {"image": "registry.example/missing:1"}}}, f)
+        job = self.submit("-f", spec)
+        events, _ = self.daemon.watch(job)
+        last = of_kind(events, "state")[-1]
+        self.assertEqual(last["state"], "FAILED")
+        self.assertIn("cannot pull its image (ErrImagePull", last["reason"])
+        self.wait_for_no_objects()
+
+    def test_deploy_manifests_are_valid(self):
+        out = validate(*[os.path.join(DEPLOY, "k8s", f) for f in sorted(os.listdir(
+            os.path.join(DEPLOY, "k8s"))) if f.endswith(".yaml")])
+        for kind in ("StatefulSet", "Service", "Role", "RoleBinding", "NetworkPolicy"):
+            self.assertIn(kind, out)
+
+    def test_validator_refuses_a_malformed_object(self):
+        bad = os.path.join(self.root, "bad.json")
+        with open(bad, "w") as f:
+            json.dump([{"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "x"},
+                        "spec": {"completions": "two", "template": {"spec": {"containers": []}}}}], f)
+        with self.assertRaises(AssertionError):
+            validate(bad)
+
+
+if __name__ == "__main__":
+    unittest.main()
