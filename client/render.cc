@@ -230,6 +230,16 @@ void PrintJob(const trainer::v1::Job& j) {
                 m.train_loss(), Pct(m.train_accuracy()).c_str(), m.validation_loss(),
                 Pct(m.validation_accuracy()).c_str(), m.seconds());
   }
+  if (j.has_placement()) {
+    const auto& p = j.placement();
+    std::string ranks;
+    for (int r = 0; r < p.ranks_size(); ++r) {
+      ranks += (r ? ", rank " : "; rank ") + std::to_string(r) + " on " + p.ranks(r);
+    }
+    std::printf("ranks      %d via %s%s%s\n", p.world_size(), p.launcher().c_str(),
+                p.scheduler_job().empty() ? "" : (" (" + p.scheduler_job() + ")").c_str(),
+                ranks.c_str());
+  }
   if (!j.weights_sha256().empty()) {
     std::printf("weights    %lld bytes, sha256 %s\n", static_cast<long long>(j.weights_size()),
                 j.weights_sha256().c_str());

@@ -25,7 +25,7 @@ namespace traind::dist {
 
 // One thing rank 0 reported.
 struct RankMessage {
-  enum Kind { kDataset, kBatch, kEpoch, kInfo, kWarning, kEvaluation, kCheckpoint };
+  enum Kind { kDataset, kBatch, kEpoch, kInfo, kWarning, kEvaluation, kCheckpoint, kHosts };
   Kind kind = kInfo;
   train::DatasetSummary dataset;
   train::BatchProgress batch;
@@ -33,6 +33,7 @@ struct RankMessage {
   std::string text;
   train::Evaluation evaluation;
   train::CheckpointInfo checkpoint;  // stored by the control plane already
+  std::vector<std::string> hosts;    // by rank
 };
 
 class Attempt {

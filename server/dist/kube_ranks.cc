@@ -173,6 +173,7 @@ class KubeRanks final : public RankGroup {
   }
 
   void Kill() override { Delete(); }
+  std::string scheduler_job() const override { return name_; }
 
  private:
   using Clock = std::chrono::steady_clock;

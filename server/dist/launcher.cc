@@ -39,8 +39,13 @@ absl::StatusOr<int> FreeLoopbackPort() {
   return ntohs(addr.sin_port);
 }
 
-absl::Status Deliver(const RankMessage& m, train::ProgressSink* sink) {
+absl::Status Deliver(const RankMessage& m, train::ProgressSink* sink,
+                     train::Placement* placement) {
   switch (m.kind) {
+    case RankMessage::kHosts:
+      placement->ranks = m.hosts;
+      sink->OnPlacement(*placement);
+      break;
     case RankMessage::kDataset:
       sink->OnDataset(m.dataset);
       break;
@@ -211,6 +216,12 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
     }
   }
 
+  train::Placement placement;
+  placement.launcher = dist.launcher;
+  placement.world_size = world;
+  placement.scheduler_job = group->scheduler_job();
+  sink->OnPlacement(placement);
+
   absl::Status relay;  // a checkpoint the job could not record
   bool stop_sent = false;
   std::optional<Clock::time_point> kill_at;
@@ -218,7 +229,7 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
   const auto grace = std::chrono::seconds(dist.timeout_seconds + 10);
   while (true) {
     for (const auto& m : attempt->Take(absl::Milliseconds(100))) {
-      if (auto st = Deliver(m, sink); !st.ok() && relay.ok()) relay = st;
+      if (auto st = Deliver(m, sink, &placement); !st.ok() && relay.ok()) relay = st;
     }
     if (!stop_sent && (cancel.cancelled() || !relay.ok())) {
       attempt->RequestStop(cancel.interrupted());
@@ -242,7 +253,7 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
     if (kill_at && Clock::now() > *kill_at) group->Kill();
   }
   for (const auto& m : attempt->Take(absl::ZeroDuration())) {
-    if (auto st = Deliver(m, sink); !st.ok() && relay.ok()) relay = st;
+    if (auto st = Deliver(m, sink, &placement); !st.ok() && relay.ok()) relay = st;
   }
   if (!relay.ok()) return relay;
   if (!state.cancelled_outside.empty()) return absl::CancelledError(state.cancelled_outside);

@@ -38,6 +38,8 @@ class RankGroup {
   virtual GroupState Poll() = 0;
   // Ends every rank now.
   virtual void Kill() = 0;
+  // The scheduler's name for the attempt (Slurm job id, Kubernetes Job).
+  virtual std::string scheduler_job() const { return ""; }
 };
 
 // How the daemon reaches the Kubernetes API (in a pod: the service

@@ -39,6 +39,7 @@ class SlurmRanks final : public RankGroup {
     if (!ended_) Kill();
   }
   const std::string& id() const { return id_; }
+  std::string scheduler_job() const override { return id_; }
 
   GroupState Poll() override {
     GroupState state;

@@ -107,6 +107,9 @@ pb::Progress ToProto(const RankMessage& m) {
       for (int64_t v : m.evaluation.confusion) e->add_confusion(v);
       break;
     }
+    case RankMessage::kHosts:
+      for (const auto& h : m.hosts) p.mutable_hosts()->add_ranks(h);
+      break;
     case RankMessage::kCheckpoint:
       break;  // checkpoints travel by Upload
   }
@@ -156,6 +159,10 @@ bool FromProto(const pb::Progress& p, RankMessage* m) {
       m->evaluation.confusion.assign(e.confusion().begin(), e.confusion().end());
       return true;
     }
+    case pb::Progress::kHosts:
+      m->kind = RankMessage::kHosts;
+      m->hosts.assign(p.hosts().ranks().begin(), p.hosts().ranks().end());
+      return true;
     default:
       return false;
   }

@@ -295,6 +295,12 @@ class RemoteSink final : public train::ProgressSink {
     return st;
   }
   const absl::Status& link_error() const { return link_error_; }
+  void OnHosts(const std::vector<std::string>& hosts) {
+    RankMessage m;
+    m.kind = RankMessage::kHosts;
+    m.hosts = hosts;
+    Send(m);
+  }
 
  private:
   void SendText(RankMessage::Kind kind, const std::string& text) {
@@ -471,6 +477,7 @@ int RunWorker() {
     for (size_t r = 0; r < hosts->size(); ++r) {
       where.push_back(absl::StrCat("rank ", r, " on ", (*hosts)[r]));
     }
+    if (*rank == 0) remote.OnHosts(*hosts);
     sink->OnInfo(absl::StrCat("distributed: world size ", *world, " over ",
                               config.distributed.backend, ", ", config.batch_size / *world,
                               " images per rank per step; ", absl::StrJoin(where, ", ")));

@@ -46,6 +46,7 @@ class JobManager::Sink final : public train::SweepSink {
   void OnEvaluation(const train::Evaluation& ev) override;
   absl::Status OnCheckpoint(const train::CheckpointInfo& c) override;
   void OnInfo(const std::string& text) override;
+  void OnPlacement(const train::Placement& placement) override;
   void OnWarning(const std::string& text) override;
   void OnTrialStarted(const train::TrialSpec& spec, int run) override;
   void OnTrialFinished(const train::TrialOutcome& o) override;

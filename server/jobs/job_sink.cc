@@ -161,6 +161,20 @@ absl::Status JobManager::Sink::OnCheckpoint(const train::CheckpointInfo& c) {
   return m_->RecordCheckpoint(*e_, record);
 }
 
+void JobManager::Sink::OnPlacement(const train::Placement& p) {
+  absl::MutexLock io(&e_->io_mu);
+  {
+    absl::MutexLock lock(&m_->mu_);
+    auto* out = e_->job.mutable_placement();
+    out->set_launcher(p.launcher);
+    out->set_world_size(p.world_size);
+    out->set_scheduler_job(p.scheduler_job);
+    out->clear_ranks();
+    for (const auto& r : p.ranks) out->add_ranks(r);
+  }
+  m_->Persist(*e_);
+}
+
 void JobManager::Sink::OnInfo(const std::string& text) {
   Log(trainer::v1::LogMessage::INFO, text);
 }

@@ -157,6 +157,14 @@ struct Evaluation {
   std::vector<int64_t> confusion;
 };
 
+// Where a distributed job's ranks run.
+struct Placement {
+  std::string launcher;
+  int world_size = 1;
+  std::string scheduler_job;
+  std::vector<std::string> ranks;
+};
+
 // Receives progress from the training thread. Implementations must return
 // quickly: training waits for them.
 class ProgressSink {
@@ -169,6 +177,8 @@ class ProgressSink {
   virtual void OnWarning(const std::string& text) = 0;
   // The final model's validation figures, once at the end of a run.
   virtual void OnEvaluation(const Evaluation& evaluation) {}
+  // A distributed job's placement, when it is known or changes.
+  virtual void OnPlacement(const Placement& placement) {}
   // A checkpoint was written durably. An error fails the run (the caller
   // could not record it).
   virtual absl::Status OnCheckpoint(const CheckpointInfo& checkpoint) {

@@ -108,6 +108,12 @@ class DistributedTest(unittest.TestCase):
                                places=9)
         report = self.daemon.trainctl_json("status", job)[0]
         self.assertEqual(int(report["evaluation"]["images"]), len(files))
+        placement = report["placement"]
+        self.assertEqual((placement["launcher"], placement["world_size"]), ("LOCAL_PROCESSES", 2))
+        self.assertEqual(len(placement["ranks"]), 2)
+        self.assertIn("(127.0.0.1)", placement["ranks"][1])
+        human = self.daemon.trainctl("status", job).stdout
+        self.assertIn("ranks      2 via LOCAL_PROCESSES; rank 0 on", human)
 
     def test_two_ranks_equal_pytorch_ddp_on_the_same_order(self):
         """PyTorch's DistributedDataParallel on the same images, order and

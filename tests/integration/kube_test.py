@@ -114,6 +114,9 @@ class KubernetesTest(unittest.TestCase):
         self.assertEqual(env["MASTER_ADDR"]["value"],
                          f"{sent['Job']['metadata']['name']}-0.{sent['Service']['metadata']['name']}")
         self.assertEqual(pod["volumes"][0]["persistentVolumeClaim"]["claimName"], "datasets")
+        placement = self.daemon.trainctl_json("status", job)[0]["placement"]
+        self.assertEqual((placement["launcher"], placement["scheduler_job"]),
+                         ("KUBERNETES", sent["Job"]["metadata"]["name"]))
         local = self.submit(launcher="local_processes")
         self.daemon.watch(local)
         self.assertEqual(self.sha(job), self.sha(local))

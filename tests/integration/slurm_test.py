@@ -107,7 +107,11 @@ class SlurmTest(unittest.TestCase):
         self.assertEqual(of_kind(events, "state")[-1]["state"], "SUCCEEDED",
                          [l["text"] for l in of_kind(events, "log")])
         self.assertEqual([int(e["seq"]) for e in events], list(range(1, len(events) + 1)))
-        self.assertIsNotNone(self.slurm_job_id(events))
+        slurm_id = self.slurm_job_id(events)
+        self.assertIsNotNone(slurm_id)
+        placement = self.daemon.trainctl_json("status", job)[0]["placement"]
+        self.assertEqual((placement["launcher"], placement["scheduler_job"]), ("SLURM", slurm_id))
+        self.assertEqual(len(placement["ranks"]), 2)
         local = self.submit("local_processes")
         self.daemon.watch(local)
         self.assertEqual(self.weights_sha(job), self.weights_sha(local))
