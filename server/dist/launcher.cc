@@ -222,6 +222,7 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
   placement.scheduler_job = group->scheduler_job();
   sink->OnPlacement(placement);
 
+  std::string waiting;  // what the scheduler last said it waits for
   absl::Status relay;  // a checkpoint the job could not record
   bool stop_sent = false;
   std::optional<Clock::time_point> kill_at;
@@ -239,6 +240,14 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
     const bool had_loss = !state.loss.empty();
     state = group->Poll();
     if (!state.note.empty()) sink->OnInfo(state.note);
+    if (state.waiting != waiting) {
+      if (!state.waiting.empty()) {
+        sink->OnWaiting(state.waiting);
+      } else if (!waiting.empty()) {
+        sink->OnStarted();
+      }
+      waiting = state.waiting;
+    }
     if (!state.failure.empty()) {
       group->Kill();
       return absl::FailedPreconditionError(state.failure);
@@ -250,7 +259,8 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
       if (!kill_at || *kill_at > soon) kill_at = soon;
     }
     if (!state.running) break;
-    if (kill_at && Clock::now() > *kill_at) group->Kill();
+    // Ranks the scheduler has not started cannot see a stop flag.
+    if ((kill_at && Clock::now() > *kill_at) || (stop_sent && !waiting.empty())) group->Kill();
   }
   for (const auto& m : attempt->Take(absl::ZeroDuration())) {
     if (auto st = Deliver(m, sink, &placement); !st.ok() && relay.ok()) relay = st;
@@ -258,6 +268,7 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
   if (!relay.ok()) return relay;
   if (!state.cancelled_outside.empty()) return absl::CancelledError(state.cancelled_outside);
   const std::optional<absl::Status> outcome = attempt->outcome();
+  if (!outcome && cancel.cancelled()) return absl::CancelledError("cancelled");
   if (outcome && jobs::IsAttemptLost(*outcome) && !state.loss.empty()) {
     return jobs::AttemptLost(absl::UnavailableError(absl::StrCat(
         "distributed attempt lost: ", state.loss, "; rank 0: ", outcome->message())));

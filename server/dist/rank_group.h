@@ -26,6 +26,9 @@ struct GroupState {
   std::string failure;
   // Ended by someone outside traind (scancel): the job is cancelled.
   std::string cancelled_outside;
+  // Held back by the scheduler, and why (Slurm's PENDING reason); empty
+  // when the ranks are placed.
+  std::string waiting;
   // Scheduler news for the job's log (pending and why, where it runs); empty
   // when nothing changed.
   std::string note;

@@ -44,6 +44,7 @@ class SlurmRanks final : public RankGroup {
   GroupState Poll() override {
     GroupState state;
     state.loss = loss_;
+    state.waiting = waiting_;  // as last seen, between polls
     if (ended_) {
       state.running = false;
       return state;
@@ -66,14 +67,22 @@ class SlurmRanks final : public RankGroup {
     if (job_state == "PENDING" || job_state == "CONFIGURING") {
       const std::string note = absl::StrCat("Slurm job ", id_, " is pending (", reason, ")");
       if (note != last_note_) state.note = last_note_ = note;
+      state.waiting = waiting_ =
+          reason.empty() || reason == "None"
+              ? absl::StrCat("waiting in Slurm (Slurm job ", id_, ")")
+              : absl::StrCat("waiting in Slurm: ", reason, " (Slurm job ", id_, ")");
       return state;
     }
     if (job_state == "RUNNING" || job_state == "COMPLETING") {
+      waiting_.clear();
+      state.waiting.clear();
       const std::string note = absl::StrCat("Slurm job ", id_, " runs on ",
                                             Field(shown->out, "NodeList"));
       if (note != last_note_) state.note = last_note_ = note;
       return state;
     }
+    waiting_.clear();
+    state.waiting.clear();
     ended_ = true;
     state.running = false;
     if (job_state == "COMPLETED") return state;
@@ -103,6 +112,7 @@ class SlurmRanks final : public RankGroup {
   Clock::time_point last_poll_{};
   std::string last_note_;
   std::string loss_;
+  std::string waiting_;
   int unknown_ = 0;
   bool ended_ = false;
   bool killed_ = false;

@@ -26,6 +26,9 @@ struct JobManager::Entry {
   trainer::v1::Job job;           // guarded by JobManager::mu_
   train::CancelToken cancel;
   bool interrupted = false;       // by shutdown; guarded by JobManager::mu_
+  // A worker thread has the job (RUNNING, CANCELLING, or QUEUED while a
+  // scheduler holds its ranks back); guarded by JobManager::mu_.
+  bool on_worker = false;
   absl::Status store_error;       // a failed write; guarded by JobManager::mu_
   double images_per_second = 0;   // latest batch; guarded by JobManager::mu_
   // Held across a state change and its writes (the row, the state event),
@@ -47,6 +50,8 @@ class JobManager::Sink final : public train::SweepSink {
   absl::Status OnCheckpoint(const train::CheckpointInfo& c) override;
   void OnInfo(const std::string& text) override;
   void OnPlacement(const train::Placement& placement) override;
+  void OnWaiting(const std::string& reason) override;
+  void OnStarted() override;
   void OnWarning(const std::string& text) override;
   void OnTrialStarted(const train::TrialSpec& spec, int run) override;
   void OnTrialFinished(const train::TrialOutcome& o) override;

@@ -487,16 +487,18 @@ absl::StatusOr<Job> JobManager::Cancel(const std::string& id, const Caller& call
   {
     absl::MutexLock io(&entry->io_mu);
     JobState state;
+    bool on_worker;
     {
       absl::MutexLock lock(&mu_);
       state = entry->job.state();
-      if (state == trainer::v1::QUEUED) {
+      on_worker = entry->on_worker;
+      if (state == trainer::v1::QUEUED && !on_worker) {
         queue_.erase(std::remove(queue_.begin(), queue_.end(), entry), queue_.end());
       }
     }
-    if (state == trainer::v1::QUEUED) {
+    if (state == trainer::v1::QUEUED && !on_worker) {
       SetState(*entry, trainer::v1::CANCELLED, "cancelled before it started");
-    } else if (state == trainer::v1::RUNNING) {
+    } else if (state == trainer::v1::RUNNING || state == trainer::v1::QUEUED) {
       SetState(*entry, trainer::v1::CANCELLING, "cancel requested");
       entry->cancel.Cancel();
     }
@@ -740,7 +742,7 @@ void JobManager::BeginShutdown() {
     if (stopping_) return;
     stopping_ = true;
     for (auto& [id, e] : jobs_) {
-      if (e->job.state() == trainer::v1::RUNNING) {
+      if (e->on_worker && e->job.state() != trainer::v1::CANCELLING) {
         e->interrupted = true;
         e->cancel.Interrupt();
       }
@@ -785,6 +787,7 @@ void JobManager::WorkerLoop() {
       entry->job.set_attempt(entry->job.attempt() + 1);
       // Reset by the attempt's first checkpoint; counts crashes without one.
       entry->job.set_attempts_without_progress(entry->job.attempts_without_progress() + 1);
+      entry->on_worker = true;
     }
     SetState(*entry, trainer::v1::RUNNING, "");
     io.Release();
@@ -910,6 +913,7 @@ void JobManager::RunJob(const std::shared_ptr<Entry>& entry) {
       job.set_weights_size(size);
     }
     interrupted = entry->interrupted;
+    entry->on_worker = false;
     epochs = job.checkpoint_epochs();
     step = job.checkpoint_global_step();
   }

@@ -175,6 +175,27 @@ void JobManager::Sink::OnPlacement(const train::Placement& p) {
   m_->Persist(*e_);
 }
 
+void JobManager::Sink::OnWaiting(const std::string& reason) {
+  absl::MutexLock io(&e_->io_mu);
+  {
+    absl::MutexLock lock(&m_->mu_);
+    // QUEUED again when the scheduler's reason changes (the launcher calls
+    // only then); never over CANCELLING.
+    const auto state = e_->job.state();
+    if (state != trainer::v1::RUNNING && state != trainer::v1::QUEUED) return;
+  }
+  m_->SetState(*e_, trainer::v1::QUEUED, reason);
+}
+
+void JobManager::Sink::OnStarted() {
+  absl::MutexLock io(&e_->io_mu);
+  {
+    absl::MutexLock lock(&m_->mu_);
+    if (e_->job.state() != trainer::v1::QUEUED) return;
+  }
+  m_->SetState(*e_, trainer::v1::RUNNING, "");
+}
+
 void JobManager::Sink::OnInfo(const std::string& text) {
   Log(trainer::v1::LogMessage::INFO, text);
 }

@@ -179,6 +179,10 @@ class ProgressSink {
   virtual void OnEvaluation(const Evaluation& evaluation) {}
   // A distributed job's placement, when it is known or changes.
   virtual void OnPlacement(const Placement& placement) {}
+  // A scheduler holds the ranks back (Slurm's PENDING, with its reason),
+  // then starts them.
+  virtual void OnWaiting(const std::string& reason) {}
+  virtual void OnStarted() {}
   // A checkpoint was written durably. An error fails the run (the caller
   // could not record it).
   virtual absl::Status OnCheckpoint(const CheckpointInfo& checkpoint) {

@@ -116,6 +116,40 @@ class SlurmTest(unittest.TestCase):
         self.daemon.watch(local)
         self.assertEqual(self.weights_sha(job), self.weights_sha(local))
 
+    def blocker(self, seconds):
+        """A Slurm job holding every CPU of the node for a while."""
+        out = subprocess.run(["sbatch", "--parsable", "-n2", f"--wrap=sleep {seconds}"],
+                             check=True, capture_output=True, text=True).stdout
+        return out.strip().split(";")[0]
+
+    def test_pending_in_slurm_shows_as_queued_with_slurms_reason(self):
+        blocker = self.blocker(10)
+        job = self.submit("slurm")
+        events, _ = self.daemon.watch(job)
+        states = [(s["state"], s.get("reason", "")) for s in of_kind(events, "state")]
+        self.assertEqual(states[-1][0], "SUCCEEDED", states)
+        waiting = [r for s, r in states if s == "QUEUED" and r.startswith("waiting in Slurm")]
+        self.assertTrue(any("Resources" in r or "Priority" in r for r in waiting), states)
+        # Queued once while Slurm holds it, running once it starts.
+        at = states.index(("QUEUED", waiting[0]))
+        self.assertEqual([s for s, _ in states[at:]],
+                         ["QUEUED"] * (len(states) - at - 2) + ["RUNNING", "SUCCEEDED"], states)
+        subprocess.run(["scancel", blocker], capture_output=True)
+
+    def test_cancel_while_pending_in_slurm(self):
+        blocker = self.blocker(120)
+        try:
+            job = self.submit("slurm")
+            watcher, events = self.watch_until(
+                job, lambda e: e.get("state", {}).get("reason", "").startswith("waiting in Slurm"))
+            started = time.time()
+            self.daemon.trainctl("cancel", job)
+            events = self.finish_watch(watcher, events)
+            self.assertEqual(of_kind(events, "state")[-1]["state"], "CANCELLED")
+            self.assertLess(time.time() - started, 30)
+        finally:
+            subprocess.run(["scancel", blocker], capture_output=True)
+
     def test_scancel_from_outside_cancels_the_job_with_that_reason(self):
         job = self.submit("slurm", epochs=200)
         watcher, events = self.watch_until(job, lambda e: "batch" in e)
