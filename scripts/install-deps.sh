@@ -17,5 +17,9 @@ $SUDO apt-get install -y -q --no-install-recommends \
 
 # The official Kubernetes schemas (kubernetes-models, from the npm registry)
 # that tests/integration/kube_test.py validates traind's objects against.
+# kubectl renders deploy/k8s (kustomize) in the Kubernetes test; offline, no cluster.
+if ! command -v kubectl >/dev/null; then
+  $SUDO apt-get install -y -q --no-install-recommends kubernetes-client
+fi
 if ! command -v npm >/dev/null; then $SUDO apt-get install -y -q --no-install-recommends npm; fi
 npm install --prefix "$(dirname "$0")/../tests/k8s" --no-audit --no-fund --silent

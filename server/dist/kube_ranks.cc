@@ -253,6 +253,15 @@ std::vector<json> KubernetesObjects(const LaunchRequest& request, const std::str
   }
   pod_spec["containers"] = json::array({container});
   if (!k.priority_class.empty()) pod_spec["priorityClassName"] = k.priority_class;
+  for (const auto& t : k.tolerations) {
+    json tol = json::object();
+    if (!t.key.empty()) tol["key"] = t.key;
+    if (!t.op.empty()) tol["operator"] = t.op;
+    if (!t.value.empty()) tol["value"] = t.value;
+    if (!t.effect.empty()) tol["effect"] = t.effect;
+    if (t.seconds >= 0) tol["tolerationSeconds"] = t.seconds;
+    pod_spec["tolerations"].push_back(tol);
+  }
   if (!k.node_selector.empty()) {
     json selector = json::object();
     for (const auto& [key, value] : k.node_selector) selector[key] = value;

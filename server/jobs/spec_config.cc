@@ -81,6 +81,11 @@ train::TrainConfig ToConfig(const JobSpec& spec, const std::string& dataset_dir)
             c.distributed.kubernetes.node_selector.end());
   c.distributed.kubernetes.priority_class = k.priority_class();
   c.distributed.kubernetes.queue = k.queue();
+  for (const auto& t : k.tolerations()) {
+    c.distributed.kubernetes.tolerations.push_back(
+        {t.key(), t.operator_(), t.value(), t.effect(),
+         t.has_toleration_seconds() ? t.toleration_seconds() : -1});
+  }
   return c;
 }
 

@@ -57,6 +57,11 @@ struct KubernetesConfig {
   std::vector<std::pair<std::string, std::string>> node_selector;
   std::string priority_class;
   std::string queue;           // Kueue's queue-name label: gang admission
+  struct Toleration {
+    std::string key, op, value, effect;
+    int64_t seconds = -1;  // -1: unset
+  };
+  std::vector<Toleration> tolerations;
 };
 
 // Data-parallel training over several ranks (processes).

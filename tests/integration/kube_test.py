@@ -95,7 +95,14 @@ class KubernetesTest(unittest.TestCase):
         self.assertEqual(self.standin.objects, {})
 
     def test_job_trains_on_pods_and_its_objects_are_deleted(self):
-        job = self.submit()
+        spec = os.path.join(self.root, "pods.json")
+        with open(spec, "w") as f:
+            json.dump({"distributed": {"kubernetes": {
+                "cpu": "1", "memory": "2Gi", "node_selector": {"pool": "train"},
+                "priority_class": "batch", "queue": "team-a",
+                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "train",
+                                 "effect": "NoSchedule"}]}}}, f)
+        job = self.submit("-f", spec)
         events, _ = self.daemon.watch(job)
         logs = [l["text"] for l in of_kind(events, "log")]
         self.assertEqual(of_kind(events, "state")[-1]["state"], "SUCCEEDED", logs)
@@ -114,6 +121,12 @@ class KubernetesTest(unittest.TestCase):
         self.assertEqual(env["MASTER_ADDR"]["value"],
                          f"{sent['Job']['metadata']['name']}-0.{sent['Service']['metadata']['name']}")
         self.assertEqual(pod["volumes"][0]["persistentVolumeClaim"]["claimName"], "datasets")
+        container = pod["containers"][0]
+        self.assertEqual(container["resources"]["limits"], {"cpu": "1", "memory": "2Gi"})
+        self.assertEqual(pod["nodeSelector"], {"pool": "train"})
+        self.assertEqual(pod["tolerations"][0]["key"], "dedicated")
+        self.assertEqual(pod["priorityClassName"], "batch")
+        self.assertEqual(sent["Job"]["metadata"]["labels"]["kueue.x-k8s.io/queue-name"], "team-a")
         placement = self.daemon.trainctl_json("status", job)[0]["placement"]
         self.assertEqual((placement["launcher"], placement["scheduler_job"]),
                          ("KUBERNETES", sent["Job"]["metadata"]["name"]))
@@ -169,6 +182,15 @@ class KubernetesTest(unittest.TestCase):
             os.path.join(DEPLOY, "k8s"))) if f.endswith(".yaml")])
         for kind in ("StatefulSet", "Service", "Role", "RoleBinding", "NetworkPolicy"):
             self.assertIn(kind, out)
+
+    def test_the_kustomization_renders_valid_objects(self):
+        rendered = subprocess.run(["kubectl", "kustomize", os.path.join(DEPLOY, "k8s")],
+                                  check=True, capture_output=True, text=True).stdout
+        path = os.path.join(self.root, "rendered.yaml")
+        with open(path, "w") as f:
+            f.write(rendered)
+        out = validate(path)
+        self.assertEqual(out.count("\nok ") + out.startswith("ok "), 7, out)
 
     def test_validator_refuses_a_malformed_object(self):
         bad = os.path.join(self.root, "bad.json")
