@@ -4,6 +4,7 @@
 #include <chrono>
 #include <filesystem>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -33,8 +34,8 @@ std::string Quote(const std::string& s) {
 
 class SlurmRanks final : public RankGroup {
  public:
-  SlurmRanks(std::string id, std::vector<std::string> env)
-      : id_(std::move(id)), env_(std::move(env)) {}
+  SlurmRanks(std::string id, std::vector<std::string> env, std::string work_dir)
+      : id_(std::move(id)), env_(std::move(env)), work_dir_(std::move(work_dir)) {}
   ~SlurmRanks() override {
     if (!ended_) Kill();
   }
@@ -93,7 +94,20 @@ class SlurmRanks final : public RankGroup {
                                                  : absl::StrCat(" (", reason, ")"));
       return state;
     }
+    // The batch script's own checks (the traind binary on the node) say
+    // why in the job's output: a setup to mend, not an attempt to re-run.
     if (job_state != "CANCELLED") {
+      if (auto out = ReadFile((std::filesystem::path(work_dir_) /
+                               absl::StrCat("slurm-", id_, ".out")).string());
+          out.ok()) {
+        for (absl::string_view line : absl::StrSplit(*out, '\n')) {
+          if (absl::StartsWith(line, "traind: ") &&
+              absl::StrContains(line, "every node needs")) {
+            state.failure = absl::StrCat(line.substr(8), " (Slurm job ", id_, ")");
+            return state;
+          }
+        }
+      }
       loss_ = absl::StrCat("Slurm job ", id_, " ended ", job_state,
                            reason.empty() || reason == "None" ? "" : absl::StrCat(" (", reason, ")"));
     }
@@ -109,6 +123,7 @@ class SlurmRanks final : public RankGroup {
  private:
   const std::string id_;
   const std::vector<std::string> env_;
+  const std::string work_dir_;
   Clock::time_point last_poll_{};
   std::string last_note_;
   std::string loss_;
@@ -156,7 +171,7 @@ std::optional<ReattachedSlurm> ReattachSlurmRanks(const std::string& work_dir,
   }
   ReattachedSlurm out;
   out.record = r;
-  out.group = std::make_unique<SlurmRanks>(r.slurm_job, env);
+  out.group = std::make_unique<SlurmRanks>(r.slurm_job, env, work_dir);
   return out;
 }
 
@@ -205,7 +220,7 @@ absl::StatusOr<std::unique_ptr<RankGroup>> StartSlurmRanks(const LaunchRequest& 
     return absl::FailedPreconditionError(absl::StrCat(
         "sbatch refused the attempt: ", absl::StripAsciiWhitespace(submitted->err)));
   }
-  return std::unique_ptr<RankGroup>(new SlurmRanks(id, request.env));
+  return std::unique_ptr<RankGroup>(new SlurmRanks(id, request.env, request.work_dir));
 }
 
 }  // namespace traind::dist

@@ -150,6 +150,31 @@ class SlurmTest(unittest.TestCase):
         finally:
             subprocess.run(["scancel", blocker], capture_output=True)
 
+    def test_a_node_without_the_traind_binary_fails_the_job_saying_so(self):
+        import harness
+        copy = os.path.join(self.root, "bin", "traind")
+        os.makedirs(os.path.dirname(copy), exist_ok=True)
+        shutil.copy(harness.TRAIND, copy)
+        saved, harness.TRAIND = harness.TRAIND, copy
+        try:
+            daemon = Daemon(os.path.join(self.root, "state-nobinary"), self.data,
+                            os.path.join(self.root, "weights")).start()
+        finally:
+            harness.TRAIND = saved
+        try:
+            os.remove(copy)  # the daemon runs on; the "node" lacks its binary
+            job = daemon.submit("--kind=scratch", "--dataset=subset", "--epochs=1",
+                                f"--image_size={IMAGE}", f"--batch_size={BATCH}",
+                                "--world_size=2", "--launcher=slurm")
+            events, _ = daemon.watch(job)
+        finally:
+            daemon.stop()
+        states = [(s["state"], s.get("reason", "")) for s in of_kind(events, "state")]
+        self.assertEqual(states[-1][0], "FAILED", states)
+        self.assertIn("every node needs the traind binary at that path", states[-1][1])
+        self.assertIn(copy, states[-1][1])
+        self.assertFalse(any("was lost" in r for _, r in states), states)  # not retried
+
     def test_scancel_from_outside_cancels_the_job_with_that_reason(self):
         job = self.submit("slurm", epochs=200)
         watcher, events = self.watch_until(job, lambda e: "batch" in e)
