@@ -537,7 +537,8 @@ absl::StatusOr<NamedTensors> ParseTorchArchive(const std::string& bytes) {
                 numel, " elements need"));
           }
           torch::Tensor t = torch::empty({numel}, torch::TensorOptions(dtype));
-          std::memcpy(t.data_ptr(), ptr.get(), numel * elem);
+          // An empty storage has no buffer at all (null pointers): nothing to copy.
+          if (numel > 0) std::memcpy(t.data_ptr(), ptr.get(), numel * elem);
           return t;
         });
     auto root = unpickler.Run();
