@@ -298,18 +298,16 @@ absl::StatusOr<std::unique_ptr<RankGroup>> StartKubernetesRanks(const LaunchRequ
   const std::string paths[] = {absl::StrCat("/api/v1/namespaces/", ns, "/secrets"),
                                absl::StrCat("/api/v1/namespaces/", ns, "/services"),
                                absl::StrCat("/apis/batch/v1/namespaces/", ns, "/jobs")};
-  auto group = std::make_unique<KubeRanks>(std::move(api), ns, name);
-  // `group` deletes what was created if a later object is refused.
-  Api creator(request.kube);
-  if (auto st = creator.Connect(); !st.ok()) return st;
   for (size_t i = 0; i < objects.size(); ++i) {
-    auto r = creator.Call("POST", paths[i], objects[i]);
+    auto r = api->Call("POST", paths[i], objects[i]);
     if (r.first != 201 && r.first != 200) {
+      // The group deletes what was created before the refusal.
+      KubeRanks cleanup(std::move(api), ns, name);
       return absl::FailedPreconditionError(absl::StrCat(
           "Kubernetes refused the ", objects[i].value("kind", ""), " ", name, ": ", Describe(r)));
     }
   }
-  return std::unique_ptr<RankGroup>(std::move(group));
+  return std::unique_ptr<RankGroup>(new KubeRanks(std::move(api), ns, name));
 }
 
 }  // namespace traind::dist

@@ -206,33 +206,22 @@ class Link {
   absl::StatusOr<pb::ReportResponse> Report(const RankMessage& m) {
     absl::StatusOr<pb::ReportResponse> reply;
     Retrying([&] {
-      reply = ReportOnce(m);
+      reply = ReportOnce(&m);
       return reply.status();
     }).IgnoreError();
     return reply;
   }
 
-  absl::StatusOr<pb::ReportResponse> ReportOnce(const RankMessage& m) {
+  // One report; with no message, the stop flags alone (a poll), once.
+  absl::StatusOr<pb::ReportResponse> ReportOnce(const RankMessage* m = nullptr) {
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(m ? 30 : 10));
     pb::ReportRequest req;
     *req.mutable_key() = key_;
-    *req.add_progress() = ToProto(m);
+    if (m) *req.add_progress() = ToProto(*m);
     pb::ReportResponse resp;
     auto st = stub_->Report(&ctx, req, &resp);
     if (!st.ok()) return FromGrpc(st, "reporting to the control plane");
-    return resp;
-  }
-
-  // A report with no progress: the stop flags alone.
-  absl::StatusOr<pb::ReportResponse> Poll() {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    pb::ReportRequest req;
-    *req.mutable_key() = key_;
-    pb::ReportResponse resp;
-    auto st = stub_->Report(&ctx, req, &resp);
-    if (!st.ok()) return FromGrpc(st, "asking the control plane");
     return resp;
   }
 
@@ -349,7 +338,7 @@ class StopPoller {
       auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return done_; };
       if (mu_.AwaitWithTimeout(absl::Condition(&done), absl::Milliseconds(50))) break;
       mu_.Unlock();
-      auto reply = link_->Poll();
+      auto reply = link_->ReportOnce();
       mu_.Lock();
       if (!reply.ok()) continue;  // the reports notice a lost link
       if (reply->interrupt()) cancel_->Interrupt();

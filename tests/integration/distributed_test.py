@@ -10,7 +10,7 @@ import subprocess
 import time
 import unittest
 
-from harness import ENGINE_GOLDEN, TRAINCTL, Daemon, make_subset, temp_root
+from harness import ENGINE_GOLDEN, Daemon, make_subset, temp_root, of_kind
 
 IMAGE = "64"
 BATCH = "8"
@@ -35,10 +35,6 @@ def rank_pids(daemon_pid):
         except (OSError, IndexError, ValueError):
             continue
     return out
-
-
-def of_kind(events, kind):
-    return [e[kind] for e in events if kind in e]
 
 
 class DistributedTest(unittest.TestCase):
@@ -184,33 +180,15 @@ class DistributedTest(unittest.TestCase):
             self.assertIn(want, p.stderr, extra)
         self.assertEqual(len(self.daemon.trainctl_json("list")[0].get("jobs", [])), before)
 
-    def watch_until(self, job, predicate):
-        env = dict(os.environ, TRAINCTL_SERVER=self.daemon.address)
-        watcher = subprocess.Popen([TRAINCTL, "--output=json", "watch", job],
-                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                   text=True, env=env)
-        events = []
-        for line in watcher.stdout:
-            events.append(json.loads(line))
-            if predicate(events[-1]):
-                break
-        return watcher, events
-
-    def finish_watch(self, watcher, events):
-        for line in watcher.stdout:
-            events.append(json.loads(line))
-        watcher.wait(timeout=300)
-        watcher.stdout.close()
-        return events
 
     def test_cancel_stops_every_rank_within_one_batch(self):
         job = self.submit(epochs=200)
-        watcher, events = self.watch_until(job, lambda e: "batch" in e)
+        watcher, events = self.daemon.watch_until(job, lambda e: "batch" in e)
         pids = rank_pids(self.daemon.proc.pid)
         self.assertEqual(sorted(pids), [0, 1])
         self.check_control_link_needs_the_secret(pids[0])
         self.daemon.trainctl("cancel", job)
-        events = self.finish_watch(watcher, events)
+        events = self.daemon.finish_watch(watcher, events)
         states = [s["state"] for s in of_kind(events, "state")]
         self.assertEqual(states[-2:], ["CANCELLING", "CANCELLED"])
         at = next(i for i, e in enumerate(events)
@@ -261,11 +239,11 @@ class DistributedTest(unittest.TestCase):
 
         job = self.submit(epochs=3)
         # Mid-epoch 2: after its first checkpoint and batch.
-        watcher, events = self.watch_until(
+        watcher, events = self.daemon.watch_until(
             job, lambda e: int(e.get("batch", {}).get("epoch", 0)) == 2)
         pids = rank_pids(self.daemon.proc.pid)
         os.kill(pids[1], signal.SIGKILL)
-        events = self.finish_watch(watcher, events)
+        events = self.daemon.finish_watch(watcher, events)
         self.assertEqual(of_kind(events, "state")[-1]["state"], "SUCCEEDED")
         reasons = [s.get("reason", "") for s in of_kind(events, "state")]
         self.assertTrue(any("rank 1" in r and "was killed by signal 9" in r for r in reasons),
@@ -278,7 +256,7 @@ class DistributedTest(unittest.TestCase):
 
     def test_control_plane_killed_mid_job_relaunches_from_checkpoint(self):
         job = self.submit(epochs=3)
-        watcher, _ = self.watch_until(
+        watcher, _ = self.daemon.watch_until(
             job, lambda e: int(e.get("batch", {}).get("epoch", 0)) == 2)
         pids = rank_pids(self.daemon.proc.pid)
         self.daemon.stop(signal.SIGKILL)

@@ -12,7 +12,7 @@ import subprocess
 import time
 import unittest
 
-from harness import TRAINCTL, Daemon, make_subset, read_safetensors, temp_root
+from harness import TRAINCTL, Daemon, make_subset, read_safetensors, temp_root, of_kind
 
 
 
@@ -23,10 +23,6 @@ def spec(epochs, image=64, *more):
 
 def seqs(events):
     return [int(e["seq"]) for e in events]
-
-
-def of_kind(events, kind):
-    return [e[kind] for e in events if kind in e]
 
 
 def sha256(path):

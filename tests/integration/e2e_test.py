@@ -9,7 +9,7 @@ import signal
 import subprocess
 import unittest
 
-from harness import (ENGINE_GOLDEN, TRAINCTL, Daemon, make_subset, read_safetensors,
+from harness import (of_kind, ENGINE_GOLDEN, TRAINCTL, Daemon, make_subset, read_safetensors,
                      temp_root, write_safetensors)
 
 IMAGE = "64"
@@ -18,10 +18,6 @@ BATCH = 8
 
 def seqs(events):
     return [int(e["seq"]) for e in events]
-
-
-def of_kind(events, kind):
-    return [e[kind] for e in events if kind in e]
 
 
 class EndToEndTest(unittest.TestCase):

@@ -93,6 +93,34 @@ class Daemon:
     def status(self, job):
         return self.trainctl_json("status", job)[0]
 
+    def watch_until(self, job, predicate):
+        """Starts `trainctl watch` and reads events until one satisfies
+        predicate; returns the running watcher and the events so far."""
+        env = dict(os.environ, TRAINCTL_SERVER=self.address)
+        watcher = subprocess.Popen([TRAINCTL, "--output=json", "watch", job],
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                   text=True, env=env)
+        events = []
+        for line in watcher.stdout:
+            events.append(json.loads(line))
+            if predicate(events[-1]):
+                break
+        return watcher, events
+
+    @staticmethod
+    def finish_watch(watcher, events):
+        """Reads a watch_until watcher to its end."""
+        for line in watcher.stdout:
+            events.append(json.loads(line))
+        watcher.wait(timeout=300)
+        watcher.stdout.close()
+        return events
+
+
+def of_kind(events, kind):
+    """The payloads of the events of one kind ("batch", "state", ...)."""
+    return [e[kind] for e in events if kind in e]
+
 
 def write_safetensors(tensors, path):
     import torch  # noqa: F401

@@ -9,11 +9,10 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 import unittest
 
-from harness import TRAINCTL, TRAIND, Daemon, make_subset, temp_root
+from harness import TRAIND, Daemon, make_subset, temp_root, of_kind
 from kube_standin import StandIn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -22,10 +21,6 @@ DEPLOY = os.path.join(HERE, "../../deploy")
 IMAGE = "64"
 BATCH = "8"
 SEED = 7
-
-
-def of_kind(events, kind):
-    return [e[kind] for e in events if kind in e]
 
 
 def validate(*files):
@@ -136,20 +131,9 @@ class KubernetesTest(unittest.TestCase):
 
     def test_cancel_deletes_the_job(self):
         job = self.submit(epochs=200)
-        env = dict(os.environ, TRAINCTL_SERVER=self.daemon.address)
-        watcher = subprocess.Popen([TRAINCTL, "--output=json", "watch", job],
-                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                   env=env)
-        events = []
-        for line in watcher.stdout:
-            events.append(json.loads(line))
-            if "batch" in events[-1]:
-                break
+        watcher, events = self.daemon.watch_until(job, lambda e: "batch" in e)
         self.daemon.trainctl("cancel", job)
-        for line in watcher.stdout:
-            events.append(json.loads(line))
-        watcher.wait(timeout=120)
-        watcher.stdout.close()
+        events = self.daemon.finish_watch(watcher, events)
         self.assertEqual(of_kind(events, "state")[-1]["state"], "CANCELLED")
         self.wait_for_no_objects()
 

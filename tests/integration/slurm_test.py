@@ -10,16 +10,12 @@ import subprocess
 import time
 import unittest
 
-from harness import TRAINCTL, Daemon, make_subset, temp_root
+from harness import Daemon, make_subset, temp_root, of_kind
 from slurm_cluster import SlurmCluster, missing_reason
 
 IMAGE = "64"
 BATCH = "8"
 SEED = 5
-
-
-def of_kind(events, kind):
-    return [e[kind] for e in events if kind in e]
 
 
 def pids_with_env(key, value):
@@ -76,24 +72,6 @@ class SlurmTest(unittest.TestCase):
         with open(out, "rb") as f:
             return hashlib.sha256(f.read()).hexdigest()
 
-    def watch_until(self, job, predicate):
-        env = dict(os.environ, TRAINCTL_SERVER=self.daemon.address)
-        watcher = subprocess.Popen([TRAINCTL, "--output=json", "watch", job],
-                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                   text=True, env=env)
-        events = []
-        for line in watcher.stdout:
-            events.append(json.loads(line))
-            if predicate(events[-1]):
-                break
-        return watcher, events
-
-    def finish_watch(self, watcher, events):
-        for line in watcher.stdout:
-            events.append(json.loads(line))
-        watcher.wait(timeout=300)
-        watcher.stdout.close()
-        return events
 
     def slurm_job_id(self, events):
         for text in (l["text"] for l in of_kind(events, "log")):
@@ -140,11 +118,11 @@ class SlurmTest(unittest.TestCase):
         blocker = self.blocker(120)
         try:
             job = self.submit("slurm")
-            watcher, events = self.watch_until(
+            watcher, events = self.daemon.watch_until(
                 job, lambda e: e.get("state", {}).get("reason", "").startswith("waiting in Slurm"))
             started = time.time()
             self.daemon.trainctl("cancel", job)
-            events = self.finish_watch(watcher, events)
+            events = self.daemon.finish_watch(watcher, events)
             self.assertEqual(of_kind(events, "state")[-1]["state"], "CANCELLED")
             self.assertLess(time.time() - started, 30)
         finally:
@@ -177,21 +155,21 @@ class SlurmTest(unittest.TestCase):
 
     def test_scancel_from_outside_cancels_the_job_with_that_reason(self):
         job = self.submit("slurm", epochs=200)
-        watcher, events = self.watch_until(job, lambda e: "batch" in e)
+        watcher, events = self.daemon.watch_until(job, lambda e: "batch" in e)
         slurm_id = self.slurm_job_id(events)
         self.assertIsNotNone(slurm_id)
         subprocess.run(["scancel", slurm_id], check=True)
-        events = self.finish_watch(watcher, events)
+        events = self.daemon.finish_watch(watcher, events)
         last = of_kind(events, "state")[-1]
         self.assertEqual(last["state"], "CANCELLED")
         self.assertIn(f"Slurm job {slurm_id} was cancelled outside traind", last["reason"])
 
     def test_trainctl_cancel_ends_the_slurm_job(self):
         job = self.submit("slurm", epochs=200)
-        watcher, events = self.watch_until(job, lambda e: "batch" in e)
+        watcher, events = self.daemon.watch_until(job, lambda e: "batch" in e)
         slurm_id = self.slurm_job_id(events)
         self.daemon.trainctl("cancel", job)
-        events = self.finish_watch(watcher, events)
+        events = self.daemon.finish_watch(watcher, events)
         self.assertEqual(of_kind(events, "state")[-1]["state"], "CANCELLED")
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -213,15 +191,8 @@ class SlurmTest(unittest.TestCase):
             job = daemon.submit("--kind=scratch", "--dataset=subset", "--epochs=3",
                                 f"--image_size={IMAGE}", f"--batch_size={BATCH}",
                                 f"--seed={SEED}", "--world_size=2", "--launcher=slurm")
-            env = dict(os.environ, TRAINCTL_SERVER=daemon.address)
-            watcher = subprocess.Popen([TRAINCTL, "--output=json", "watch", job],
-                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                       text=True, env=env)
-            events = []
-            for line in watcher.stdout:
-                events.append(json.loads(line))
-                if int(events[-1].get("batch", {}).get("epoch", 0)) == 2:
-                    break
+            watcher, events = daemon.watch_until(
+                job, lambda e: int(e.get("batch", {}).get("epoch", 0)) == 2)
             slurm_id = self.slurm_job_id(events)
             daemon.stop(signal.SIGKILL)
             watcher.kill()
@@ -249,12 +220,12 @@ class SlurmTest(unittest.TestCase):
         self.daemon.watch(clean)
         want = self.weights_sha(clean)
         job = self.submit("slurm", epochs=3)
-        watcher, events = self.watch_until(
+        watcher, events = self.daemon.watch_until(
             job, lambda e: int(e.get("batch", {}).get("epoch", 0)) == 2)
         victims = pids_with_env("SLURM_PROCID", "1")
         self.assertEqual(len(victims), 1, victims)
         os.kill(victims[0], signal.SIGKILL)
-        events = self.finish_watch(watcher, events)
+        events = self.daemon.finish_watch(watcher, events)
         self.assertEqual(of_kind(events, "state")[-1]["state"], "SUCCEEDED")
         reasons = [s.get("reason", "") for s in of_kind(events, "state")]
         self.assertTrue(any("was lost" in r for r in reasons), reasons)

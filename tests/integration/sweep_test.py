@@ -7,13 +7,9 @@ import signal
 import time
 import unittest
 
-from harness import Daemon, make_subset, temp_root
+from harness import Daemon, make_subset, temp_root, of_kind
 
 COMMON = {"dataset": "subset", "image_size": 32, "batch_size": 8, "loader_threads": 1}
-
-
-def of_kind(events, kind):
-    return [e[kind] for e in events if kind in e]
 
 
 def sha256(path):
