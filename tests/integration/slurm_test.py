@@ -10,7 +10,7 @@ import subprocess
 import time
 import unittest
 
-from harness import Daemon, make_subset, temp_root, of_kind
+from harness import TRAINCTL, Daemon, make_subset, temp_root, of_kind
 from slurm_cluster import SlurmCluster, missing_reason
 
 IMAGE = "64"
@@ -72,6 +72,25 @@ class SlurmTest(unittest.TestCase):
         with open(out, "rb") as f:
             return hashlib.sha256(f.read()).hexdigest()
 
+
+    def watch_training(self, daemon, job):
+        """Watches until the ranks train and the control plane has said which
+        Slurm job holds them (Slurm is polled once a second, so that line may
+        come after the first batch); returns watcher, events, Slurm job id."""
+        seen = {"batch": False, "slurm": None}
+
+        def both(event):
+            seen["batch"] = seen["batch"] or "batch" in event
+            seen["slurm"] = seen["slurm"] or self.slurm_job_id([event])
+            return seen["batch"] and seen["slurm"] is not None
+        watcher, events = daemon.watch_until(job, both)
+        return watcher, events, seen["slurm"]
+
+    def cancel_on_failure(self, job):
+        """A long job left running would slow every later test."""
+        self.addCleanup(lambda: subprocess.run(
+            [TRAINCTL, "cancel", job], capture_output=True,
+            env=dict(os.environ, TRAINCTL_SERVER=self.daemon.address)))
 
     def slurm_job_id(self, events):
         for text in (l["text"] for l in of_kind(events, "log")):
@@ -155,9 +174,8 @@ class SlurmTest(unittest.TestCase):
 
     def test_scancel_from_outside_cancels_the_job_with_that_reason(self):
         job = self.submit("slurm", epochs=200)
-        watcher, events = self.daemon.watch_until(job, lambda e: "batch" in e)
-        slurm_id = self.slurm_job_id(events)
-        self.assertIsNotNone(slurm_id)
+        self.cancel_on_failure(job)
+        watcher, events, slurm_id = self.watch_training(self.daemon, job)
         subprocess.run(["scancel", slurm_id], check=True)
         events = self.daemon.finish_watch(watcher, events)
         last = of_kind(events, "state")[-1]
@@ -166,8 +184,8 @@ class SlurmTest(unittest.TestCase):
 
     def test_trainctl_cancel_ends_the_slurm_job(self):
         job = self.submit("slurm", epochs=200)
-        watcher, events = self.daemon.watch_until(job, lambda e: "batch" in e)
-        slurm_id = self.slurm_job_id(events)
+        self.cancel_on_failure(job)
+        watcher, events, slurm_id = self.watch_training(self.daemon, job)
         self.daemon.trainctl("cancel", job)
         events = self.daemon.finish_watch(watcher, events)
         self.assertEqual(of_kind(events, "state")[-1]["state"], "CANCELLED")
