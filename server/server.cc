@@ -17,25 +17,45 @@
 #include "server/dist/rank_service.h"
 
 namespace traind {
+namespace {
+
+bool IsLoopback(const std::string& address) {
+  const std::string host = address.substr(0, address.rfind(':'));
+  return host == "127.0.0.1" || host == "localhost" || host == "[::1]" || host == "::1" ||
+         absl::StartsWith(address, "unix:");
+}
+
+// Plaintext or token-less serving is for loopback addresses only, unless
+// the operator says --insecure (which is logged).
+absl::Status CheckExposure(const std::string& address, bool tls, bool tokens, bool insecure) {
+  if (IsLoopback(address) || (tls && tokens)) return absl::OkStatus();
+  if (!insecure) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "refusing to serve ", address, " without ", tls ? "" : "TLS (--tls-cert, --tls-key) ",
+        !tls && !tokens ? "and " : "", tokens ? "" : "tokens (--tokens-file)",
+        ": only loopback addresses may do without; --insecure overrides"));
+  }
+  std::fprintf(stderr, "traind: WARNING: --insecure: serving %s%s%s to the network\n",
+               tls ? "" : "plaintext", !tls && !tokens ? " and " : "",
+               tokens ? "" : "without authentication");
+  std::fflush(stderr);
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
   std::unique_ptr<Server> s(new Server());
   // Refuse an exposed daemon without TLS or tokens before touching any state.
   const std::string host = options.listen.substr(0, options.listen.rfind(':'));
-  const bool loopback = host == "127.0.0.1" || host == "localhost" || host == "[::1]" ||
-                        host == "::1" || absl::StartsWith(options.listen, "unix:");
+  const bool loopback = IsLoopback(options.listen);
   const bool tls = !options.tls_cert.empty() || !options.tls_key.empty();
-  if (!loopback && !options.insecure && (!tls || options.tokens_file.empty())) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "refusing to serve ", options.listen, " without ", tls ? "" : "TLS (--tls-cert, --tls-key) ",
-        !tls && options.tokens_file.empty() ? "and " : "",
-        options.tokens_file.empty() ? "tokens (--tokens-file)" : "",
-        ": only loopback addresses may do without; --insecure overrides"));
-  }
-  if (!loopback && options.insecure && (!tls || options.tokens_file.empty())) {
-    std::fprintf(stderr, "traind: WARNING: --insecure: serving %s%s%s to the network\n",
-                 tls ? "" : "plaintext", !tls && options.tokens_file.empty() ? " and " : "",
-                 options.tokens_file.empty() ? "without authentication" : "");
+  for (const std::string& address : {options.listen, options.http_listen}) {
+    if (address.empty()) continue;
+    if (auto st = CheckExposure(address, tls, !options.tokens_file.empty(), options.insecure);
+        !st.ok()) {
+      return st;
+    }
   }
   if (tls && (options.tls_cert.empty() || options.tls_key.empty())) {
     return absl::InvalidArgumentError("TLS needs both --tls-cert and --tls-key");
@@ -44,7 +64,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
     return absl::InvalidArgumentError("--tls-client-ca needs --tls-cert and --tls-key");
   }
   if (!options.tokens_file.empty()) {
-    auto tokens = rpc::TokenStore::Load(options.tokens_file);
+    auto tokens = auth::TokenStore::Load(options.tokens_file);
     if (!tokens.ok()) return tokens.status();
     s->tokens_ = std::move(*tokens);
   }
@@ -143,6 +163,20 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
     }
     s->http_thread_ = std::thread([self] { self->http_->listen_after_bind(); });
   }
+  if (!options.http_listen.empty()) {
+    http::HttpService::Options http;
+    http.listen = options.http_listen;
+    http.tls_cert = options.tls_cert;
+    http.tls_key = options.tls_key;
+    http.tls_client_ca = options.tls_client_ca;
+    http.max_stream = absl::Seconds(options.limits.max_stream_seconds);
+    auto started = http::HttpService::Start(http, s->manager_.get(), s->tokens_.get());
+    if (!started.ok()) {
+      s->Shutdown(absl::ZeroDuration());
+      return started.status();
+    }
+    s->api_ = std::move(*started);
+  }
   if (!options.port_file.empty()) {
     if (auto st = WriteFileAtomically(options.port_file, absl::StrCat(s->port_, "\n"));
         !st.ok()) {
@@ -171,6 +205,7 @@ void Server::Shutdown(absl::Duration grace) {
   // Streams notice this within their poll interval and end with UNAVAILABLE.
   manager_->BeginShutdown();
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  if (api_) api_->Stop();
   manager_->Shutdown();
   server_->Wait();
   if (http_) {

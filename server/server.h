@@ -17,6 +17,7 @@
 #include "server/dist/attempts.h"
 #include "server/dist/launcher.h"
 #include "server/dist/rank_service.h"
+#include "server/http/http_service.h"
 #include "server/jobs/job_manager.h"
 #include "server/rpc/auth.h"
 #include "server/rpc/metrics.h"
@@ -38,13 +39,17 @@ class Server {
     // host:port of the Prometheus /metrics HTTP endpoint; empty: none; port 0
     // picks a free port.
     std::string metrics_listen;
+    // host:port of the HTTP front end (JSON API, event streams, dashboard),
+    // with the same TLS, tokens and loopback rule as `listen`; empty: none;
+    // port 0 picks a free port.
+    std::string http_listen;
     // TLS: PEM files of the server's certificate chain and key. Unset: plaintext,
     // allowed only on a loopback address (or with `insecure`).
     std::string tls_cert;
     std::string tls_key;
     // Mutual TLS: clients must present a certificate signed by this CA (PEM).
     std::string tls_client_ca;
-    // Bearer tokens (see rpc/auth.h). Unset: one implicit local user, which
+    // Bearer tokens (see auth/tokens.h). Unset: one implicit local user, which
     // is allowed only on a loopback address (or with `insecure`).
     std::string tokens_file;
     // Serve plaintext and/or without tokens on a non-loopback address.
@@ -71,6 +76,8 @@ class Server {
   absl::Status ReloadTokens();
   // The metrics port actually bound; 0 when not serving metrics.
   int metrics_port() const { return metrics_port_; }
+  // The HTTP front end's port; 0 when not serving HTTP.
+  int http_port() const { return api_ ? api_->port() : 0; }
   // Health NOT_SERVING, streams end with UNAVAILABLE, running jobs are
   // interrupted (they run again after a restart), then everything stops.
   void Shutdown(absl::Duration grace);
@@ -86,7 +93,8 @@ class Server {
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   std::unique_ptr<rpc::RpcMetrics> metrics_;
-  std::unique_ptr<rpc::TokenStore> tokens_;
+  std::unique_ptr<auth::TokenStore> tokens_;
+  std::unique_ptr<http::HttpService> api_;
   std::unique_ptr<httplib::Server> http_;
   std::thread http_thread_;
   int metrics_port_ = 0;

@@ -1,5 +1,7 @@
 #include "server/jobs/follow.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/spec.h"
 
@@ -64,8 +66,20 @@ absl::StatusOr<std::unique_ptr<WeightsReader>> WeightsReader::Open(
   return r;
 }
 
-absl::StatusOr<std::string> WeightsReader::Next() {
-  const int64_t want = std::min<int64_t>(kChunkBytes, header_.total_size() - offset_);
+absl::Status WeightsReader::Seek(int64_t offset) {
+  if (offset < 0 || offset > header_.total_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("offset: ", offset, " is outside the file's ",
+                                                   header_.total_size(), " bytes"));
+  }
+  in_.clear();
+  in_.seekg(offset);
+  offset_ = offset;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> WeightsReader::Next(int64_t max_bytes) {
+  const int64_t want =
+      std::min({kChunkBytes, std::max<int64_t>(max_bytes, 0), header_.total_size() - offset_});
   std::string chunk(static_cast<size_t>(want), '\0');
   in_.read(chunk.data(), want);
   if (in_.gcount() != want) {

@@ -73,9 +73,11 @@ class WeightsReader {
   const trainer::v1::WeightsHeader& header() const { return header_; }
   int64_t offset() const { return offset_; }
   bool done() const { return offset_ >= header_.total_size(); }
-  // The next chunk (at most kChunkBytes) at offset(), which then advances.
-  // DATA_LOSS if the file shrank while being read.
-  absl::StatusOr<std::string> Next();
+  // Moves to `offset` (a ranged read); INVALID_ARGUMENT outside the file.
+  absl::Status Seek(int64_t offset);
+  // The next chunk (at most kChunkBytes, at most `max_bytes`) at offset(),
+  // which then advances. DATA_LOSS if the file shrank while being read.
+  absl::StatusOr<std::string> Next(int64_t max_bytes = kChunkBytes);
 
  private:
   WeightsReader() = default;

@@ -1,54 +1,17 @@
-// Who is calling: bearer tokens from a tokens file, checked for every call
-// by the handler that serves it.
-//
-// The tokens file holds one line per token: the hex SHA-256 of the token, the
-// user name, and optionally "admin"; '#' starts a comment. Only digests are
-// stored, tokens are never logged, and a presented token is compared with
-// every digest in constant time. deploy/add-token.sh makes a token and its
-// line.
-//
-// Thread-safety: all methods may be called from any thread; Reload swaps the
-// table atomically (SIGHUP).
+// Who is calling a gRPC method: the call's own "authorization" metadata,
+// checked against the daemon's tokens (server/auth/tokens.h).
 #ifndef TRAIND_SERVER_RPC_AUTH_H_
 #define TRAIND_SERVER_RPC_AUTH_H_
 
-#include <memory>
-#include <optional>
-#include <string>
-#include <vector>
-
 #include <grpcpp/server_context.h>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
-#include "server/jobs/job_manager.h"
+#include "server/auth/tokens.h"
+#include "server/jobs/caller.h"
 
 namespace traind::rpc {
 
-class TokenStore {
- public:
-  // Reads `path`; INVALID_ARGUMENT naming the line for a malformed one.
-  static absl::StatusOr<std::unique_ptr<TokenStore>> Load(const std::string& path);
-  // Re-reads the file; on error the current tokens stay.
-  absl::Status Reload();
-  // The user a bearer token belongs to, if any.
-  std::optional<jobs::Caller> Check(absl::string_view token) const;
-  size_t size() const;
-
- private:
-  struct Entry {
-    std::string digest;  // 32 raw bytes
-    jobs::Caller caller;
-  };
-  static absl::StatusOr<std::vector<Entry>> Parse(const std::string& path);
-  explicit TokenStore(std::string path) : path_(std::move(path)) {}
-
-  const std::string path_;
-  mutable absl::Mutex mu_;
-  std::vector<Entry> entries_ ABSL_GUARDED_BY(mu_);
-};
+using auth::TokenStore;
 
 // The caller of one call, decided from that call's own metadata: an
 // "authorization: Bearer <token>" header naming a known token, or

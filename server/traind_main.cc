@@ -59,6 +59,9 @@ ABSL_FLAG(bool, insecure, false,
 ABSL_FLAG(std::string, metrics_listen, "",
           "serve Prometheus metrics over HTTP at host:port/metrics (port 0: a free port); "
           "empty: off");
+ABSL_FLAG(std::string, http_listen, "",
+          "serve the HTTP JSON API, event streams and the web dashboard at host:port (port 0: "
+          "a free port; same TLS, tokens and loopback rule as --listen); empty: off");
 ABSL_FLAG(std::string, state_dir, DefaultStateDir(),
           "folder of the job database and per-job artifacts");
 ABSL_FLAG(std::string, data_root, "",
@@ -127,6 +130,7 @@ int main(int argc, char** argv) {
   options.listen = absl::GetFlag(FLAGS_listen);
   options.port_file = absl::GetFlag(FLAGS_port_file);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.http_listen = absl::GetFlag(FLAGS_http_listen);
   options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
@@ -198,6 +202,14 @@ int main(int argc, char** argv) {
     const std::string& m = options.metrics_listen;
     std::printf("traind: metrics on http://%s:%d/metrics\n", m.substr(0, m.rfind(':')).c_str(),
                 (*server)->metrics_port());
+  }
+  if ((*server)->http_port() > 0) {
+    const std::string& h = options.http_listen;
+    std::string web_host = h.substr(0, h.rfind(':'));
+    if (web_host.empty() || web_host == "0.0.0.0" || web_host == "[::]") web_host = "localhost";
+    std::printf("traind: dashboard and HTTP API on %s://%s:%d/\n",
+                options.tls_cert.empty() ? "http" : "https", web_host.c_str(),
+                (*server)->http_port());
   }
   std::fflush(stdout);
 

@@ -1,0 +1,91 @@
+// The HTTP front end: a JSON API over the same JobManager the gRPC service
+// uses (protobuf's JSON mapping of the same messages), Server-Sent Events
+// for a job's event stream, ranged weights downloads, and the dashboard's
+// static files. Like server/rpc/, it authenticates, translates and
+// delegates; no job logic lives here.
+//
+// Routes (errors are {"error": {"code": <HTTP>, "status": "<gRPC code
+// name>", "message": ...}} with the HTTP status of the gRPC code):
+//   GET  /v1/jobs                   ListJobsResponse (?page_size, page_token,
+//                                   state (repeated), view=BASIC|FULL)
+//   POST /v1/jobs                   body: JobSpec; ?request_id; SubmitJobResponse
+//   GET  /v1/jobs/{id}              GetJobResponse
+//   DELETE /v1/jobs/{id}            DeleteJobResponse
+//   POST /v1/jobs/{id}:cancel       CancelJobResponse
+//   POST /v1/jobs/{id}:classify     multipart images (?top_k, trial); ClassifyResponse
+//   GET  /v1/jobs/{id}/events       text/event-stream of JobEvent (?after_seq;
+//                                   id: = seq, so Last-Event-ID resumes)
+//   GET  /v1/jobs/{id}/weights      the file (?format=pth|safetensors, trial);
+//                                   Range, ETag and Repr-Digest (SHA-256)
+//   GET  /v1/jobs/{id}/report       Evaluation of a SUCCEEDED job
+//   GET  /v1/whoami, POST /v1/login, POST /v1/logout   the dashboard's session
+//   GET  /healthz                   "ok" (no token)
+//   GET  /, /static/...             the dashboard
+//
+// Who calls: "Authorization: Bearer <token>" per request, or the HttpOnly,
+// SameSite=Strict session cookie that POST /v1/login sets from such a
+// header. A request that changes something is refused when its Origin
+// names another site.
+//
+// Thread-safety: requests are served on the server's own thread pool; the
+// manager is thread-safe. An event stream holds one pool thread while open.
+#ifndef TRAIND_SERVER_HTTP_HTTP_SERVICE_H_
+#define TRAIND_SERVER_HTTP_HTTP_SERVICE_H_
+
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/auth/tokens.h"
+#include "server/jobs/job_manager.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace traind::http {
+
+class HttpService {
+ public:
+  struct Options {
+    // host:port; port 0 picks a free port.
+    std::string listen;
+    // TLS (PEM files); both empty: plaintext.
+    std::string tls_cert;
+    std::string tls_key;
+    // Mutual TLS: clients must present a certificate signed by this CA.
+    std::string tls_client_ca;
+    // An event stream open longer than this is closed; browsers reconnect
+    // with Last-Event-ID and lose nothing.
+    absl::Duration max_stream = absl::Hours(1);
+    // Threads serving requests (an open event stream holds one).
+    int threads = 64;
+  };
+
+  // Binds and starts serving. `tokens` null: the implicit local user.
+  static absl::StatusOr<std::unique_ptr<HttpService>> Start(Options options,
+                                                            jobs::JobManager* manager,
+                                                            const auth::TokenStore* tokens);
+  ~HttpService();
+
+  int port() const { return port_; }
+  // Stops accepting and closes open connections; event streams end.
+  void Stop();
+
+ private:
+  HttpService() = default;
+  void Route();
+
+  Options options_;
+  jobs::JobManager* manager_ = nullptr;
+  const auth::TokenStore* tokens_ = nullptr;
+  std::unique_ptr<httplib::Server> server_;
+  std::thread thread_;
+  int port_ = 0;
+};
+
+}  // namespace traind::http
+
+#endif  // TRAIND_SERVER_HTTP_HTTP_SERVICE_H_
