@@ -13,7 +13,9 @@ $SUDO apt-get install -y -q --no-install-recommends \
   libopenblas0-openmp libcpp-httplib-dev openssl clang libclang-rt-14-dev \
   python3 python3-torch python3-torchvision python3-numpy python3-crc32c \
   python3-grpcio python3-protobuf \
-  libgloo-dev iproute2 slurmctld slurmd slurm-client munge nodejs
+  libgloo-dev iproute2 slurmctld slurmd slurm-client munge nodejs \
+  libjs-chart.js chromium chromium-driver python3-selenium fonts-dejavu-core \
+  python3-venv python3-pip python3-setuptools python3-wheel
 
 # The official Kubernetes schemas (kubernetes-models, from the npm registry)
 # that tests/integration/kube_test.py validates traind's objects against.

@@ -123,7 +123,8 @@ bool Safe(const Request& req) { return req.method == "GET" || req.method == "HEA
 // this also guards a daemon without tokens on loopback.)
 bool CrossSite(const Request& req) {
   if (Safe(req) || !req.has_header("Origin")) return false;
-  absl::string_view origin = req.get_header_value("Origin");
+  const std::string value = req.get_header_value("Origin");
+  absl::string_view origin = value;
   if (!absl::ConsumePrefix(&origin, "https://")) absl::ConsumePrefix(&origin, "http://");
   return origin != req.get_header_value("Host");
 }

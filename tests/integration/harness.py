@@ -47,15 +47,25 @@ class Daemon:
                "--threads-per-job=2"] + self.extra
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, preexec_fn=getattr(self, "preexec", None))
-        # The startup line names the address actually bound.
+        # The startup lines name the addresses actually bound.
+        def wants(*names):
+            return any(a.startswith(tuple(f"--{n}" for n in names)) for a in self.extra)
+        waiting = {"serving"}
+        if wants("metrics_listen", "metrics-listen"):
+            waiting.add("metrics")
+        if wants("http_listen", "http-listen"):
+            waiting.add("http")
         for line in self.proc.stdout:
             if "serving on" in line:
                 self.port = int(line.split("serving on ")[1].split()[0].rsplit(":", 1)[1])
-                if not any(a.startswith(("--metrics_listen", "--metrics-listen"))
-                           for a in self.extra):
-                    return self
+                waiting.discard("serving")
             if "metrics on http://" in line:
                 self.metrics_url = line.split("metrics on ")[1].strip()
+                waiting.discard("metrics")
+            if "dashboard and HTTP API on " in line:
+                self.http_url = line.split("HTTP API on ")[1].strip().rstrip("/")
+                waiting.discard("http")
+            if not waiting:
                 return self
         raise RuntimeError(f"traind did not start: exit {self.proc.wait()}")
 

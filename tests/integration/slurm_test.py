@@ -115,7 +115,7 @@ class SlurmTest(unittest.TestCase):
 
     def blocker(self, seconds):
         """A Slurm job holding every CPU of the node for a while."""
-        out = subprocess.run(["sbatch", "--parsable", "-n2", f"--wrap=sleep {seconds}"],
+        out = subprocess.run(["sbatch", "--parsable", "-n2", "--output=/dev/null", f"--wrap=sleep {seconds}"],
                              check=True, capture_output=True, text=True).stdout
         return out.strip().split(";")[0]
 
