@@ -207,7 +207,8 @@ function jobPage(id) {
       const x = num(b.globalStep) + 1;
       const trial = num(b.trial);
       const tag = trial ? ` (trial ${trial})` : "";
-      get(loss, `batch loss${tag}`, "rgba(47,111,208,0.25)").data.push({ x, y: b.loss });
+      const color = trial ? palette[(trial - 1) % palette.length] : "rgba(47,111,208,0.25)";
+      get(loss, `batch loss${tag}`, color).data.push({ x, y: b.loss });
       if (!trial) {
         smooth = smooth === null ? b.loss : 0.9 * smooth + 0.1 * b.loss;
         get(loss, "batch loss, smoothed", "#2f6fd0", { borderWidth: 2 }).data.push({ x, y: smooth });
