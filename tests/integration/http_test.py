@@ -288,9 +288,9 @@ class HttpApiTest(unittest.TestCase):
         self.assertEqual(status, 200, data)
         got = json_format.Parse(data, pb.ClassifyResponse())
         want = self.rpc["alice"].job(self.job).classify(images, top_k=3)
-        self.assertEqual([[(p.class_name, round(p.probability, 5)) for p in r.predictions]
+        self.assertEqual([[(p.class_name, round(p.probability, 4)) for p in r.predictions]
                           for r in got.results],
-                         [[(n, round(p, 5)) for n, p in r] for r in want])
+                         [[(n, round(p, 4)) for n, p in r] for r in want])
         status, _, data = w.call("POST", f"/v1/jobs/{self.job}:classify", b"{}",
                                  {"Content-Type": "application/json"})
         self.assertEqual(status, 400)
