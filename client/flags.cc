@@ -50,4 +50,4 @@ ABSL_FLAG(int, top, 5, "classify: classes shown per image");
 ABSL_FLAG(std::string, confusion, "", "report: also draw the confusion matrix into this PNG");
 // demo-data
 ABSL_FLAG(int, classes, 4, "demo-data: number of shape classes (2-6)");
-ABSL_FLAG(int, per_class, 40, "demo-data: images per class");
+ABSL_FLAG(int, per_class, 150, "demo-data: images per class");

@@ -20,11 +20,12 @@ int main(int argc, char** argv) {
       "  trainctl plot JOB -o curves.png\n"
       "  trainctl report JOB [--confusion confusion.png]\n"
       "  trainctl classify JOB IMAGE [IMAGE ...] [--top=5] [--trial=T]\n"
-      "  trainctl demo-data DIR [--classes=4] [--per_class=40]\n"
+      "  trainctl demo-data DIR [--classes=4] [--per_class=150]\n"
       "Global: --server=HOST:PORT (or $TRAINCTL_SERVER), --output=human|json,\n"
       "        --token (or $TRAINCTL_TOKEN), --tls-ca, --tls-cert, --tls-key\n"
       "        (or $TRAINCTL_TLS_CA, $TRAINCTL_TLS_CERT, $TRAINCTL_TLS_KEY)");
   std::vector<std::string> args = traind::NormalizeFlagDashes(argc, argv);
+  if (traind::PrintHelpIfAsked(args, "client/")) return 0;
   std::vector<char*> argp;
   for (auto& a : args) argp.push_back(a.data());
   std::vector<char*> positional = absl::ParseCommandLine(static_cast<int>(argp.size()), argp.data());

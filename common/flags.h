@@ -12,6 +12,12 @@ namespace traind {
 // after a bare "--" are left alone.
 std::vector<std::string> NormalizeFlagDashes(int argc, char** argv);
 
+// For "--help" or "-h" among `args`: prints the program's usage message and
+// the flags defined in files whose path contains `flag_files` (dashes in
+// their names, as users may write them), and returns true: the caller exits
+// with 0. (absl's own --help exits with 1.) "--helpfull" stays absl's.
+bool PrintHelpIfAsked(const std::vector<std::string>& args, const std::string& flag_files);
+
 }  // namespace traind
 
 #endif  // TRAIND_COMMON_FLAGS_H_

@@ -109,6 +109,7 @@ int main(int argc, char** argv) {
       "traind: the training-job daemon. Usage: traind [--listen=HOST:PORT] "
       "[--state-dir=DIR] [--data-root=DIR] [--weights-root=DIR] [--workers=N]");
   std::vector<std::string> args = traind::NormalizeFlagDashes(argc, argv);
+  if (traind::PrintHelpIfAsked(args, "traind_main")) return 0;
   std::vector<char*> argp;
   for (auto& a : args) argp.push_back(a.data());
   absl::ParseCommandLine(static_cast<int>(argp.size()), argp.data());
