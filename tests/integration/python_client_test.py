@@ -61,8 +61,12 @@ class PythonClientTest(unittest.TestCase):
         # Debian's grpcio, protobuf and torch come from the system site.
         subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", venv], check=True)
         py = os.path.join(venv, "bin", "python")
+        # From a copy: a build leaves build/ and *.egg-info beside the sources.
+        source = os.path.join(self.root, "client-python")
+        shutil.copytree(PACKAGE, source, ignore=shutil.ignore_patterns("build", "*.egg-info",
+                                                                         "__pycache__"))
         p = subprocess.run([py, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-                            "--no-index", "--quiet", PACKAGE], capture_output=True, text=True)
+                            "--no-index", "--quiet", source], capture_output=True, text=True)
         self.assertEqual(p.returncode, 0, p.stderr)
         script = textwrap.dedent(f"""
             import torchvision, traind_client
