@@ -125,6 +125,17 @@ class HttpApiTest(unittest.TestCase):
         status, body = self.web["alice"].json("GET", "/v1/jobs?view=FULL&state=SUCCEEDED")
         page = json_format.ParseDict(body, pb.ListJobsResponse())
         self.assertEqual(list(page.jobs), self.rpc["alice"].list_jobs(states=["SUCCEEDED"], full=True))
+        # Paging: one job a page, following next_page_token, gives every job once.
+        everyone, token = [], ""
+        while True:
+            _, body = self.web["root"].json("GET", f"/v1/jobs?page_size=1&page_token={token}")
+            self.assertLessEqual(len(body["jobs"]), 1)
+            everyone += [j["id"] for j in body["jobs"]]
+            token = body["nextPageToken"]
+            if not token:
+                break
+        self.assertEqual(everyone, [j.id for j in self.rpc["root"].list_jobs()])
+        self.assertEqual(self.web["root"].call("GET", "/v1/jobs?page_size=x")[0], 400)
 
     def test_bad_specs_are_named_as_over_grpc(self):
         bad = [dict(SMALL, epochs=0), dict(SMALL, batchSize=0), dict(SMALL, dataset="../outside"),
