@@ -8,9 +8,8 @@ import shutil
 import time
 import unittest
 
-from harness import Daemon, make_subset, temp_root
+from harness import start_with_users
 from http_test import Http
-from security_test import add_token
 
 ARTIFACTS = os.path.join(os.environ.get("TRAIND_ARTIFACTS", "/tmp/traind-artifacts"), "dashboard")
 SMALL = {"kind": "SCRATCH", "dataset": "subset", "imageSize": 32, "batchSize": 8,
@@ -37,14 +36,8 @@ class DashboardTest(unittest.TestCase):
             raise unittest.SkipTest(reason)
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
-        cls.root = temp_root("traind-dashboard-")
-        cls.data = os.path.join(cls.root, "data")
-        os.makedirs(os.path.join(cls.root, "w"))
-        make_subset(os.path.join(cls.data, "subset"))
-        tokens_file = os.path.join(cls.root, "tokens")
-        cls.tokens = {"alice": add_token(tokens_file, "alice"), "bob": add_token(tokens_file, "bob")}
-        cls.d = Daemon(os.path.join(cls.root, "state"), cls.data, os.path.join(cls.root, "w"),
-                       extra=[f"--tokens-file={tokens_file}", "--http-listen=127.0.0.1:0"]).start()
+        start_with_users(cls, "traind-dashboard-", {"alice": "", "bob": ""},
+                         ["--http-listen=127.0.0.1:0"])
         cls.api = Http(cls.d.http_url, cls.tokens["alice"])
         # A finished job for the report, and a sweep fine-tuned from it.
         cls.done = cls.submit(dict(SMALL, epochs=2))

@@ -168,3 +168,34 @@ def read_safetensors(path):
 
 def temp_root(prefix):
     return tempfile.mkdtemp(prefix=prefix)
+
+
+DEPLOY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../deploy")
+
+
+def add_token(tokens, user, role=""):
+    """A new token for `user` in the tokens file, made by deploy/add-token.sh."""
+    out = subprocess.run([os.path.join(DEPLOY, "add-token.sh"), tokens, user] +
+                         ([role] if role else []), check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def make_certs(folder):
+    """A CA, server and client certificates, made by deploy/make-certs.sh."""
+    subprocess.run([os.path.join(DEPLOY, "make-certs.sh"), folder], check=True,
+                   capture_output=True)
+
+
+def start_with_users(test_class, prefix, users, extra=()):
+    """For a test class: a temp root with a Caltech subset, a tokens file
+    with `users` ({name: "" or "admin"}), and a traind serving them. Sets
+    root, data, tokens_file, tokens ({name: token}) and d on the class."""
+    cls = test_class
+    cls.root = temp_root(prefix)
+    cls.data = os.path.join(cls.root, "data")
+    os.makedirs(os.path.join(cls.root, "w"))
+    make_subset(os.path.join(cls.data, "subset"))
+    cls.tokens_file = os.path.join(cls.root, "tokens")
+    cls.tokens = {name: add_token(cls.tokens_file, name, role) for name, role in users.items()}
+    cls.d = Daemon(os.path.join(cls.root, "state"), cls.data, os.path.join(cls.root, "w"),
+                   extra=[f"--tokens-file={cls.tokens_file}", *extra]).start()

@@ -13,8 +13,7 @@ import sys
 import unittest
 import urllib.parse
 
-from harness import TRAIND, Daemon, make_subset, temp_root
-from security_test import add_token, make_certs
+from harness import TRAIND, Daemon, add_token, make_certs, start_with_users, temp_root
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../client/python"))
 from google.protobuf import json_format  # noqa: E402
@@ -89,17 +88,8 @@ def read_sse(response, stop_after=None):
 class HttpApiTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.root = temp_root("traind-http-")
-        cls.data = os.path.join(cls.root, "data")
-        os.makedirs(os.path.join(cls.root, "w"))
-        make_subset(os.path.join(cls.data, "subset"))
-        cls.tokens_file = os.path.join(cls.root, "tokens")
-        cls.tokens = {"alice": add_token(cls.tokens_file, "alice"),
-                      "bob": add_token(cls.tokens_file, "bob"),
-                      "root": add_token(cls.tokens_file, "root", "admin")}
-        cls.d = Daemon(os.path.join(cls.root, "state"), cls.data, os.path.join(cls.root, "w"),
-                       extra=[f"--tokens-file={cls.tokens_file}", "--http-listen=127.0.0.1:0"]
-                       ).start()
+        start_with_users(cls, "traind-http-", {"alice": "", "bob": "", "root": "admin"},
+                         ["--http-listen=127.0.0.1:0"])
         cls.web = {u: Http(cls.d.http_url, t) for u, t in cls.tokens.items()}
         cls.rpc = {u: Client(cls.d.address, token=t) for u, t in cls.tokens.items()}
         status, body = cls.web["alice"].json("POST", "/v1/jobs", SMALL)

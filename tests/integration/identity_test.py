@@ -11,9 +11,8 @@ import unittest
 
 import grpc
 
-from harness import Daemon, make_subset, temp_root
+from harness import Daemon, add_token, make_certs, make_subset, temp_root
 from rpc_client import Client, pb
-from security_test import add_token, make_certs
 
 OK, NOT_FOUND, UNAUTH = grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND, \
     grpc.StatusCode.UNAUTHENTICATED

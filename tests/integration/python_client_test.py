@@ -12,8 +12,7 @@ import tempfile
 import textwrap
 import unittest
 
-from harness import Daemon, make_subset, temp_root
-from security_test import add_token
+from harness import start_with_users
 
 PACKAGE = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                        "../../client/python"))
@@ -26,15 +25,9 @@ SMALL = dict(kind="SCRATCH", dataset="subset", image_size=32, batch_size=8, load
 class PythonClientTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.root = temp_root("traind-pyclient-")
-        cls.data = os.path.join(cls.root, "data")
-        os.makedirs(os.path.join(cls.root, "w"))
-        make_subset(os.path.join(cls.data, "subset"))
-        tokens_file = os.path.join(cls.root, "tokens")
-        cls.tokens = {"alice": add_token(tokens_file, "alice"), "bob": add_token(tokens_file, "bob")}
         # Streams end after 1 s, so every watch must resume to see a job through.
-        cls.d = Daemon(os.path.join(cls.root, "state"), cls.data, os.path.join(cls.root, "w"),
-                       extra=[f"--tokens-file={tokens_file}", "--max-stream-seconds=1"]).start()
+        start_with_users(cls, "traind-pyclient-", {"alice": "", "bob": ""},
+                         ["--max-stream-seconds=1"])
         cls.alice = Client(cls.d.address, token=cls.tokens["alice"])
         cls.bob = Client(cls.d.address, token=cls.tokens["bob"])
         cls.done = cls.alice.submit(epochs=2, **SMALL)

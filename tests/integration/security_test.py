@@ -8,21 +8,7 @@ import signal
 import subprocess
 import unittest
 
-from harness import TRAINCTL, TRAIND, Daemon, make_subset, temp_root
-
-DEPLOY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../deploy")
-
-
-def add_token(tokens, user, role=""):
-    out = subprocess.run([os.path.join(DEPLOY, "add-token.sh"), tokens, user] +
-                         ([role] if role else []), check=True, capture_output=True, text=True)
-    return out.stdout.strip()
-
-
-def make_certs(folder):
-    subprocess.run([os.path.join(DEPLOY, "make-certs.sh"), folder], check=True,
-                   capture_output=True)
-
+from harness import TRAINCTL, TRAIND, Daemon, add_token, make_certs, make_subset, temp_root
 
 class SecurityTest(unittest.TestCase):
     @classmethod
