@@ -129,8 +129,7 @@ bool CrossSite(const Request& req) {
   return origin != req.get_header_value("Host");
 }
 
-}  // namespace
-
+// The handlers, one method per route.
 class HttpServiceRoutes {
  public:
   HttpServiceRoutes(jobs::JobManager* manager, const auth::TokenStore* tokens,
@@ -404,8 +403,6 @@ class HttpServiceRoutes {
   const bool tls_;
 };
 
-namespace {
-
 // One open event stream: the follower, and the wake-ups it gets.
 class EventStream {
  public:
@@ -428,8 +425,6 @@ class EventStream {
   absl::Mutex mu_;
   bool woken_ ABSL_GUARDED_BY(mu_) = false;
 };
-
-}  // namespace
 
 void HttpServiceRoutes::Events(const Request& req, Response& res) const {
   Serve(req, res, [&](const jobs::Caller& caller) -> absl::Status {
@@ -503,6 +498,8 @@ void HttpServiceRoutes::Events(const Request& req, Response& res) const {
     return absl::OkStatus();
   });
 }
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<HttpService>> HttpService::Start(Options options,
                                                                 jobs::JobManager* manager,
