@@ -170,6 +170,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
     http.tls_key = options.tls_key;
     http.tls_client_ca = options.tls_client_ca;
     http.max_stream = absl::Seconds(options.limits.max_stream_seconds);
+    http.threads = options.http_threads;
     auto started = http::HttpService::Start(http, s->manager_.get(), s->tokens_.get());
     if (!started.ok()) {
       s->Shutdown(absl::ZeroDuration());

@@ -43,6 +43,8 @@ class Server {
     // with the same TLS, tokens and loopback rule as `listen`; empty: none;
     // port 0 picks a free port.
     std::string http_listen;
+    // Its serving threads (event streams may hold all but a few).
+    int http_threads = 64;
     // TLS: PEM files of the server's certificate chain and key. Unset: plaintext,
     // allowed only on a loopback address (or with `insecure`).
     std::string tls_cert;

@@ -62,6 +62,9 @@ ABSL_FLAG(std::string, metrics_listen, "",
 ABSL_FLAG(std::string, http_listen, "",
           "serve the HTTP JSON API, event streams and the web dashboard at host:port (port 0: "
           "a free port; same TLS, tokens and loopback rule as --listen); empty: off");
+ABSL_FLAG(int, http_threads, 64,
+          "threads serving HTTP; each open event stream holds one, and streams may take all "
+          "but 4 of them");
 ABSL_FLAG(std::string, state_dir, DefaultStateDir(),
           "folder of the job database and per-job artifacts");
 ABSL_FLAG(std::string, data_root, "",
@@ -132,6 +135,7 @@ int main(int argc, char** argv) {
   options.port_file = absl::GetFlag(FLAGS_port_file);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.http_listen = absl::GetFlag(FLAGS_http_listen);
+  options.http_threads = std::max(5, absl::GetFlag(FLAGS_http_threads));
   options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);

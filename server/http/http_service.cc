@@ -3,6 +3,7 @@
 #include <httplib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <utility>
 #include <vector>
 
@@ -133,8 +134,12 @@ bool CrossSite(const Request& req) {
 class HttpServiceRoutes {
  public:
   HttpServiceRoutes(jobs::JobManager* manager, const auth::TokenStore* tokens,
-                    absl::Duration max_stream, bool tls)
-      : manager_(manager), tokens_(tokens), max_stream_(max_stream), tls_(tls) {}
+                    absl::Duration max_stream, bool tls, int max_open_streams)
+      : manager_(manager),
+        tokens_(tokens),
+        max_stream_(max_stream),
+        tls_(tls),
+        max_open_streams_(max_open_streams) {}
 
   // Authenticates `req`, then runs `call(caller)`; errors become replies.
   template <typename F>
@@ -401,6 +406,9 @@ class HttpServiceRoutes {
   const auth::TokenStore* const tokens_;
   const absl::Duration max_stream_;
   const bool tls_;
+  // Event streams open now, each holding a serving thread, and their cap.
+  const int max_open_streams_;
+  std::shared_ptr<std::atomic<int>> open_streams_ = std::make_shared<std::atomic<int>>(0);
 };
 
 // One open event stream: the follower, and the wake-ups it gets.
@@ -440,7 +448,18 @@ void HttpServiceRoutes::Events(const Request& req, Response& res) const {
       }
       after = last;
     }
-    auto stream = std::make_shared<EventStream>();
+    // Counted from here until the stream's state is freed.
+    auto open = open_streams_;
+    if (open->fetch_add(1) >= max_open_streams_) {
+      open->fetch_sub(1);
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the server has ", max_open_streams_,
+          " event streams open, its limit; reconnect later (after_seq or Last-Event-ID resumes)"));
+    }
+    std::shared_ptr<EventStream> stream(new EventStream(), [open](EventStream* s) {
+      delete s;
+      open->fetch_sub(1);
+    });
     std::weak_ptr<EventStream> weak = stream;
     auto follower = manager_->Follow(req.matches[1], *after, caller, [weak] {
       if (auto s = weak.lock()) s->Wake();
@@ -521,7 +540,7 @@ absl::StatusOr<std::unique_ptr<HttpService>> HttpService::Start(Options options,
   } else {
     s->server_ = std::make_unique<httplib::Server>();
   }
-  const int threads = std::max(4, s->options_.threads);
+  const int threads = std::max(kReservedThreads + 1, s->options_.threads);
   s->server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   s->server_->set_payload_max_length(kMaxClassifyBody + (1 << 20));
   s->server_->set_read_timeout(30, 0);
@@ -544,8 +563,9 @@ absl::StatusOr<std::unique_ptr<HttpService>> HttpService::Start(Options options,
 }
 
 void HttpService::Route() {
-  auto routes = std::make_shared<HttpServiceRoutes>(manager_, tokens_, options_.max_stream,
-                                                    !options_.tls_cert.empty());
+  auto routes = std::make_shared<HttpServiceRoutes>(
+      manager_, tokens_, options_.max_stream, !options_.tls_cert.empty(),
+      std::max(1, std::max(kReservedThreads + 1, options_.threads) - kReservedThreads));
   auto& s = *server_;
   const std::string id = "/v1/jobs/([A-Za-z0-9_.-]+)";
   s.Get("/healthz", [](const Request&, Response& res) { res.set_content("ok\n", "text/plain"); });

@@ -49,6 +49,7 @@ namespace traind::http {
 
 class HttpService {
  public:
+  static constexpr int kReservedThreads = 4;
   struct Options {
     // host:port; port 0 picks a free port.
     std::string listen;
@@ -60,7 +61,9 @@ class HttpService {
     // An event stream open longer than this is closed; browsers reconnect
     // with Last-Event-ID and lose nothing.
     absl::Duration max_stream = absl::Hours(1);
-    // Threads serving requests (an open event stream holds one).
+    // Threads serving requests. An open event stream holds one, so event
+    // streams may take all but kReservedThreads of them; more are refused
+    // (RESOURCE_EXHAUSTED) and the API and the dashboard stay reachable.
     int threads = 64;
   };
 

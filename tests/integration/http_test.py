@@ -10,10 +10,12 @@ import shutil
 import ssl
 import subprocess
 import sys
+import time
 import unittest
 import urllib.parse
 
-from harness import TRAIND, Daemon, add_token, make_certs, start_with_users, temp_root
+from harness import (TRAIND, Daemon, add_token, make_certs, make_subset, start_with_users,
+                     temp_root)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../client/python"))
 from google.protobuf import json_format  # noqa: E402
@@ -295,6 +297,44 @@ class HttpApiTest(unittest.TestCase):
         status, _, data = w.call("POST", f"/v1/jobs/{self.job}:classify", b"{}",
                                  {"Content-Type": "application/json"})
         self.assertEqual(status, 400)
+
+
+class HttpLimitsTest(unittest.TestCase):
+    def test_event_streams_cannot_take_every_serving_thread(self):
+        root = temp_root("traind-http-limits-")
+        make_subset(os.path.join(root, "data", "subset"))
+        # 6 threads: streams may hold 2, the rest keep serving.
+        d = Daemon(os.path.join(root, "state"), os.path.join(root, "data"), root,
+                   extra=["--http-listen=127.0.0.1:0", "--http-threads=6"]).start()
+        streams = []
+        try:
+            web = Http(d.http_url)
+            job = web.json("POST", "/v1/jobs", dict(SMALL, epochs=500))[1]["jobId"]
+            for _ in range(2):
+                streams.append(web.open("GET", f"/v1/jobs/{job}/events"))
+                self.assertEqual(streams[-1].status, 200)
+                read_sse(streams[-1], stop_after=1)
+            status, body = web.json("GET", f"/v1/jobs/{job}/events")
+            self.assertEqual((status, body["error"]["status"]), (429, "RESOURCE_EXHAUSTED"))
+            self.assertIn("event streams open", body["error"]["message"])
+            self.assertEqual(web.call("GET", "/v1/jobs")[0], 200)  # the API still answers
+            self.assertEqual(web.call("GET", "/")[0], 200)
+            streams.pop().close()  # a stream ends: its place is free again
+            deadline = time.time() + 30
+            while True:
+                again = web.open("GET", f"/v1/jobs/{job}/events")
+                if again.status == 200 or time.time() > deadline:
+                    break
+                again.read()
+                time.sleep(0.5)  # the server notices the closed stream at its next write
+            self.assertEqual(again.status, 200)
+            streams.append(again)
+            web.call("POST", f"/v1/jobs/{job}:cancel")
+        finally:
+            for r in streams:
+                r.close()
+            d.stop()
+            shutil.rmtree(root, ignore_errors=True)
 
 
 class HttpExposureTest(unittest.TestCase):
