@@ -24,7 +24,8 @@ std::string Digest(absl::string_view token) {
   return std::string(reinterpret_cast<const char*>(out), sizeof(out));
 }
 
-// The token of an "authorization: Bearer <token>" value.
+}  // namespace
+
 std::optional<absl::string_view> BearerToken(absl::string_view value) {
   constexpr absl::string_view kPrefix = "Bearer ";
   if (!absl::StartsWithIgnoreCase(value, kPrefix)) return std::nullopt;
@@ -32,8 +33,6 @@ std::optional<absl::string_view> BearerToken(absl::string_view value) {
   if (token.empty()) return std::nullopt;
   return token;
 }
-
-}  // namespace
 
 absl::StatusOr<std::vector<TokenStore::Entry>> TokenStore::Parse(const std::string& path) {
   std::ifstream in(path);

@@ -48,6 +48,10 @@ class TokenStore {
   std::vector<Entry> entries_ ABSL_GUARDED_BY(mu_);
 };
 
+// The token of an "Authorization: Bearer <token>" value (the scheme in any
+// case, surrounding blanks dropped); nullopt for anything else.
+std::optional<absl::string_view> BearerToken(absl::string_view value);
+
 // The caller of one call from its credentials: `authorization`, the values
 // of the call's authorization headers (exactly one "Bearer <token>" naming a
 // known token is accepted; several are ambiguous and refused), or failing

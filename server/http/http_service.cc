@@ -376,20 +376,18 @@ class HttpServiceRoutes {
 
   void Login(const Request& req, Response& res) const {
     const std::string value = req.get_header_value("Authorization");
-    absl::string_view token = value;
-    if (req.get_header_value_count("Authorization") != 1 ||
-        !absl::ConsumePrefix(&token, "Bearer ")) {
+    const auto token = auth::BearerToken(value);
+    if (req.get_header_value_count("Authorization") != 1 || !token) {
       return Fail(res, absl::UnauthenticatedError("login: send the token as Authorization: Bearer"));
     }
-    token = absl::StripAsciiWhitespace(token);
     auto caller = Identify(req);
     if (!caller.ok()) return Fail(res, caller.status());
-    if (token.find_first_of(";, \t\"\\") != absl::string_view::npos) {
+    if (token->find_first_of(";, \t\"\\") != absl::string_view::npos) {
       return Fail(res, absl::InvalidArgumentError(
                            "login: this token has characters a cookie cannot hold; send it as "
                            "Authorization: Bearer on each request instead"));
     }
-    res.set_header("Set-Cookie", absl::StrCat(kCookie, "=", token,
+    res.set_header("Set-Cookie", absl::StrCat(kCookie, "=", *token,
                                               "; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000",
                                               tls_ ? "; Secure" : ""));
     WhoAmI(req, res);

@@ -253,6 +253,11 @@ class HttpApiTest(unittest.TestCase):
                                     headers={"Origin": self.d.http_url})
         self.assertEqual(status, 400)  # same origin: it got as far as validation
         self.assertEqual(Http(self.d.http_url, "wrong").call("POST", "/v1/login")[0], 401)
+        # The scheme's case does not matter, for logging in as for every call.
+        lower = Http(self.d.http_url).call("POST", "/v1/login",
+                                           headers={"Authorization": f"bearer {self.tokens['bob']}"})
+        self.assertEqual(lower[0], 200)
+        self.assertEqual(json.loads(lower[2])["user"], "bob")
 
     def test_cancel_report_classify_and_delete(self):
         w = self.web["alice"]
