@@ -9,7 +9,6 @@
 #include <httplib.h>
 
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/file_util.h"
@@ -139,28 +138,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
   engine->SetKubeAccess(options.kube);
   engine->SetControlLink(link);
   if (!options.metrics_listen.empty()) {
-    const auto colon = options.metrics_listen.rfind(':');
-    int port = 0;
-    if (colon == std::string::npos ||
-        !absl::SimpleAtoi(options.metrics_listen.substr(colon + 1), &port)) {
-      s->Shutdown(absl::ZeroDuration());
-      return absl::InvalidArgumentError(
-          absl::StrCat("metrics_listen: expected host:port, got ", options.metrics_listen));
-    }
-    const std::string host = options.metrics_listen.substr(0, colon);
     s->http_ = std::make_unique<httplib::Server>();
     Server* self = s.get();
     s->http_->Get("/metrics", [self](const httplib::Request&, httplib::Response& res) {
       res.set_content(self->metrics_->Render(self->manager_->Snapshot()),
                       "text/plain; version=0.0.4; charset=utf-8");
     });
-    s->metrics_port_ = port == 0 ? s->http_->bind_to_any_port(host)
-                                 : (s->http_->bind_to_port(host, port) ? port : -1);
-    if (s->metrics_port_ <= 0) {
+    auto port = http::BindHttp(*s->http_, options.metrics_listen, "metrics_listen", "metrics");
+    if (!port.ok()) {
       s->Shutdown(absl::ZeroDuration());
-      return absl::UnavailableError(
-          absl::StrCat("cannot listen for metrics on ", options.metrics_listen));
+      return port.status();
     }
+    s->metrics_port_ = *port;
     s->http_thread_ = std::thread([self] { self->http_->listen_after_bind(); });
   }
   if (!options.http_listen.empty()) {

@@ -518,6 +518,21 @@ void HttpServiceRoutes::Events(const Request& req, Response& res) const {
 
 }  // namespace
 
+absl::StatusOr<int> BindHttp(httplib::Server& server, const std::string& listen,
+                             absl::string_view flag, absl::string_view what) {
+  const auto colon = listen.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port)) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, ": expected host:port, got ", listen));
+  }
+  std::string host = listen.substr(0, colon);
+  if (absl::StartsWith(host, "[") && absl::EndsWith(host, "]")) host = host.substr(1, host.size() - 2);
+  const int bound = port == 0 ? server.bind_to_any_port(host)
+                              : (server.bind_to_port(host, port) ? port : -1);
+  if (bound <= 0) return absl::UnavailableError(absl::StrCat("cannot listen for ", what, " on ", listen));
+  return bound;
+}
+
 absl::StatusOr<std::unique_ptr<HttpService>> HttpService::Start(Options options,
                                                                 jobs::JobManager* manager,
                                                                 const auth::TokenStore* tokens) {
@@ -538,32 +553,25 @@ absl::StatusOr<std::unique_ptr<HttpService>> HttpService::Start(Options options,
   } else {
     s->server_ = std::make_unique<httplib::Server>();
   }
-  const int threads = std::max(kReservedThreads + 1, s->options_.threads);
+  s->options_.threads = std::max(kReservedThreads + 1, s->options_.threads);
+  const int threads = s->options_.threads;
   s->server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   s->server_->set_payload_max_length(kMaxClassifyBody + (1 << 20));
   s->server_->set_read_timeout(30, 0);
   s->server_->set_keep_alive_timeout(30);
   s->Route();
-  const std::string& listen = s->options_.listen;
-  const auto colon = listen.rfind(':');
-  int port = 0;
-  if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port)) {
-    return absl::InvalidArgumentError(absl::StrCat("http_listen: expected host:port, got ", listen));
-  }
-  std::string host = listen.substr(0, colon);
-  if (absl::StartsWith(host, "[") && absl::EndsWith(host, "]")) host = host.substr(1, host.size() - 2);
-  s->port_ = port == 0 ? s->server_->bind_to_any_port(host)
-                       : (s->server_->bind_to_port(host, port) ? port : -1);
-  if (s->port_ <= 0) return absl::UnavailableError(absl::StrCat("cannot listen for HTTP on ", listen));
+  auto port = BindHttp(*s->server_, s->options_.listen, "http_listen", "HTTP");
+  if (!port.ok()) return port.status();
+  s->port_ = *port;
   HttpService* self = s.get();
   s->thread_ = std::thread([self] { self->server_->listen_after_bind(); });
   return s;
 }
 
 void HttpService::Route() {
-  auto routes = std::make_shared<HttpServiceRoutes>(
-      manager_, tokens_, options_.max_stream, !options_.tls_cert.empty(),
-      std::max(1, std::max(kReservedThreads + 1, options_.threads) - kReservedThreads));
+  auto routes = std::make_shared<HttpServiceRoutes>(manager_, tokens_, options_.max_stream,
+                                                    !options_.tls_cert.empty(),
+                                                    options_.threads - kReservedThreads);
   auto& s = *server_;
   const std::string id = "/v1/jobs/([A-Za-z0-9_.-]+)";
   s.Get("/healthz", [](const Request&, Response& res) { res.set_content("ok\n", "text/plain"); });

@@ -37,6 +37,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "server/auth/tokens.h"
 #include "server/jobs/job_manager.h"
@@ -46,6 +47,13 @@ class Server;
 }
 
 namespace traind::http {
+
+// Binds `server` to `listen` ("host:port", "[v6 address]:port"; port 0
+// picks a free one) and returns the bound port. `flag` names the setting in
+// errors (INVALID_ARGUMENT for a malformed value, UNAVAILABLE when it cannot
+// bind), `what` the service ("metrics", "HTTP").
+absl::StatusOr<int> BindHttp(httplib::Server& server, const std::string& listen,
+                             absl::string_view flag, absl::string_view what);
 
 class HttpService {
  public:
