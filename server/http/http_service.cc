@@ -82,11 +82,20 @@ void Reply(Response& res, const google::protobuf::Message& message) {
   res.set_content(ToJson(message), "application/json");
 }
 
-// The value of `name` as an int64; `fallback` when absent.
-absl::StatusOr<int64_t> IntParam(const Request& req, const char* name, int64_t fallback) {
-  if (!req.has_param(name)) return fallback;
-  int64_t v = 0;
-  const std::string text = req.get_param_value(name);
+// The integer `name` from the query, or from a plain field of a multipart
+// form; `fallback` when absent. INVALID_ARGUMENT when it is not a T (an
+// int32 field given 2^32 + 1 is refused, not wrapped).
+template <typename T>
+absl::StatusOr<T> IntParam(const Request& req, const char* name, T fallback) {
+  std::string text;
+  if (req.has_param(name)) {
+    text = req.get_param_value(name);
+  } else if (req.has_file(name)) {
+    text = req.get_file_value(name).content;
+  } else {
+    return fallback;
+  }
+  T v = 0;
   if (!absl::SimpleAtoi(text, &v)) {
     return absl::InvalidArgumentError(absl::StrCat(name, ": not an integer: \"", text, "\""));
   }
@@ -170,7 +179,7 @@ class HttpServiceRoutes {
 
   void ListJobs(const Request& req, Response& res) const {
     Serve(req, res, [&](const jobs::Caller& caller) -> absl::Status {
-      auto page_size = IntParam(req, "page_size", 0);
+      auto page_size = IntParam<int32_t>(req, "page_size", 0);
       if (!page_size.ok()) return page_size.status();
       std::vector<trainer::v1::JobState> states;
       for (size_t i = 0, n = req.get_param_value_count("state"); i < n; ++i) {
@@ -191,7 +200,7 @@ class HttpServiceRoutes {
         if (!view.ok()) return view.status();
         full = *view == trainer::v1::FULL;
       }
-      auto page = manager_->ListJobs(static_cast<int>(*page_size),
+      auto page = manager_->ListJobs(*page_size,
                                      req.get_param_value("page_token"), states, caller, full);
       if (!page.ok()) return page.status();
       trainer::v1::ListJobsResponse out;
@@ -277,20 +286,12 @@ class HttpServiceRoutes {
       }
       trainer::v1::ClassifyRequest request;
       request.set_job_id(req.matches[1]);
-      const std::pair<const char*, void (trainer::v1::ClassifyRequest::*)(int32_t)> numbers[] = {
-          {"top_k", &trainer::v1::ClassifyRequest::set_top_k},
-          {"trial", &trainer::v1::ClassifyRequest::set_trial}};
-      for (const auto& [name, set] : numbers) {
-        // From the query, or from a plain form field of the same name.
-        std::string text = req.get_param_value(name);
-        if (text.empty() && req.has_file(name)) text = req.get_file_value(name).content;
-        if (text.empty()) continue;
-        int v = 0;
-        if (!absl::SimpleAtoi(text, &v)) {
-          return absl::InvalidArgumentError(absl::StrCat(name, ": not an integer: \"", text, "\""));
-        }
-        (request.*set)(v);
-      }
+      auto top_k = IntParam<int32_t>(req, "top_k", 0);
+      if (!top_k.ok()) return top_k.status();
+      auto trial = IntParam<int32_t>(req, "trial", 0);
+      if (!trial.ok()) return trial.status();
+      request.set_top_k(*top_k);
+      request.set_trial(*trial);
       for (const auto& [name, part] : req.files) {
         if (!part.filename.empty()) request.add_images(part.content);
       }
@@ -311,9 +312,9 @@ class HttpServiceRoutes {
         if (!f.ok()) return f.status();
         if (*f != trainer::v1::WEIGHTS_FORMAT_UNSPECIFIED) format = *f;
       }
-      auto trial = IntParam(req, "trial", 0);
+      auto trial = IntParam<int32_t>(req, "trial", 0);
       if (!trial.ok()) return trial.status();
-      auto reader = manager_->OpenWeights(req.matches[1], format, static_cast<int>(*trial), 0,
+      auto reader = manager_->OpenWeights(req.matches[1], format, *trial, 0,
                                           caller);
       if (!reader.ok()) return reader.status();
       const auto& header = (*reader)->header();
@@ -434,7 +435,7 @@ class EventStream {
 
 void HttpServiceRoutes::Events(const Request& req, Response& res) const {
   Serve(req, res, [&](const jobs::Caller& caller) -> absl::Status {
-    auto after = IntParam(req, "after_seq", 0);
+    auto after = IntParam<int64_t>(req, "after_seq", 0);
     if (!after.ok()) return after.status();
     // A browser's automatic reconnect says where it got to.
     if (req.has_header("Last-Event-ID")) {

@@ -213,6 +213,9 @@ class HttpApiTest(unittest.TestCase):
         status, body = w.json("GET", f"/v1/jobs/{self.job}/weights?format=onnx")
         self.assertEqual(status, 400)
         self.assertIn("format", body["error"]["message"])
+        status, body = w.json("GET", f"/v1/jobs/{self.job}/weights?trial=4294967297")
+        self.assertEqual(status, 400)  # not wrapped to trial 1
+        self.assertIn("trial: not an integer", body["error"]["message"])
 
     def test_users_see_only_their_jobs_and_admins_all(self):
         status, body = self.web["bob"].json("GET", f"/v1/jobs/{self.job}")
