@@ -1,6 +1,6 @@
 // engine_bench [--threads N] [--steps N] [--image_size S] [--batch B]
 //              [--bf16 0|1] [--device cpu|cuda] [--on main|worker]
-//              [--profile DIR]
+//              [--profile DIR] [--optimizer fused|torch]
 // Times the engine's training and evaluation steps on synthetic batches and
 // prints images/s per mode. By default the steps run on a worker thread, as
 // they do in traind (whose jobs train on its worker threads): glibc gives
@@ -21,6 +21,7 @@
 #include <torch/torch.h>
 
 #include "server/train/allocator.h"
+#include "server/train/fused_adam.h"
 #include "server/train/model.h"
 #include "server/train/step.h"
 
@@ -44,6 +45,15 @@ int Arg(int argc, char** argv, const char* name, int def) {
 
 // Where --profile writes traces; empty: no profiling.
 std::string g_profile_dir;
+// --optimizer torch: LibTorch's own Adam instead of the daemon's FusedAdam.
+bool g_torch_adam = false;
+
+std::unique_ptr<torch::optim::Adam> MakeAdam(const std::vector<torch::Tensor>& params) {
+  if (g_torch_adam) {
+    return std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(1e-3));
+  }
+  return std::make_unique<traind::train::FusedAdam>(params, torch::optim::AdamOptions(1e-3));
+}
 
 double MeasureOn(const char* mode, int steps, int batch, int size, bool bf16,
                  const torch::Device& device);
@@ -80,9 +90,9 @@ double MeasureOn(const char* mode, int steps, int batch, int size, bool bf16,
       p.value().set_requires_grad(trainable);
       if (trainable) params.push_back(p.value());
     }
-    opt = std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(1e-3));
+    opt = MakeAdam(params);
   } else if (train) {
-    opt = std::make_unique<torch::optim::Adam>(model->parameters(), torch::optim::AdamOptions(1e-3));
+    opt = MakeAdam(model->parameters());
   }
   torch::Tensor x = torch::randn({batch, 3, size, size}, device)
                       .contiguous(torch::MemoryFormat::ChannelsLast);
@@ -131,7 +141,9 @@ int main(int argc, char** argv) {
   const bool bf16 = Arg(argc, argv, "--bf16", 1) != 0;
   const bool on_main = std::strcmp(StrArg(argc, argv, "--on", "worker"), "main") == 0;
   g_profile_dir = StrArg(argc, argv, "--profile", "");
-  std::printf("engine: steps on %s thread\n", on_main ? "the main" : "a worker");
+  g_torch_adam = std::strcmp(StrArg(argc, argv, "--optimizer", "fused"), "torch") == 0;
+  std::printf("engine: steps on %s thread, %s\n", on_main ? "the main" : "a worker",
+              g_torch_adam ? "LibTorch's Adam" : "FusedAdam");
   for (const char* mode : {"finetune", "scratch", "eval"}) {
     std::printf("engine %-8s %7.1f img/s\n", mode, Measure(mode, steps, batch, size, false, device, on_main));
     std::fflush(stdout);

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "server/train/fused_adam.h"
 #include "server/train/weights.h"
 
 namespace traind::train {
@@ -50,7 +51,7 @@ absl::StatusOr<ResNet18> BuildModel(const TrainConfig& config, int64_t num_class
 
 std::unique_ptr<torch::optim::Adam> BuildOptimizer(ResNet18& model, const TrainConfig& config) {
   if (config.kind == Kind::kScratch) {
-    return std::make_unique<torch::optim::Adam>(model->parameters(),
+    return std::make_unique<FusedAdam>(model->parameters(),
                                                 torch::optim::AdamOptions(config.learning_rate));
   }
   std::set<std::string> trainable(config.trainable_blocks.begin(), config.trainable_blocks.end());
@@ -71,7 +72,7 @@ std::unique_ptr<torch::optim::Adam> BuildOptimizer(ResNet18& model, const TrainC
     groups.emplace_back(backbone, std::make_unique<torch::optim::AdamOptions>(
                                       config.backbone_learning_rate));
   }
-  return std::make_unique<torch::optim::Adam>(groups,
+  return std::make_unique<FusedAdam>(groups,
                                               torch::optim::AdamOptions(config.learning_rate));
 }
 
