@@ -29,10 +29,11 @@ namespace {
 // PIL's RGB -> L conversion: ITU-R 601-2 luma in 16-bit fixed point.
 cv::Mat Gray(const cv::Mat& rgb) {
   cv::Mat gray(rgb.size(), CV_8UC1);
+  const int cols = rgb.cols;  // a local: stores through uint8_t* may alias rgb.cols
   for (int y = 0; y < rgb.rows; ++y) {
     const uint8_t* in = rgb.ptr<uint8_t>(y);
     uint8_t* out = gray.ptr<uint8_t>(y);
-    for (int x = 0; x < rgb.cols; ++x, in += 3) {
+    for (int x = 0; x < cols; ++x, in += 3) {
       out[x] = static_cast<uint8_t>((in[0] * 19595 + in[1] * 38470 + in[2] * 7471 + 0x8000) >> 16);
     }
   }
@@ -42,19 +43,32 @@ cv::Mat Gray(const cv::Mat& rgb) {
 // PIL's Image.blend(degenerate, img, factor) on 8-bit data, as ImageEnhance
 // uses it: degenerate + factor * (img - degenerate) in single precision,
 // truncated and clipped to [0, 255].
+inline uint8_t BlendValue(int value, int degenerate, float alpha) {
+  float v = static_cast<float>(degenerate) + alpha * static_cast<float>(value - degenerate);
+  v = std::min(std::max(v, 0.0f), 255.0f);  // branch-free, so the loop vectorizes
+  return static_cast<uint8_t>(static_cast<int>(v));
+}
+
 cv::Mat Blend(const cv::Mat& img, const cv::Mat& degenerate, double factor) {
   const float alpha = static_cast<float>(factor);
+  const int n = img.cols * 3;  // a local: stores through uint8_t* may alias img.cols
   cv::Mat out(img.size(), CV_8UC3);
   for (int y = 0; y < img.rows; ++y) {
     const uint8_t* in = img.ptr<uint8_t>(y);
     const uint8_t* deg = degenerate.ptr<uint8_t>(y);
     uint8_t* o = out.ptr<uint8_t>(y);
-    for (int k = 0; k < img.cols * 3; ++k) {
-      const float v = static_cast<float>(deg[k]) +
-                      alpha * static_cast<float>(static_cast<int>(in[k]) - deg[k]);
-      o[k] = v <= 0.0f ? 0 : v >= 255.0f ? 255 : static_cast<uint8_t>(v);
-    }
+    for (int k = 0; k < n; ++k) o[k] = BlendValue(in[k], deg[k], alpha);
   }
+  return out;
+}
+
+// The same against a flat degenerate image: a table of the 256 results.
+cv::Mat BlendFlat(const cv::Mat& img, int degenerate, double factor) {
+  const float alpha = static_cast<float>(factor);
+  cv::Mat table(1, 256, CV_8U);
+  for (int i = 0; i < 256; ++i) table.at<uint8_t>(i) = BlendValue(i, degenerate, alpha);
+  cv::Mat out;
+  cv::LUT(img, table, out);
   return out;
 }
 
@@ -145,7 +159,8 @@ cv::Mat PilResize(const cv::Mat& src, int out_w, int out_h) {
   return dst;
 }
 
-// PIL's RGB <-> HSV conversions (colorsys's formulas, 8-bit channels).
+// PIL's RGB -> HSV conversion (colorsys's formulas, 8-bit channels); HsvTables
+// below holds its results, and the way back.
 void RgbToHsv(const uint8_t* in, uint8_t* out) {
   const uint8_t r = in[0], g = in[1], b = in[2];
   const uint8_t maxc = std::max({r, g, b}), minc = std::min({r, g, b});
@@ -173,44 +188,118 @@ void RgbToHsv(const uint8_t* in, uint8_t* out) {
   out[1] = clip(static_cast<int>(s * 255.0));
 }
 
-void HsvToRgb(const uint8_t* in, uint8_t* out) {
-  const uint8_t h = in[0], s = in[1], v = in[2];
-  if (s == 0) {
-    out[0] = out[1] = out[2] = v;
-    return;
-  }
-  const int i = static_cast<int>(std::floor(static_cast<float>(h) * 6.0 / 255.0));
-  const float f = static_cast<float>(static_cast<float>(h) * 6.0 / 255.0 - static_cast<float>(i));
-  const float fs = static_cast<float>(static_cast<float>(s) / 255.0);
-  auto clip = [](double x) {
-    const long r = std::lround(x);
-    return static_cast<uint8_t>(r < 0 ? 0 : r > 255 ? 255 : r);
-  };
-  const uint8_t p = clip(static_cast<float>(v) * (1.0 - fs));
-  const uint8_t q = clip(static_cast<float>(v) * (1.0 - fs * f));
-  const uint8_t t = clip(static_cast<float>(v) * (1.0 - fs * (1.0 - f)));
-  switch (i % 6) {
-    case 0: out[0] = v; out[1] = t; out[2] = p; break;
-    case 1: out[0] = q; out[1] = v; out[2] = p; break;
-    case 2: out[0] = p; out[1] = v; out[2] = t; break;
-    case 3: out[0] = p; out[1] = q; out[2] = v; break;
-    case 4: out[0] = t; out[1] = p; out[2] = v; break;
-    default: out[0] = v; out[1] = p; out[2] = q; break;
-  }
+// Half away from zero, as std::lround, for the non-negative values of
+// HsvToRgb (x - trunc(x) is exact), without a library call per channel.
+uint8_t RoundClip(double x) {
+  const long r = static_cast<long>(x) + (x - static_cast<double>(static_cast<long>(x)) >= 0.5);
+  return static_cast<uint8_t>(r < 0 ? 0 : r > 255 ? 255 : r);
 }
+
+// The two conversions above as table look-ups, bit-identical and several
+// times faster (a hue shift was most of an augmented sample's time). An
+// RGB pixel's hue depends only on which channel comes first among the
+// largest (R, then G, then B, as RgbToHsv tests them) and on how far below it
+// the other two are; its saturation on the largest value and the range. The
+// tables hold RgbToHsv's own results for every such case (256 KiB in all);
+// HsvToRgb's per-hue and per-saturation terms are tabled the same way.
+class HsvTables {
+ public:
+  static const HsvTables& Get() {
+    static const HsvTables* tables = new HsvTables();
+    return *tables;
+  }
+
+  void RgbToHsv(const uint8_t* in, uint8_t* out) const {
+    const uint8_t r = in[0], g = in[1], b = in[2];
+    const uint8_t maxc = std::max({r, g, b}), minc = std::min({r, g, b});
+    out[2] = maxc;
+    if (r == maxc) {
+      out[0] = hue_[0][maxc - g][maxc - b];
+    } else if (g == maxc) {
+      out[0] = hue_[1][maxc - r][maxc - b];
+    } else {
+      out[0] = hue_[2][maxc - r][maxc - g];
+    }
+    out[1] = saturation_[maxc][maxc - minc];
+  }
+
+  void HsvToRgb(const uint8_t* in, uint8_t* out) const {
+    const uint8_t h = in[0], s = in[1], v = in[2];
+    if (s == 0) {
+      out[0] = out[1] = out[2] = v;
+      return;
+    }
+    // PIL's HSV -> RGB (colorsys's formulas, 8-bit channels).
+    const float f = fraction_[h];
+    const float fs = scaled_saturation_[s];
+    const double value = static_cast<float>(v);
+    const uint8_t p = RoundClip(value * (1.0 - fs));
+    const uint8_t q = RoundClip(value * (1.0 - fs * f));
+    const uint8_t t = RoundClip(value * (1.0 - fs * (1.0 - f)));
+    switch (sector_[h]) {
+      case 0: out[0] = v; out[1] = t; out[2] = p; break;
+      case 1: out[0] = q; out[1] = v; out[2] = p; break;
+      case 2: out[0] = p; out[1] = v; out[2] = t; break;
+      case 3: out[0] = p; out[1] = q; out[2] = v; break;
+      case 4: out[0] = t; out[1] = p; out[2] = v; break;
+      default: out[0] = v; out[1] = p; out[2] = q; break;
+    }
+  }
+
+ private:
+  HsvTables() {
+    uint8_t hsv[3];
+    for (int d1 = 0; d1 < 256; ++d1) {
+      for (int d2 = 0; d2 < 256; ++d2) {
+        const uint8_t a = static_cast<uint8_t>(255 - d1), b = static_cast<uint8_t>(255 - d2);
+        const uint8_t red_first[3] = {255, a, b};
+        traind::train::RgbToHsv(red_first, hsv);
+        hue_[0][d1][d2] = hsv[0];
+        if (d1 > 0) {  // R below the largest
+          const uint8_t green_first[3] = {a, 255, b};
+          traind::train::RgbToHsv(green_first, hsv);
+          hue_[1][d1][d2] = hsv[0];
+        }
+        if (d1 > 0 && d2 > 0) {  // R and G below the largest
+          const uint8_t blue_first[3] = {a, b, 255};
+          traind::train::RgbToHsv(blue_first, hsv);
+          hue_[2][d1][d2] = hsv[0];
+        }
+      }
+    }
+    for (int maxc = 0; maxc < 256; ++maxc) {
+      for (int range = 0; range <= maxc; ++range) {
+        const uint8_t px[3] = {static_cast<uint8_t>(maxc), static_cast<uint8_t>(maxc - range),
+                               static_cast<uint8_t>(maxc)};
+        traind::train::RgbToHsv(px, hsv);
+        saturation_[maxc][range] = hsv[1];
+      }
+    }
+    for (int i = 0; i < 256; ++i) {
+      const int sector = static_cast<int>(std::floor(static_cast<float>(i) * 6.0 / 255.0));
+      sector_[i] = static_cast<uint8_t>(sector % 6);
+      fraction_[i] = static_cast<float>(static_cast<float>(i) * 6.0 / 255.0 - static_cast<float>(sector));
+      scaled_saturation_[i] = static_cast<float>(static_cast<float>(i) / 255.0);
+    }
+  }
+
+  uint8_t hue_[3][256][256] = {};
+  uint8_t saturation_[256][256] = {};
+  uint8_t sector_[256] = {};
+  float fraction_[256] = {};
+  float scaled_saturation_[256] = {};
+};
 
 }  // namespace
 
 cv::Mat AdjustBrightness(const cv::Mat& img, double factor) {
-  return Blend(img, cv::Mat::zeros(img.size(), img.type()), factor);
+  return BlendFlat(img, 0, factor);
 }
 
 cv::Mat AdjustContrast(const cv::Mat& img, double factor) {
   // ImageEnhance.Contrast: a flat image at the rounded mean luma.
   const double mean = cv::mean(Gray(img))[0];
-  const cv::Mat flat(img.size(), img.type(),
-                     cv::Scalar::all(static_cast<int>(mean + 0.5)));
-  return Blend(img, flat, factor);
+  return BlendFlat(img, static_cast<int>(mean + 0.5), factor);
 }
 
 cv::Mat AdjustSaturation(const cv::Mat& img, double factor) {
@@ -222,15 +311,16 @@ cv::Mat AdjustSaturation(const cv::Mat& img, double factor) {
 cv::Mat AdjustHue(const cv::Mat& img, double shift) {
   // torchvision: np.uint8(shift * 255) added to PIL's 8-bit hue, wrapping.
   const uint8_t delta = static_cast<uint8_t>(static_cast<int>(shift * 255.0) & 0xff);
+  const HsvTables& t = HsvTables::Get();
   cv::Mat out(img.size(), CV_8UC3);
   for (int y = 0; y < img.rows; ++y) {
     const uint8_t* in = img.ptr<uint8_t>(y);
     uint8_t* o = out.ptr<uint8_t>(y);
-    for (int x = 0; x < img.cols; ++x) {
+    for (int x = 0, cols = img.cols; x < cols; ++x, in += 3, o += 3) {
       uint8_t hsv[3];
-      RgbToHsv(in + 3 * x, hsv);
+      t.RgbToHsv(in, hsv);
       hsv[0] = static_cast<uint8_t>(hsv[0] + delta);
-      HsvToRgb(hsv, o + 3 * x);
+      t.HsvToRgb(hsv, o);
     }
   }
   return out;
