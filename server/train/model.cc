@@ -37,9 +37,12 @@ BasicBlockImpl::BasicBlockImpl(int64_t in_planes, int64_t planes,
 
 torch::Tensor BasicBlockImpl::forward(torch::Tensor x) {
   torch::Tensor identity = downsample_ ? downsample_->forward(x) : x;
-  torch::Tensor out = torch::relu(bn1_->forward(conv1_->forward(x)));
+  // In place, as torchvision's block: BatchNorm's backward needs its input,
+  // not its output, so the add and the ReLU may overwrite that.
+  torch::Tensor out = bn1_->forward(conv1_->forward(x)).relu_();
   out = bn2_->forward(conv2_->forward(out));
-  return torch::relu(out + identity);
+  out += identity;
+  return out.relu_();
 }
 
 ResNet18Impl::ResNet18Impl(int64_t num_classes) {
@@ -64,7 +67,7 @@ ResNet18Impl::ResNet18Impl(int64_t num_classes) {
 }
 
 torch::Tensor ResNet18Impl::forward(torch::Tensor x) {
-  x = torch::relu(bn1_->forward(conv1_->forward(x)));
+  x = bn1_->forward(conv1_->forward(x)).relu_();
   x = torch::max_pool2d(x, /*kernel_size=*/3, /*stride=*/2, /*padding=*/1);
   x = layer4_->forward(
       layer3_->forward(layer2_->forward(layer1_->forward(x))));
