@@ -201,7 +201,12 @@ absl::StatusOr<Run::SharedStep> Run::DistributedStep(const torch::Tensor& x,
   const float scale = 1.f / static_cast<float>(collective_->world_size());
   at = 0;
   for (auto& p : params) {
-    p.grad().copy_(flat_.narrow(0, at, p.numel()).view_as(p) * scale);
+    torch::Tensor mean = flat_.narrow(0, at, p.numel()).view_as(p) * scale;
+    if (p.grad().defined()) {
+      p.grad().copy_(mean);
+    } else {
+      p.mutable_grad() = std::move(mean);  // FusedAdam takes any layout
+    }
     at += p.numel();
   }
   optimizer_->step();

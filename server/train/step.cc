@@ -62,7 +62,12 @@ ScopedBf16Autocast::~ScopedBf16Autocast() {
 StepResult ForwardBackward(ResNet18& model, torch::optim::Optimizer& optimizer,
                            const torch::Tensor& images, const torch::Tensor& labels, bool bf16) {
   model->train();
-  optimizer.zero_grad();
+  // Gradients are dropped rather than zeroed (PyTorch 2's default): backward
+  // then hands each parameter the gradient it computed instead of adding it
+  // into a zero-filled one, two passes over the gradients fewer per step.
+  for (auto& group : optimizer.param_groups()) {
+    for (auto& p : group.params()) p.mutable_grad().reset();
+  }
   StepResult r;
   {
     ScopedBf16Autocast autocast(bf16, images.device().type());

@@ -35,7 +35,7 @@ struct StepResult {
   torch::Tensor loss;  // mean cross-entropy of the batch
 };
 
-// Zeroes the gradients, then forward in training mode, cross-entropy and
+// Drops the gradients, then forward in training mode, cross-entropy and
 // backward (no update): the first half of a step, the half that data-parallel
 // ranks run before averaging their gradients.
 StepResult ForwardBackward(ResNet18& model, torch::optim::Optimizer& optimizer,
