@@ -1,15 +1,19 @@
 // engine_bench [--threads N] [--steps N] [--image_size S] [--batch B]
 //              [--bf16 0|1] [--device cpu|cuda] [--on main|worker]
-//              [--profile DIR] [--optimizer fused|torch]
+//              [--profile DIR] [--optimizer fused|torch] [--weights FILE]
 // Times the engine's training and evaluation steps on synthetic batches and
-// prints images/s per mode. By default the steps run on a worker thread, as
-// they do in traind (whose jobs train on its worker threads): glibc gives
-// such a thread its own arena, whose memory behaves differently from the
-// main thread's; `--on main` runs them on the main thread. `--profile DIR`
-// also records the timed steps of each mode with LibTorch's autograd profiler
-// into DIR/<mode>.json (Chrome trace; bench/profile_step.py tabulates it). Needs the engine core only (LibTorch), so it also
-// builds against a CUDA LibTorch (bench/gpu_check.sh). Pair with reference_bench.py (run.sh does both and
-// prints the ratio); compare figures from one run, the machine is shared.
+// prints images/s per mode. The steps are the daemon's: the recipe's network,
+// frozen blocks and FusedAdam groups (recipe.h), starting weights read by the
+// daemon's loader (--weights, e.g. a trained job's; default: a random
+// initialisation), on a worker thread as traind's jobs run (glibc gives such
+// a thread its own arena, whose memory behaves differently from the main
+// thread's; `--on main` runs them on the main thread). `--profile DIR` also
+// records the timed steps of each mode with LibTorch's autograd profiler into
+// DIR/<mode>.json (Chrome trace; bench/profile_step.py tabulates it).
+// With -DTRAIND_ENGINE_ONLY=ON it needs LibTorch alone and builds the same
+// network and groups itself, so it also builds against a CUDA LibTorch
+// (bench/gpu_check.sh). Pair with reference_bench.py (run.sh does both and
+// prints the ratios); compare figures from one run, the machine is shared.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -23,6 +27,9 @@
 #include "server/train/allocator.h"
 #include "server/train/fused_adam.h"
 #include "server/train/model.h"
+#ifndef TRAIND_ENGINE_ONLY
+#include "server/train/recipe.h"
+#endif
 #include "server/train/step.h"
 
 namespace {
@@ -47,13 +54,76 @@ int Arg(int argc, char** argv, const char* name, int def) {
 std::string g_profile_dir;
 // --optimizer torch: LibTorch's own Adam instead of the daemon's FusedAdam.
 bool g_torch_adam = false;
+// --weights FILE: fine-tuning and evaluation start from FILE (a state_dict,
+// .pth or .safetensors, e.g. a trained job's weights); otherwise from the
+// network's random initialisation.
+std::string g_weights;
 
-std::unique_ptr<torch::optim::Adam> MakeAdam(const std::vector<torch::Tensor>& params) {
-  if (g_torch_adam) {
-    return std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(1e-3));
-  }
-  return std::make_unique<traind::train::FusedAdam>(params, torch::optim::AdamOptions(1e-3));
+#ifndef TRAIND_ENGINE_ONLY
+// What a job builds (server/train/recipe.h): the recipe's initialisation,
+// frozen blocks and Adam groups, the starting weights read by the daemon's
+// own loader.
+traind::train::TrainConfig Recipe(const char* mode) {
+  traind::train::TrainConfig config;
+  config.kind = std::strcmp(mode, "scratch") == 0 ? traind::train::Kind::kScratch
+                                                  : traind::train::Kind::kFinetune;
+  config.initial_weights = g_weights;
+  return config;
 }
+
+ResNet18 BuildNetwork(const char* mode) {
+  const auto config = Recipe(mode);
+  if (config.kind == traind::train::Kind::kFinetune && g_weights.empty()) {
+    torch::manual_seed(0);
+    return ResNet18(101);
+  }
+  auto model = traind::train::BuildModel(config, 101);
+  if (!model.ok()) {
+    std::fprintf(stderr, "engine_bench: %s\n", model.status().ToString().c_str());
+    std::exit(1);
+  }
+  return *model;
+}
+
+std::unique_ptr<torch::optim::Adam> BuildAdam(ResNet18& model, const char* mode) {
+  auto fused = traind::train::BuildOptimizer(model, Recipe(mode));
+  if (!g_torch_adam) return fused;
+  return std::make_unique<torch::optim::Adam>(
+      fused->param_groups(), static_cast<const torch::optim::AdamOptions&>(fused->defaults()));
+}
+#else
+// The engine core alone (bench/gpu_check.sh): the same network and groups,
+// built here; --weights is not read.
+ResNet18 BuildNetwork(const char* mode) {
+  torch::manual_seed(0);
+  ResNet18 model(101);
+  if (std::strcmp(mode, "scratch") == 0) traind::train::XavierInit(*model);
+  return model;
+}
+
+std::unique_ptr<torch::optim::Adam> BuildAdam(ResNet18& model, const char* mode) {
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  std::vector<torch::Tensor> head, backbone;
+  const bool finetune = std::strcmp(mode, "finetune") == 0;
+  for (auto& p : model->named_parameters()) {
+    const std::string& name = p.key();
+    if (!finetune || name.rfind("fc", 0) == 0) {
+      head.push_back(p.value());
+    } else if (name.rfind("layer3", 0) == 0 || name.rfind("layer4", 0) == 0) {
+      backbone.push_back(p.value());
+    } else {
+      p.value().set_requires_grad(false);
+    }
+  }
+  groups.emplace_back(head, std::make_unique<torch::optim::AdamOptions>(1e-3));
+  if (!backbone.empty()) {
+    groups.emplace_back(backbone, std::make_unique<torch::optim::AdamOptions>(1e-4));
+  }
+  const torch::optim::AdamOptions defaults(1e-3);
+  if (g_torch_adam) return std::make_unique<torch::optim::Adam>(groups, defaults);
+  return std::make_unique<traind::train::FusedAdam>(groups, defaults);
+}
+#endif
 
 double MeasureOn(const char* mode, int steps, int batch, int size, bool bf16,
                  const torch::Device& device);
@@ -74,26 +144,13 @@ double Measure(const char* mode, int steps, int batch, int size, bool bf16,
 
 double MeasureOn(const char* mode, int steps, int batch, int size, bool bf16,
                const torch::Device& device) {
-  torch::manual_seed(0);
-  ResNet18 model(101);
+  ResNet18 model = BuildNetwork(mode);
   model->to(device);
   for (auto& p : model->parameters()) {
     if (p.dim() == 4) p.set_data(p.data().contiguous(torch::MemoryFormat::ChannelsLast));
   }
-  std::unique_ptr<torch::optim::Adam> opt;
   const bool train = std::strcmp(mode, "eval") != 0;
-  if (std::strcmp(mode, "finetune") == 0) {
-    std::vector<torch::Tensor> params;
-    for (auto& p : model->named_parameters()) {
-      const bool trainable = p.key().rfind("layer3", 0) == 0 || p.key().rfind("layer4", 0) == 0 ||
-                             p.key().rfind("fc", 0) == 0;
-      p.value().set_requires_grad(trainable);
-      if (trainable) params.push_back(p.value());
-    }
-    opt = MakeAdam(params);
-  } else if (train) {
-    opt = MakeAdam(model->parameters());
-  }
+  std::unique_ptr<torch::optim::Adam> opt = train ? BuildAdam(model, mode) : nullptr;
   torch::Tensor x = torch::randn({batch, 3, size, size}, device)
                       .contiguous(torch::MemoryFormat::ChannelsLast);
   torch::Tensor y = torch::randint(0, 101, {batch}, torch::TensorOptions(device).dtype(torch::kLong));
@@ -142,8 +199,10 @@ int main(int argc, char** argv) {
   const bool on_main = std::strcmp(StrArg(argc, argv, "--on", "worker"), "main") == 0;
   g_profile_dir = StrArg(argc, argv, "--profile", "");
   g_torch_adam = std::strcmp(StrArg(argc, argv, "--optimizer", "fused"), "torch") == 0;
-  std::printf("engine: steps on %s thread, %s\n", on_main ? "the main" : "a worker",
-              g_torch_adam ? "LibTorch's Adam" : "FusedAdam");
+  g_weights = StrArg(argc, argv, "--weights", "");
+  std::printf("engine: steps on %s thread, %s, the recipe's groups, %s\n",
+              on_main ? "the main" : "a worker", g_torch_adam ? "LibTorch's Adam" : "FusedAdam",
+              g_weights.empty() ? "random initial weights" : ("weights " + g_weights).c_str());
   for (const char* mode : {"finetune", "scratch", "eval"}) {
     std::printf("engine %-8s %7.1f img/s\n", mode, Measure(mode, steps, batch, size, false, device, on_main));
     std::fflush(stdout);
