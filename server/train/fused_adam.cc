@@ -1,6 +1,8 @@
 #include "server/train/fused_adam.h"
 
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -34,18 +36,56 @@ struct Coefficients {
 #define TRAIND_VECTOR_CLONES
 #endif
 
-TRAIND_VECTOR_CLONES
-void Update(float* __restrict p, const float* __restrict g, float* __restrict m,
-            float* __restrict v, int64_t n, const Coefficients& c) {
+// Rounds to the nearest bfloat16, ties to even, as ATen's casts do for
+// finite values.
+inline uint16_t ToBf16(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+inline float FromBf16(uint16_t x) {
+  const uint32_t bits = static_cast<uint32_t>(x) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// The update of elements [0, n); Grad is float or uint16_t (bfloat16 bits);
+// `copy`, when not null, receives the new parameter in bfloat16.
+template <typename Grad>
+inline void UpdateRange(float* __restrict p, const Grad* __restrict g, float* __restrict m,
+                        float* __restrict v, uint16_t* __restrict copy, int64_t n,
+                        const Coefficients& c) {
   for (int64_t i = 0; i < n; ++i) {
-    const float grad = g[i];
+    float grad;
+    if constexpr (std::is_same_v<Grad, float>) {
+      grad = g[i];
+    } else {
+      grad = FromBf16(g[i]);
+    }
     const float avg = std::fma(grad, c.one_minus_beta1, m[i] * c.beta1);
     const float avg_sq = std::fma(c.one_minus_beta2 * grad, grad, v[i] * c.beta2);
     const float denom = std::sqrt(avg_sq) / c.sqrt_bias_correction2 + c.eps;
-    p[i] = p[i] + (c.neg_step * avg) / denom;
+    const float updated = p[i] + (c.neg_step * avg) / denom;
+    p[i] = updated;
     m[i] = avg;
     v[i] = avg_sq;
+    if (copy != nullptr) copy[i] = ToBf16(updated);
   }
+}
+
+TRAIND_VECTOR_CLONES
+void Update(float* p, const float* g, float* m, float* v, uint16_t* copy, int64_t n,
+            const Coefficients& c) {
+  UpdateRange(p, g, m, v, copy, n, c);
+}
+
+TRAIND_VECTOR_CLONES
+void UpdateFromBf16(float* p, const uint16_t* g, float* m, float* v, uint16_t* copy, int64_t n,
+                    const Coefficients& c) {
+  UpdateRange(p, g, m, v, copy, n, c);
 }
 
 bool SameLayout(const torch::Tensor& a, const torch::Tensor& b) {
@@ -60,14 +100,55 @@ bool Fusable(const torch::Tensor& p) {
 
 }  // namespace
 
-torch::Tensor FusedAdam::step(LossClosure closure) {
+bool FusedAdam::FusesAll() const {
   for (const auto& group : param_groups_) {
     const auto& o = static_cast<const torch::optim::AdamOptions&>(group.options());
-    if (o.amsgrad() || o.weight_decay() != 0) return torch::optim::Adam::step(std::move(closure));
+    if (o.amsgrad() || o.weight_decay() != 0) return false;
     for (const auto& p : group.params()) {
-      if (p.grad().defined() && !Fusable(p)) return torch::optim::Adam::step(std::move(closure));
+      if (!Fusable(p)) return false;
     }
   }
+  return true;
+}
+
+torch::Tensor FusedAdam::Bf16Copy(const torch::Tensor& p) {
+  if (!FusesAll()) return {};
+  auto it = copies_.find(p.unsafeGetTensorImpl());
+  if (it == copies_.end()) {
+    bool mine = false;
+    for (const auto& group : param_groups_) {
+      for (const auto& q : group.params()) mine = mine || q.is_same(p);
+    }
+    if (!mine) return {};
+    it = copies_.emplace(p.unsafeGetTensorImpl(), Copy{}).first;
+  }
+  Copy& copy = it->second;
+  if (!copy.value.defined() || copy.data != p.data_ptr() || copy.version != p._version()) {
+    torch::NoGradGuard no_grad;
+    copy.value = p.detach().to(torch::kBFloat16).set_requires_grad(p.requires_grad());
+    copy.data = p.data_ptr();
+    copy.version = p._version();
+  }
+  return copy.value;
+}
+
+torch::Tensor FusedAdam::Gradient(const torch::Tensor& p) const {
+  if (p.grad().defined()) return p.grad();
+  auto it = copies_.find(p.unsafeGetTensorImpl());
+  return it == copies_.end() ? torch::Tensor() : it->second.value.grad();
+}
+
+void FusedAdam::DropGradients() {
+  for (auto& group : param_groups_) {
+    for (auto& p : group.params()) p.mutable_grad().reset();
+  }
+  for (auto& [impl, copy] : copies_) {
+    if (copy.value.defined()) copy.value.mutable_grad().reset();
+  }
+}
+
+torch::Tensor FusedAdam::step(LossClosure closure) {
+  if (!FusesAll()) return torch::optim::Adam::step(std::move(closure));
   torch::NoGradGuard no_grad;
   torch::Tensor loss;
   if (closure) {
@@ -79,7 +160,12 @@ torch::Tensor FusedAdam::step(LossClosure closure) {
     const double beta1 = std::get<0>(o.betas());
     const double beta2 = std::get<1>(o.betas());
     for (auto& p : group.params()) {
-      if (!p.grad().defined()) continue;
+      auto copy_it = copies_.find(p.unsafeGetTensorImpl());
+      Copy* copy = copy_it == copies_.end() || !copy_it->second.value.defined()
+                       ? nullptr
+                       : &copy_it->second;
+      torch::Tensor grad = Gradient(p);
+      if (!grad.defined()) continue;
       const std::string key = c10::guts::to_string(p.unsafeGetTensorImpl());
       auto it = state_.find(key);
       if (it == state_.end()) {
@@ -100,24 +186,44 @@ torch::Tensor FusedAdam::step(LossClosure closure) {
                            static_cast<float>(std::sqrt(bias_correction2)),
                            static_cast<float>(o.eps()),
                            static_cast<float>(-(o.lr() / bias_correction1))};
-      // Gradients, moments restored from a checkpoint or a bf16 gradient
-      // come to the parameter's layout and type first.
-      auto like_p = [&](const torch::Tensor& t) {
-        return t.scalar_type() == torch::kFloat && SameLayout(t, p)
+      // Gradients and moments in another layout (a restored checkpoint's, an
+      // averaged gradient's) come to the parameter's first; a bfloat16
+      // gradient in its layout is read as it is.
+      auto like_p = [&](const torch::Tensor& t, torch::ScalarType type) {
+        return t.scalar_type() == type && SameLayout(t, p)
                    ? t
-                   : torch::empty_like(p, torch::MemoryFormat::Preserve).copy_(t);
+                   : torch::empty_like(p, torch::MemoryFormat::Preserve).to(type).copy_(t);
       };
-      const torch::Tensor grad = like_p(p.grad());
-      if (!SameLayout(state.exp_avg(), p)) state.exp_avg(like_p(state.exp_avg()));
-      if (!SameLayout(state.exp_avg_sq(), p)) state.exp_avg_sq(like_p(state.exp_avg_sq()));
+      const bool bf16_grad = grad.scalar_type() == torch::kBFloat16;
+      grad = like_p(grad, bf16_grad ? torch::kBFloat16 : torch::kFloat);
+      if (!SameLayout(state.exp_avg(), p)) state.exp_avg(like_p(state.exp_avg(), torch::kFloat));
+      if (!SameLayout(state.exp_avg_sq(), p)) {
+        state.exp_avg_sq(like_p(state.exp_avg_sq(), torch::kFloat));
+      }
+      if (copy != nullptr && !SameLayout(copy->value, p)) copy = nullptr;  // remade when next asked
       float* pp = p.data_ptr<float>();
-      const float* gp = grad.data_ptr<float>();
       float* mp = state.exp_avg().data_ptr<float>();
       float* vp = state.exp_avg_sq().data_ptr<float>();
+      uint16_t* cp = copy == nullptr ? nullptr
+                                     : reinterpret_cast<uint16_t*>(copy->value.data_ptr());
+      const void* gp = grad.data_ptr();
       at::parallel_for(0, p.numel(), /*grain_size=*/16384, [&](int64_t begin, int64_t end) {
-        Update(pp + begin, gp + begin, mp + begin, vp + begin, end - begin, c);
+        uint16_t* copy_part = cp == nullptr ? nullptr : cp + begin;
+        if (bf16_grad) {
+          UpdateFromBf16(pp + begin, static_cast<const uint16_t*>(gp) + begin, mp + begin,
+                         vp + begin, copy_part, end - begin, c);
+        } else {
+          Update(pp + begin, static_cast<const float*>(gp) + begin, mp + begin, vp + begin,
+                 copy_part, end - begin, c);
+        }
       });
       p.unsafeGetTensorImpl()->bump_version();  // as an in-place ATen op would
+      if (copy != nullptr) {
+        copy->value.unsafeGetTensorImpl()->bump_version();
+        copy->version = p._version();
+      } else if (copy_it != copies_.end()) {
+        copy_it->second.value = torch::Tensor();  // stale: remade when next asked
+      }
     }
   }
   return loss;

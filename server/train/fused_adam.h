@@ -10,6 +10,14 @@
 // use fused multiply-add (every AVX2 or AVX-512 CPU; tests/train/
 // fused_adam_test.cc checks it against torch::optim::Adam).
 //
+// bf16 steps: Bf16Copy() hands out a bfloat16 copy of a parameter for the
+// forward pass to read in place of the float one, which autocast would cast
+// afresh every step; the copy's gradient, in bfloat16, is what the next
+// step() reads, and step() writes the copy as it writes the parameter. That
+// saves the cast of every trainable weight forward, the cast of its gradient
+// back, and half the gradient's reads, with the same values as autocast's
+// casts (round to nearest even, exact widening).
+//
 // It keeps torch::optim::Adam's state (AdamParamState per parameter), so
 // checkpoints are unchanged and either class restores the other's. Options
 // it does not fuse (amsgrad, weight decay) and parameters that are not dense
@@ -18,6 +26,9 @@
 // Thread-safety: as torch::optim::Adam (one thread steps at a time).
 #ifndef TRAIND_SERVER_TRAIN_FUSED_ADAM_H_
 #define TRAIND_SERVER_TRAIN_FUSED_ADAM_H_
+
+#include <cstdint>
+#include <unordered_map>
 
 #include <torch/optim/adam.h>
 
@@ -28,6 +39,30 @@ class FusedAdam : public torch::optim::Adam {
   using torch::optim::Adam::Adam;
 
   torch::Tensor step(LossClosure closure = nullptr) override;
+
+  // The bfloat16 copy of parameter `p` that a bf16 forward pass should read:
+  // a leaf that requires grad, equal to `p` rounded to bfloat16 (remade when
+  // `p` was written by anything but step(), such as a checkpoint restore).
+  // Undefined when `p` is not one of this optimizer's parameters or cannot
+  // take the fused update.
+  torch::Tensor Bf16Copy(const torch::Tensor& p);
+
+  // The gradient step() would apply to `p`: its own, else its copy's
+  // (bfloat16), else undefined.
+  torch::Tensor Gradient(const torch::Tensor& p) const;
+
+  // Drops the gradients of the parameters and of their copies.
+  void DropGradients();
+
+ private:
+  struct Copy {
+    torch::Tensor value;   // bfloat16, p's layout
+    const void* data = nullptr;  // p's storage and version when `value` was made
+    int64_t version = 0;
+  };
+  bool FusesAll() const;
+
+  std::unordered_map<const c10::TensorImpl*, Copy> copies_;
 };
 
 }  // namespace traind::train

@@ -174,8 +174,10 @@ absl::StatusOr<Run::SharedStep> Run::DistributedStep(const torch::Tensor& x,
   for (auto& p : model_->parameters()) {
     if (!p.requires_grad()) continue;
     torch::Tensor dst = flat_.narrow(0, at, p.numel());
-    if (p.grad().defined()) {
-      dst.view_as(p).copy_(p.grad());  // copy_ handles channels-last strides
+    // A bf16 step's gradient may be in bfloat16 (GradientOf); copy_ widens
+    // it exactly and handles channels-last strides.
+    if (torch::Tensor grad = GradientOf(*optimizer_, p); grad.defined()) {
+      dst.view_as(p).copy_(grad);
     } else {
       dst.zero_();
     }

@@ -3,6 +3,11 @@
 #include <ATen/autocast_mode.h>
 #include <torch/version.h>
 
+#include <utility>
+#include <vector>
+
+#include "server/train/fused_adam.h"
+
 namespace traind::train {
 namespace {
 
@@ -39,7 +44,38 @@ void SetAutocastDtype(torch::DeviceType d, c10::ScalarType t) {
 }
 #endif
 
+// While alive, the model's convolutions read the optimizer's bfloat16 copies
+// of their weights (FusedAdam::Bf16Copy) instead of the float weights;
+// convolutions without a copy (frozen ones) keep theirs, which autocast casts.
+class ScopedBf16Weights {
+ public:
+  ScopedBf16Weights(FusedAdam* optimizer, ResNet18& model) {
+    if (optimizer == nullptr) return;
+    for (const auto& m : model->modules(/*include_self=*/false)) {
+      auto* conv = m->as<torch::nn::Conv2d>();
+      if (conv == nullptr) continue;
+      torch::Tensor copy = optimizer->Bf16Copy(conv->weight);
+      if (!copy.defined()) continue;
+      swapped_.emplace_back(conv, conv->weight);
+      conv->weight = std::move(copy);
+    }
+  }
+  ~ScopedBf16Weights() {
+    for (auto& [conv, weight] : swapped_) conv->weight = std::move(weight);
+  }
+  ScopedBf16Weights(const ScopedBf16Weights&) = delete;
+  ScopedBf16Weights& operator=(const ScopedBf16Weights&) = delete;
+
+ private:
+  std::vector<std::pair<torch::nn::Conv2dImpl*, torch::Tensor>> swapped_;
+};
+
 }  // namespace
+
+torch::Tensor GradientOf(torch::optim::Optimizer& optimizer, const torch::Tensor& p) {
+  if (auto* fused = dynamic_cast<FusedAdam*>(&optimizer)) return fused->Gradient(p);
+  return p.grad();
+}
 
 ScopedBf16Autocast::ScopedBf16Autocast(bool enabled, torch::DeviceType device)
     : enabled_(enabled), device_(device) {
@@ -65,12 +101,18 @@ StepResult ForwardBackward(ResNet18& model, torch::optim::Optimizer& optimizer,
   // Gradients are dropped rather than zeroed (PyTorch 2's default): backward
   // then hands each parameter the gradient it computed instead of adding it
   // into a zero-filled one, two passes over the gradients fewer per step.
-  for (auto& group : optimizer.param_groups()) {
-    for (auto& p : group.params()) p.mutable_grad().reset();
+  auto* fused = dynamic_cast<FusedAdam*>(&optimizer);
+  if (fused != nullptr) {
+    fused->DropGradients();
+  } else {
+    for (auto& group : optimizer.param_groups()) {
+      for (auto& p : group.params()) p.mutable_grad().reset();
+    }
   }
   StepResult r;
   {
     ScopedBf16Autocast autocast(bf16, images.device().type());
+    ScopedBf16Weights weights(bf16 ? fused : nullptr, model);
     r.logits = model->forward(images);
     r.loss = torch::nn::functional::cross_entropy(r.logits, labels);
   }

@@ -37,7 +37,9 @@ struct StepResult {
 
 // Drops the gradients, then forward in training mode, cross-entropy and
 // backward (no update): the first half of a step, the half that data-parallel
-// ranks run before averaging their gradients.
+// ranks run before averaging their gradients. In bf16 with a FusedAdam, the
+// trainable convolutions read its bfloat16 weight copies, so their gradients
+// land on the copies: read them with GradientOf.
 StepResult ForwardBackward(ResNet18& model, torch::optim::Optimizer& optimizer,
                            const torch::Tensor& images, const torch::Tensor& labels,
                            bool bf16 = false);
@@ -47,6 +49,10 @@ StepResult ForwardBackward(ResNet18& model, torch::optim::Optimizer& optimizer,
 StepResult TrainStep(ResNet18& model, torch::optim::Optimizer& optimizer,
                      const torch::Tensor& images, const torch::Tensor& labels,
                      bool bf16 = false);
+
+// The gradient the optimizer's next step applies to `p` (for FusedAdam, its
+// bfloat16 copy's after a bf16 backward); undefined if none.
+torch::Tensor GradientOf(torch::optim::Optimizer& optimizer, const torch::Tensor& p);
 
 }  // namespace traind::train
 

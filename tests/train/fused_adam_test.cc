@@ -1,5 +1,8 @@
 #include "server/train/fused_adam.h"
 
+#include "server/train/model.h"
+#include "server/train/step.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -116,6 +119,95 @@ TEST(FusedAdamTest, AcceptsGradientsInAnotherLayoutOrType) {
   reference.step();
   EXPECT_TRUE(torch::allclose(ours, theirs, 1e-6, 1e-7));
   EXPECT_FALSE(torch::equal(ours, p));
+}
+
+// Two equal networks, channels-last as the trainer holds them.
+std::pair<ResNet18, ResNet18> TwinNetworks(int64_t classes) {
+  torch::manual_seed(5);
+  ResNet18 a(classes), b(classes);
+  torch::NoGradGuard no_grad;
+  auto pa = a->parameters(), pb = b->parameters();
+  for (size_t i = 0; i < pa.size(); ++i) pb[i].copy_(pa[i]);
+  for (auto* m : {&a, &b}) {
+    for (auto& p : (*m)->parameters()) {
+      if (p.dim() == 4) p.set_data(p.data().contiguous(torch::MemoryFormat::ChannelsLast));
+    }
+  }
+  return {a, b};
+}
+
+// bf16 steps reading FusedAdam's weight copies come out exactly as autocast's
+// per-step casts with LibTorch's Adam: parameters, moments and BatchNorm
+// statistics alike.
+TEST(FusedAdamTest, Bf16StepsThroughWeightCopiesEqualAutocastCasts) {
+  auto [ours, theirs] = TwinNetworks(10);
+  // Fine-tune style: the stem and layer1 frozen (no copies for them).
+  for (auto* m : {&ours, &theirs}) {
+    for (auto& p : (*m)->named_parameters()) {
+      if (p.key().rfind("conv1", 0) == 0 || p.key().rfind("layer1", 0) == 0) {
+        p.value().set_requires_grad(false);
+      }
+    }
+  }
+  auto trainable = [](ResNet18& m) {
+    std::vector<torch::Tensor> out;
+    for (auto& p : m->parameters()) {
+      if (p.requires_grad()) out.push_back(p);
+    }
+    return out;
+  };
+  FusedAdam fused(trainable(ours), torch::optim::AdamOptions(1e-3));
+  torch::optim::Adam reference(trainable(theirs), torch::optim::AdamOptions(1e-3));
+  for (int step = 0; step < 3; ++step) {
+    torch::manual_seed(50 + step);
+    const auto x = torch::randn({4, 3, 32, 32}).contiguous(torch::MemoryFormat::ChannelsLast);
+    const auto y = torch::randint(0, 10, {4});
+    const auto a = TrainStep(ours, fused, x, y, /*bf16=*/true);
+    const auto b = TrainStep(theirs, reference, x, y, /*bf16=*/true);
+    EXPECT_EQ(a.loss.item<float>(), b.loss.item<float>()) << step;
+  }
+  // The copies were read: the trainable convolutions' gradients are theirs.
+  const auto& layer4_weight = ours->named_parameters()["layer4.0.conv1.weight"];
+  EXPECT_FALSE(layer4_weight.grad().defined());
+  const auto copy_grad = fused.Gradient(layer4_weight);
+  ASSERT_TRUE(copy_grad.defined());
+  EXPECT_EQ(copy_grad.scalar_type(), torch::kBFloat16);
+  auto pa = ours->named_parameters(), pb = theirs->named_parameters();
+  for (const auto& item : pa) {
+    SCOPED_TRACE(item.key());
+    if (AtenUsesFma()) {
+      EXPECT_TRUE(torch::equal(item.value(), pb[item.key()]));
+    } else {
+      EXPECT_TRUE(torch::allclose(item.value(), pb[item.key()], 1e-5, 1e-6));
+    }
+  }
+  auto ba = ours->named_buffers(), bb = theirs->named_buffers();
+  for (const auto& item : ba) {
+    SCOPED_TRACE(item.key());
+    EXPECT_TRUE(torch::allclose(item.value(), bb[item.key()], 1e-5, 1e-6));
+  }
+}
+
+TEST(FusedAdamTest, Bf16CopyFollowsWritesFromOutsideTheOptimizer) {
+  auto p = torch::randn({8, 4, 3, 3})
+               .contiguous(torch::MemoryFormat::ChannelsLast)
+               .set_requires_grad(true);
+  FusedAdam optimizer({p}, torch::optim::AdamOptions(1e-3));
+  const auto first = optimizer.Bf16Copy(p);
+  ASSERT_TRUE(first.defined());
+  EXPECT_TRUE(first.requires_grad());
+  EXPECT_TRUE(torch::equal(first, p.detach().to(torch::kBFloat16)));
+  {
+    torch::NoGradGuard no_grad;
+    p.mul_(3);  // as a checkpoint restore or a broadcast from rank 0 writes it
+  }
+  EXPECT_TRUE(torch::equal(optimizer.Bf16Copy(p), p.detach().to(torch::kBFloat16)));
+  // A step keeps the copy in step with the parameter it writes.
+  optimizer.Bf16Copy(p).mutable_grad() = torch::randn({8, 4, 3, 3}).to(torch::kBFloat16);
+  optimizer.step();
+  EXPECT_TRUE(torch::equal(optimizer.Bf16Copy(p), p.detach().to(torch::kBFloat16)));
+  // Not one of its parameters: no copy.
+  EXPECT_FALSE(optimizer.Bf16Copy(torch::randn({3})).defined());
 }
 
 }  // namespace
