@@ -31,7 +31,8 @@ struct Coefficients {
 
 #if defined(__x86_64__) && defined(__GNUC__)
 // Vectorized for the CPU it runs on; the default clone computes the same.
-#define TRAIND_VECTOR_CLONES __attribute__((target_clones("avx512f", "fma", "default")))
+#define TRAIND_VECTOR_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define TRAIND_VECTOR_CLONES
 #endif
@@ -53,8 +54,9 @@ inline float FromBf16(uint16_t x) {
 }
 
 // The update of elements [0, n); Grad is float or uint16_t (bfloat16 bits);
-// `copy`, when not null, receives the new parameter in bfloat16.
-template <typename Grad>
+// with kCopy, `copy` receives the new parameter in bfloat16. (Template
+// arguments rather than run-time tests, so every variant vectorizes.)
+template <typename Grad, bool kCopy>
 inline void UpdateRange(float* __restrict p, const Grad* __restrict g, float* __restrict m,
                         float* __restrict v, uint16_t* __restrict copy, int64_t n,
                         const Coefficients& c) {
@@ -72,20 +74,31 @@ inline void UpdateRange(float* __restrict p, const Grad* __restrict g, float* __
     p[i] = updated;
     m[i] = avg;
     v[i] = avg_sq;
-    if (copy != nullptr) copy[i] = ToBf16(updated);
+    if constexpr (kCopy) copy[i] = ToBf16(updated);
   }
 }
 
 TRAIND_VECTOR_CLONES
-void Update(float* p, const float* g, float* m, float* v, uint16_t* copy, int64_t n,
-            const Coefficients& c) {
-  UpdateRange(p, g, m, v, copy, n, c);
+void Update(float* p, const float* g, float* m, float* v, int64_t n, const Coefficients& c) {
+  UpdateRange<float, false>(p, g, m, v, nullptr, n, c);
 }
 
 TRAIND_VECTOR_CLONES
-void UpdateFromBf16(float* p, const uint16_t* g, float* m, float* v, uint16_t* copy, int64_t n,
+void UpdateWithCopy(float* p, const float* g, float* m, float* v, uint16_t* copy, int64_t n,
                     const Coefficients& c) {
-  UpdateRange(p, g, m, v, copy, n, c);
+  UpdateRange<float, true>(p, g, m, v, copy, n, c);
+}
+
+TRAIND_VECTOR_CLONES
+void UpdateFromBf16WithCopy(float* p, const uint16_t* g, float* m, float* v, uint16_t* copy,
+                            int64_t n, const Coefficients& c) {
+  UpdateRange<uint16_t, true>(p, g, m, v, copy, n, c);
+}
+
+TRAIND_VECTOR_CLONES
+void UpdateFromBf16(float* p, const uint16_t* g, float* m, float* v, int64_t n,
+                    const Coefficients& c) {
+  UpdateRange<uint16_t, false>(p, g, m, v, nullptr, n, c);
 }
 
 bool SameLayout(const torch::Tensor& a, const torch::Tensor& b) {
@@ -208,13 +221,22 @@ torch::Tensor FusedAdam::step(LossClosure closure) {
                                      : reinterpret_cast<uint16_t*>(copy->value.data_ptr());
       const void* gp = grad.data_ptr();
       at::parallel_for(0, p.numel(), /*grain_size=*/16384, [&](int64_t begin, int64_t end) {
-        uint16_t* copy_part = cp == nullptr ? nullptr : cp + begin;
+        const int64_t n = end - begin;
+        float *pb = pp + begin, *mb = mp + begin, *vb = vp + begin;
         if (bf16_grad) {
-          UpdateFromBf16(pp + begin, static_cast<const uint16_t*>(gp) + begin, mp + begin,
-                         vp + begin, copy_part, end - begin, c);
+          const auto* gb = static_cast<const uint16_t*>(gp) + begin;
+          if (cp != nullptr) {
+            UpdateFromBf16WithCopy(pb, gb, mb, vb, cp + begin, n, c);
+          } else {
+            UpdateFromBf16(pb, gb, mb, vb, n, c);
+          }
         } else {
-          Update(pp + begin, static_cast<const float*>(gp) + begin, mp + begin, vp + begin,
-                 copy_part, end - begin, c);
+          const auto* gb = static_cast<const float*>(gp) + begin;
+          if (cp != nullptr) {
+            UpdateWithCopy(pb, gb, mb, vb, cp + begin, n, c);
+          } else {
+            Update(pb, gb, mb, vb, n, c);
+          }
         }
       });
       p.unsafeGetTensorImpl()->bump_version();  // as an in-place ATen op would
