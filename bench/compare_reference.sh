@@ -5,7 +5,9 @@
 #
 #   bench/compare_reference.sh DATASET_DIR [EPOCHS] [KIND] [SEED] [PRECISION]
 #   (KIND scratch; finetune needs WEIGHTS=/path/to/resnet18.pth;
-#    REFERENCE_OUTPUT=FILE reuses the lines of an earlier reference run)
+#    REFERENCE_OUTPUT=FILE reuses the lines of an earlier reference run;
+#    TRAINED_OUT=FILE.pth keeps traind's trained weights, e.g. for
+#    build/bench/engine_bench --weights FILE.pth)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATASET=$(realpath "$1")
@@ -44,6 +46,9 @@ export TRAINCTL_SERVER=127.0.0.1:$(cat "$WORK/port")
 job=$(build/client/trainctl submit --dataset="$(basename "$DATASET")" "${ctl_args[@]}" |
       sed -E 's/.*"job_id":"([^"]+)".*/\1/')
 build/client/trainctl watch "$job" --output=json > "$WORK/events.jsonl" || true
+if [[ -n ${TRAINED_OUT:-} ]]; then
+  build/client/trainctl weights "$job" -o "$TRAINED_OUT" > /dev/null
+fi
 /usr/bin/python3 - "$WORK/events.jsonl" "$WORK/ref.txt" <<'PY'
 import json, sys
 events = [json.loads(l) for l in open(sys.argv[1])]
