@@ -22,6 +22,7 @@ FAMILIES = [
                  "adaptive_avg_pool2d", "mean")),
     ("casts, copies, layout reorders", ("to", "_to_copy", "copy_", "contiguous", "clone",
                                         "empty_like", "reorder")),
+    ("Adam (traind's FusedAdam)", ("fused_adam_step",)),
     ("element-wise: Adam, residual adds, gradient sums",
      ("add_", "add", "addcmul_", "addcdiv_", "mul_", "mul", "sqrt", "div_", "div", "lerp_",
       "_foreach", "zero_", "fill_", "sum")),

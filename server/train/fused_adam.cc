@@ -8,6 +8,7 @@
 #include <vector>
 
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/torch.h>
 
 // This file is compiled with -ffp-contract=off (see CMakeLists.txt): every
@@ -162,6 +163,7 @@ void FusedAdam::DropGradients() {
 
 torch::Tensor FusedAdam::step(LossClosure closure) {
   if (!FusesAll()) return torch::optim::Adam::step(std::move(closure));
+  RECORD_FUNCTION("traind::fused_adam_step", std::vector<c10::IValue>());  // for the profiler
   torch::NoGradGuard no_grad;
   torch::Tensor loss;
   if (closure) {

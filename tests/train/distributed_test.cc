@@ -7,6 +7,7 @@
 // DistributedSampler's.
 #include <filesystem>
 #include <random>
+#include <string>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -39,7 +40,14 @@ class QuietSink : public ProgressSink {
   Evaluation evaluation;
 };
 
-class DistributedTest : public testing::TestWithParam<Kind> {
+// A recipe, in fp32 or in bf16 (whose steps read FusedAdam's bfloat16
+// weight copies, so their gradients come from GradientOf).
+struct Recipe {
+  Kind kind;
+  bool bf16;
+};
+
+class DistributedTest : public testing::TestWithParam<Recipe> {
  protected:
   void SetUp() override {
     dir_ = testing_util::FreshTestDir("distributed_data");
@@ -59,7 +67,8 @@ class DistributedTest : public testing::TestWithParam<Kind> {
 
   TrainConfig Config() const {
     TrainConfig c;
-    c.kind = GetParam();
+    c.kind = GetParam().kind;
+    c.bf16 = GetParam().bf16;
     c.data.dir = dir_.string();
     c.data.image_size = 40;
     c.data.loader_threads = 1;
@@ -143,7 +152,7 @@ NamedTensors GhostBatchReference(const TrainConfig& config, int world) {
         ForwardBackward(m, *optimizer, batches[r].images, batches[r].labels, config.bf16);
         std::vector<torch::Tensor> g;
         for (auto& p : m->parameters()) {
-          if (p.requires_grad()) g.push_back(p.grad().clone());
+          if (p.requires_grad()) g.push_back(GradientOf(*optimizer, p).to(torch::kFloat));
         }
         grads.push_back(std::move(g));
       }
@@ -153,7 +162,7 @@ NamedTensors GhostBatchReference(const TrainConfig& config, int world) {
         if (!p.requires_grad()) continue;
         torch::Tensor sum = grads[0][i].clone();
         for (int r = 1; r < world; ++r) sum += grads[r][i];
-        p.grad().copy_(sum * (1.f / world));
+        p.mutable_grad() = sum * (1.f / world);
         ++i;
       }
       optimizer->step();
@@ -233,9 +242,14 @@ TEST_P(DistributedTest, TwoRanksEqualGhostBatchesOfOneProcess) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Recipes, DistributedTest,
-                         testing::Values(Kind::kFinetune, Kind::kScratch),
+                         testing::Values(Recipe{Kind::kFinetune, false},
+                                         Recipe{Kind::kScratch, false},
+                                         Recipe{Kind::kFinetune, true},
+                                         Recipe{Kind::kScratch, true}),
                          [](const auto& info) {
-                           return info.param == Kind::kScratch ? "Scratch" : "Finetune";
+                           return std::string(info.param.kind == Kind::kScratch ? "Scratch"
+                                                                                : "Finetune") +
+                                  (info.param.bf16 ? "Bf16" : "");
                          });
 
 }  // namespace
