@@ -23,7 +23,7 @@ FAMILIES = [
     ("casts, copies, layout reorders", ("to", "_to_copy", "copy_", "contiguous", "clone",
                                         "empty_like", "reorder")),
     ("Adam (traind's FusedAdam)", ("fused_adam_step",)),
-    ("element-wise: Adam, residual adds, gradient sums",
+    ("element-wise: residual adds, gradient sums (LibTorch's Adam)",
      ("add_", "add", "addcmul_", "addcdiv_", "mul_", "mul", "sqrt", "div_", "div", "lerp_",
       "_foreach", "zero_", "fill_", "sum")),
     ("linear (fc)", ("linear", "addmm", "mm")),
