@@ -11,6 +11,7 @@
 #include <system_error>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include <ATen/Parallel.h>
 #include <opencv2/imgcodecs.hpp>
@@ -128,15 +129,21 @@ cv::Mat PilResize(const cv::Mat& src, int out_w, int out_h) {
   const int row0 = v.first[0];
   const int row1 = v.first[out_h - 1] + v.count[out_h - 1];
   cv::Mat tmp(row1 - row0, out_w, CV_8UC3);
+  // Locals and __restrict: a uint8_t store may alias anything, and would
+  // otherwise make the compiler reload every tap count, offset and weight.
+  const int* const first = h.first.data();
+  const int* const count = h.count.data();
+  const int32_t* const weights = h.weights.data();
+  const size_t size = static_cast<size_t>(h.size);
   for (int y = row0; y < row1; ++y) {
-    const uint8_t* in = src.ptr<uint8_t>(y);
-    uint8_t* out = tmp.ptr<uint8_t>(y - row0);
+    const uint8_t* __restrict in = src.ptr<uint8_t>(y);
+    uint8_t* __restrict out = tmp.ptr<uint8_t>(y - row0);
     for (int o = 0; o < out_w; ++o) {
-      const int32_t* k = &h.weights[static_cast<size_t>(o) * h.size];
+      const int32_t* k = weights + static_cast<size_t>(o) * size;
       int32_t acc[3] = {1 << (kPrecisionBits - 1), 1 << (kPrecisionBits - 1),
                         1 << (kPrecisionBits - 1)};
-      const uint8_t* p = in + 3 * h.first[o];
-      for (int i = 0; i < h.count[o]; ++i, p += 3) {
+      const uint8_t* p = in + 3 * first[o];
+      for (int i = 0, taps = count[o]; i < taps; ++i, p += 3) {
         acc[0] += p[0] * k[i];
         acc[1] += p[1] * k[i];
         acc[2] += p[2] * k[i];
@@ -144,17 +151,23 @@ cv::Mat PilResize(const cv::Mat& src, int out_w, int out_h) {
       for (int c = 0; c < 3; ++c) out[3 * o + c] = Clip8(acc[c]);
     }
   }
+  // Row by row, each source row's contribution added across the whole row
+  // (vectorizes). The weights are non-negative and sum to 2^22, so no partial
+  // sum overflows and integer addition in any order gives PIL's result.
   cv::Mat dst(out_h, out_w, CV_8UC3);
+  const int n = out_w * 3;
+  std::vector<int32_t> acc(static_cast<size_t>(n));
   for (int o = 0; o < out_h; ++o) {
     const int32_t* k = &v.weights[static_cast<size_t>(o) * v.size];
-    uint8_t* out = dst.ptr<uint8_t>(o);
-    for (int x = 0; x < out_w * 3; ++x) {
-      int32_t acc = 1 << (kPrecisionBits - 1);
-      for (int i = 0; i < v.count[o]; ++i) {
-        acc += tmp.ptr<uint8_t>(v.first[o] - row0 + i)[x] * k[i];
-      }
-      out[x] = Clip8(acc);
+    int32_t* __restrict a = acc.data();
+    std::fill(a, a + n, 1 << (kPrecisionBits - 1));
+    for (int i = 0, taps = v.count[o]; i < taps; ++i) {
+      const uint8_t* __restrict row = tmp.ptr<uint8_t>(v.first[o] - row0 + i);
+      const int32_t w = k[i];
+      for (int x = 0; x < n; ++x) a[x] += row[x] * w;
     }
+    uint8_t* __restrict out = dst.ptr<uint8_t>(o);
+    for (int x = 0; x < n; ++x) out[x] = Clip8(a[x]);
   }
   return dst;
 }
