@@ -160,9 +160,14 @@ namespace {
 // A run interrupted mid-epoch and continued from its checkpoint, or continued
 // from an epoch-end checkpoint, ends with exactly the weights of a run that
 // was never interrupted: same batches, same losses, same bytes.
-TEST_F(TrainerTest, ResumedRunsEndBitIdenticalToAnUninterruptedRun) {
+// In fp32, and in bf16, whose steps read the optimizer's bfloat16 weight
+// copies: a restore must reach them too.
+class ResumeTest : public TrainerTest, public testing::WithParamInterface<bool> {};
+
+TEST_P(ResumeTest, ResumedRunsEndBitIdenticalToAnUninterruptedRun) {
   TrainConfig base = Config(1);
   base.epochs = 3;
+  base.bf16 = GetParam();
   auto variant = [&](const std::string& name) {
     TrainConfig c = base;
     c.checkpoint_dir = (out_ / ("ck-" + name)).string();
@@ -213,6 +218,9 @@ TEST_F(TrainerTest, ResumedRunsEndBitIdenticalToAnUninterruptedRun) {
   EXPECT_EQ(third.losses.size(), 10u);
   EXPECT_EQ(Slurp(from_epoch.output_safetensors), Slurp(straight.output_safetensors));
 }
+
+INSTANTIATE_TEST_SUITE_P(Precisions, ResumeTest, testing::Bool(),
+                         [](const auto& info) { return info.param ? "Bf16" : "Fp32"; });
 
 TEST_F(TrainerTest, DamagedOrForeignCheckpointsAreRefusedWithTheReason) {
   TrainConfig c = Config(1);
