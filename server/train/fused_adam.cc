@@ -1,10 +1,11 @@
 #include "server/train/fused_adam.h"
 
 #include <cmath>
+#include <cstdint>
 #include <cstring>
-#include <type_traits>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <ATen/Parallel.h>
