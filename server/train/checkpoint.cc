@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/train/fused_adam.h"
 #include "server/train/weights.h"
 
 namespace traind::train {
@@ -13,10 +14,6 @@ constexpr int64_t kFormatVersion = 1;
 
 torch::Tensor Int(int64_t v) { return torch::tensor({v}, torch::kLong); }
 torch::Tensor Real(double v) { return torch::tensor({v}, torch::kDouble); }
-
-std::string ParamKey(const torch::Tensor& p) {
-  return c10::guts::to_string(p.unsafeGetTensorImpl());
-}
 
 std::string AdamName(size_t group, size_t index, const char* field) {
   return absl::StrCat("adam/", group, "/", index, "/", field);
@@ -36,7 +33,7 @@ absl::StatusOr<std::string> SerializeCheckpoint(ResNet18& model, torch::optim::A
   const auto& groups = optimizer.param_groups();
   for (size_t g = 0; g < groups.size(); ++g) {
     for (size_t i = 0; i < groups[g].params().size(); ++i) {
-      auto it = optimizer.state().find(ParamKey(groups[g].params()[i]));
+      auto it = optimizer.state().find(OptimizerStateKey(groups[g].params()[i]));
       if (it == optimizer.state().end()) continue;  // not stepped yet
       auto& s = static_cast<torch::optim::AdamParamState&>(*it->second);
       out.emplace_back(AdamName(g, i, "step"), Int(s.step()));
@@ -120,7 +117,7 @@ absl::StatusOr<RunPosition> RestoreCheckpoint(const std::string& bytes, ResNet18
       // Moments take the parameter's device and memory format.
       state->exp_avg(torch::empty_like(p).copy_(avg->view(p.sizes())));
       state->exp_avg_sq(torch::empty_like(p).copy_(avg_sq->view(p.sizes())));
-      optimizer.state()[ParamKey(p)] = std::move(state);
+      optimizer.state()[OptimizerStateKey(p)] = std::move(state);
       ++restored;
     }
   }

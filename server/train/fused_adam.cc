@@ -115,6 +115,10 @@ bool Fusable(const torch::Tensor& p) {
 
 }  // namespace
 
+std::string OptimizerStateKey(const torch::Tensor& p) {
+  return c10::guts::to_string(p.unsafeGetTensorImpl());
+}
+
 bool FusedAdam::FusesAll() const {
   for (const auto& group : param_groups_) {
     const auto& o = static_cast<const torch::optim::AdamOptions&>(group.options());
@@ -182,7 +186,7 @@ torch::Tensor FusedAdam::step(LossClosure closure) {
                        : &copy_it->second;
       torch::Tensor grad = Gradient(p);
       if (!grad.defined()) continue;
-      const std::string key = c10::guts::to_string(p.unsafeGetTensorImpl());
+      const std::string key = OptimizerStateKey(p);
       auto it = state_.find(key);
       if (it == state_.end()) {
         auto fresh = std::make_unique<torch::optim::AdamParamState>();

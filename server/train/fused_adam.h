@@ -28,11 +28,16 @@
 #define TRAIND_SERVER_TRAIN_FUSED_ADAM_H_
 
 #include <cstdint>
+#include <string>
 #include <unordered_map>
 
 #include <torch/optim/adam.h>
 
 namespace traind::train {
+
+// The key torch::optim's optimizers keep a parameter's state under (its
+// TensorImpl's address); FusedAdam and checkpoints use the same.
+std::string OptimizerStateKey(const torch::Tensor& p);
 
 class FusedAdam : public torch::optim::Adam {
  public:

@@ -82,9 +82,9 @@ TEST(FusedAdamTest, StepsAsTorchAdamDoes) {
       const auto& p = fused.param_groups()[g].params()[i];
       const auto& q = reference.param_groups()[g].params()[i];
       const auto& s = static_cast<torch::optim::AdamParamState&>(
-          *fused.state().at(c10::guts::to_string(p.unsafeGetTensorImpl())));
+          *fused.state().at(OptimizerStateKey(p)));
       const auto& r = static_cast<torch::optim::AdamParamState&>(
-          *reference.state().at(c10::guts::to_string(q.unsafeGetTensorImpl())));
+          *reference.state().at(OptimizerStateKey(q)));
       EXPECT_EQ(s.step(), r.step());
       EXPECT_TRUE(torch::allclose(s.exp_avg(), r.exp_avg(), 0, 0));
       EXPECT_TRUE(torch::allclose(s.exp_avg_sq(), r.exp_avg_sq(), 0, 0));
