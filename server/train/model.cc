@@ -1,5 +1,7 @@
 #include "server/train/model.h"
 
+#include "server/train/gemm_conv.h"
+
 namespace traind::train {
 namespace {
 
@@ -39,8 +41,8 @@ torch::Tensor BasicBlockImpl::forward(torch::Tensor x) {
   torch::Tensor identity = downsample_ ? downsample_->forward(x) : x;
   // In place, as torchvision's block: BatchNorm's backward needs its input,
   // not its output, so the add and the ReLU may overwrite that.
-  torch::Tensor out = bn1_->forward(conv1_->forward(x)).relu_();
-  out = bn2_->forward(conv2_->forward(out));
+  torch::Tensor out = bn1_->forward(Conv3x3Forward(*conv1_, x)).relu_();
+  out = bn2_->forward(Conv3x3Forward(*conv2_, out));
   out += identity;
   return out.relu_();
 }

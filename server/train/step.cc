@@ -1,48 +1,15 @@
 #include "server/train/step.h"
 
 #include <ATen/autocast_mode.h>
-#include <torch/version.h>
 
 #include <utility>
 #include <vector>
 
+#include "server/train/autocast.h"
 #include "server/train/fused_adam.h"
 
 namespace traind::train {
 namespace {
-
-// LibTorch 2.4 replaced the per-device autocast functions with ones taking
-// the device type; the engine builds against both.
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-bool AutocastEnabled(torch::DeviceType d) { return at::autocast::is_autocast_enabled(d); }
-void SetAutocastEnabled(torch::DeviceType d, bool on) { at::autocast::set_autocast_enabled(d, on); }
-c10::ScalarType AutocastDtype(torch::DeviceType d) { return at::autocast::get_autocast_dtype(d); }
-void SetAutocastDtype(torch::DeviceType d, c10::ScalarType t) {
-  at::autocast::set_autocast_dtype(d, t);
-}
-#else
-bool AutocastEnabled(torch::DeviceType d) {
-  return d == torch::kCPU ? at::autocast::is_cpu_enabled() : at::autocast::is_enabled();
-}
-void SetAutocastEnabled(torch::DeviceType d, bool on) {
-  if (d == torch::kCPU) {
-    at::autocast::set_cpu_enabled(on);
-  } else {
-    at::autocast::set_enabled(on);
-  }
-}
-c10::ScalarType AutocastDtype(torch::DeviceType d) {
-  return d == torch::kCPU ? at::autocast::get_autocast_cpu_dtype()
-                          : at::autocast::get_autocast_gpu_dtype();
-}
-void SetAutocastDtype(torch::DeviceType d, c10::ScalarType t) {
-  if (d == torch::kCPU) {
-    at::autocast::set_autocast_cpu_dtype(t);
-  } else {
-    at::autocast::set_autocast_gpu_dtype(t);
-  }
-}
-#endif
 
 // While alive, the model's convolutions read the optimizer's bfloat16 copies
 // of their weights (FusedAdam::Bf16Copy) instead of the float weights;
@@ -80,10 +47,10 @@ torch::Tensor GradientOf(torch::optim::Optimizer& optimizer, const torch::Tensor
 ScopedBf16Autocast::ScopedBf16Autocast(bool enabled, torch::DeviceType device)
     : enabled_(enabled), device_(device) {
   if (!enabled_) return;
-  was_enabled_ = AutocastEnabled(device_);
-  was_dtype_ = AutocastDtype(device_);
-  SetAutocastEnabled(device_, true);
-  SetAutocastDtype(device_, at::kBFloat16);
+  was_enabled_ = autocast::Enabled(device_);
+  was_dtype_ = autocast::Dtype(device_);
+  autocast::SetEnabled(device_, true);
+  autocast::SetDtype(device_, at::kBFloat16);
   at::autocast::increment_nesting();
 }
 
@@ -91,8 +58,8 @@ ScopedBf16Autocast::~ScopedBf16Autocast() {
   if (!enabled_) return;
   // Weights cast for this scope are cached until the outermost scope ends.
   if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-  SetAutocastEnabled(device_, was_enabled_);
-  SetAutocastDtype(device_, was_dtype_);
+  autocast::SetEnabled(device_, was_enabled_);
+  autocast::SetDtype(device_, was_dtype_);
 }
 
 StepResult ForwardBackward(ResNet18& model, torch::optim::Optimizer& optimizer,

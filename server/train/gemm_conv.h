@@ -1,0 +1,47 @@
+// A ResNet 3x3 convolution whose output maps are small, in bfloat16 on the
+// CPU, as matrix products: the forward pass and the weight gradient are one
+// GEMM each over the input's 3x3 patches (oneDNN's brgemm matmul), where
+// oneDNN 2.6's convolutions are slowest. The input gradient stays oneDNN's
+// convolution backward.
+//
+// Measured on a 2-core AVX-512 BF16 CPU, batch 32 at 128 px, layer4's 4x4
+// maps (bench/engine_bench, ONEDNN_VERBOSE=1): the weight gradient of a
+// 512-channel 3x3 convolution took 6.3 ms in oneDNN's jit_bf16 kernel and
+// 2.6 ms as one GEMM, its forward 3.3 and 2.5 ms, and the weights need no
+// reorder into oneDNN's blocked layout. From 8x8 maps up the convolution is as
+// fast or faster, so only maps of at most kGemmConvMaxPixels take this path.
+//
+// Thread-safety: none of its own; runs on the caller's thread.
+#ifndef TRAIND_SERVER_TRAIN_GEMM_CONV_H_
+#define TRAIND_SERVER_TRAIN_GEMM_CONV_H_
+
+#include <cstdint>
+
+#include <torch/torch.h>
+
+namespace traind::train {
+
+// Output maps of at most this many pixels (layer4's 4x4 at 128 px) go
+// through GEMMs.
+inline constexpr int64_t kGemmConvMaxPixels = 16;
+
+// conv->forward(x) for a convolution built with padding 1 (ResNet's 3x3
+// convolutions; the caller vouches for the padding, which LibTorch's options
+// hold in a type that differs between versions). Through GEMMs when `conv` is
+// 3x3 without bias, groups and dilation 1, `x` is on the CPU and runs in
+// bfloat16 (a bfloat16 input, or bfloat16 autocast), and its output maps are
+// small. The result
+// then agrees with the convolution's within bfloat16 rounding (the sums run
+// in another order); its dtype, shape and channels-last layout are the same.
+torch::Tensor Conv3x3Forward(torch::nn::Conv2dImpl& conv, const torch::Tensor& x);
+
+// Whether Conv3x3Forward takes the GEMM path for `conv` and `x`.
+bool UsesGemmConv(const torch::nn::Conv2dImpl& conv, const torch::Tensor& x);
+
+// Process-wide; on by default. Off, every convolution is LibTorch's (for
+// side-by-side benchmarks: engine_bench --gemm_conv 0).
+void SetGemmConvEnabled(bool enabled);
+
+}  // namespace traind::train
+
+#endif  // TRAIND_SERVER_TRAIN_GEMM_CONV_H_
