@@ -7,14 +7,21 @@ Reads LibTorch's autograd-profiler Chrome trace, computes each operator's
 self time (its span minus the spans of the operators it called, per thread)
 and groups the operators into the families of a ResNet step: convolution
 forward and backward, BatchNorm forward and backward, ReLU, pooling, casts
-and layout reorders, the optimizer, the loss, other."""
+and layout reorders, the optimizer, the loss, other. Operators called inside
+traind's own scopes (the GEMM convolutions of gemm_conv.cc) count as that
+scope's."""
 import json
 import sys
 from collections import defaultdict
 
+# traind's RECORD_FUNCTION scopes whose operators belong to the scope's family.
+SCOPES = ("traind::gemm_conv_forward", "traind::gemm_conv_backward")
+
 FAMILIES = [
-    ("convolution backward", ("convolution_backward", "mkldnn_convolution_backward")),
-    ("convolution forward", ("convolution", "conv2d", "mkldnn_convolution")),
+    ("convolution backward", ("convolution_backward", "mkldnn_convolution_backward",
+                              "gemm_conv_backward")),
+    ("convolution forward", ("convolution", "conv2d", "mkldnn_convolution",
+                             "gemm_conv_forward")),
     ("BatchNorm backward", ("batch_norm_backward", "native_batch_norm_backward")),
     ("BatchNorm forward", ("batch_norm", "native_batch_norm")),
     ("ReLU forward/backward", ("relu", "threshold_backward", "clamp_min")),
@@ -50,16 +57,20 @@ def self_times(path):
     total = defaultdict(float)
     for tid, items in spans.items():
         items.sort(key=lambda s: (s[0], -s[1]))
-        stack = []  # [start, end, name, child_time]
+        stack = []  # [start, end, name, child_time, owner]
+
         def close(entry):
-            start, end, name, child = entry
-            total[name] += (end - start) - child
+            start, end, name, child, owner = entry
+            total[owner or name] += (end - start) - child
             if stack:
                 stack[-1][3] += end - start
         for start, end, name in items:
             while stack and stack[-1][1] <= start:
                 close(stack.pop())
-            stack.append([start, end, name, 0.0])
+            owner = stack[-1][4] if stack else None
+            if owner is None and name in SCOPES:
+                owner = name
+            stack.append([start, end, name, 0.0, owner])
         while stack:
             close(stack.pop())
     return total

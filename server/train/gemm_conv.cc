@@ -1,8 +1,10 @@
 #include "server/train/gemm_conv.h"
 
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 
 #include <atomic>
+#include <vector>
 
 #include "server/train/autocast.h"
 
@@ -38,6 +40,9 @@ torch::Tensor WeightMatrix(const torch::Tensor& w) {
 struct GemmConv3x3 : public torch::autograd::Function<GemmConv3x3> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
                                const torch::Tensor& w, int64_t stride) {
+    // Named for the profiler (bench/profile_step.py counts the GEMMs in it
+    // as convolution time).
+    RECORD_FUNCTION("traind::gemm_conv_forward", std::vector<c10::IValue>());
     const int64_t n = x.size(0);
     const int64_t ho = (x.size(2) - 1) / stride + 1;
     const int64_t wo = (x.size(3) - 1) / stride + 1;
@@ -50,6 +55,7 @@ struct GemmConv3x3 : public torch::autograd::Function<GemmConv3x3> {
   }
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    RECORD_FUNCTION("traind::gemm_conv_backward", std::vector<c10::IValue>());
     const auto saved = ctx->get_saved_variables();
     const torch::Tensor& x = saved[0];
     const torch::Tensor& w = saved[1];
