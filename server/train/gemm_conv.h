@@ -5,11 +5,14 @@
 // convolution backward.
 //
 // Measured on a 2-core AVX-512 BF16 CPU, batch 32 at 128 px, layer4's 4x4
-// maps (bench/engine_bench, ONEDNN_VERBOSE=1): the weight gradient of a
-// 512-channel 3x3 convolution took 6.3 ms in oneDNN's jit_bf16 kernel and
-// 2.6 ms as one GEMM, its forward 3.3 and 2.5 ms, and the weights need no
-// reorder into oneDNN's blocked layout. From 8x8 maps up the convolution is as
-// fast or faster, so only maps of at most kGemmConvMaxPixels take this path.
+// maps, inside a training step (engine_bench with ONEDNN_VERBOSE=1): the
+// weight gradient of a 512-channel 3x3 convolution took 6.3 ms in oneDNN's
+// jit_bf16 kernel and takes 3.4 ms as one GEMM, the forward pass 3.3 and
+// 2.8 ms, and only the input gradient still reorders the weights into
+// oneDNN's blocked layout (one reorder of each weight per step, not three).
+// From 8x8 maps up the convolutions are as fast or faster (the weight
+// gradient on 8x8 measured the same both ways), so only maps of at most
+// kGemmConvMaxPixels take this path.
 //
 // Thread-safety: none of its own; runs on the caller's thread.
 #ifndef TRAIND_SERVER_TRAIN_GEMM_CONV_H_

@@ -1,6 +1,7 @@
 """Golden tests: the engine against torchvision and the reference recipe's
 PyTorch code (Debian's python3-torch / python3-torchvision)."""
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,10 @@ class GoldenTest(unittest.TestCase):
     def setUpClass(cls):
         torch.set_num_threads(2)
         cls.tmp = tempfile.mkdtemp(prefix="traind-golden-")
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def path(self, name):
         return os.path.join(self.tmp, name)

@@ -2,9 +2,11 @@
 protoc generates from the project's .proto at test time (no generated code is
 committed). Tests use it where trainctl cannot go: several users' calls on one
 connection, raw metadata, the health service."""
+import atexit
 import glob
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,6 +21,7 @@ STREAMING = {"StreamMetrics", "GetWeights"}
 def load_messages():
     """Generates and imports trainer/v1/training_service_pb2."""
     out = tempfile.mkdtemp(prefix="traind-pb2-")
+    atexit.register(shutil.rmtree, out, True)
     protos = glob.glob(os.path.join(PROTO_DIR, "trainer/v1/*.proto"))
     subprocess.run(["protoc", f"--proto_path={PROTO_DIR}", f"--python_out={out}", *protos],
                    check=True)
@@ -34,6 +37,7 @@ pb = load_messages()
 def load_ranks_messages():
     """Generates and imports traind/internal/v1/ranks_pb2 (the control link)."""
     out = tempfile.mkdtemp(prefix="traind-ranks-pb2-")
+    atexit.register(shutil.rmtree, out, True)
     protos = glob.glob(os.path.join(PROTO_DIR, "traind/internal/v1/*.proto"))
     subprocess.run(["protoc", f"--proto_path={PROTO_DIR}", f"--python_out={out}", *protos],
                    check=True)
