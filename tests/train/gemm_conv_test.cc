@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <ostream>
+#include <utility>
 
 #include "server/train/step.h"
 
@@ -80,6 +81,44 @@ INSTANTIATE_TEST_SUITE_P(Shapes, GemmConvTest,
                                            Shape{256, 512, 8, 2},  // layer4's first
                                            Shape{24, 40, 3, 2},    // odd map, stride 2
                                            Shape{8, 16, 4, 1}));
+
+// As precise as oneDNN's bfloat16 convolution: against float32 on the same
+// operands, the output's and the weight gradient's relative errors are those
+// of the convolution (both round float sums to bfloat16 once).
+TEST(GemmConv, AsPreciseAsTheConvolution) {
+  torch::manual_seed(10);
+  torch::nn::Conv2d conv = MakeConv({256, 256, 4, 1});
+  torch::Tensor x = torch::randn({8, 256, 4, 4})
+                        .relu()
+                        .to(torch::kBFloat16)
+                        .contiguous(torch::MemoryFormat::ChannelsLast);
+  torch::Tensor w = conv->weight.detach().to(torch::kBFloat16);
+  torch::Tensor gy = (torch::randn({8, 256, 4, 4}) * 1e-3).to(torch::kBFloat16);
+  auto run = [&](bool gemm) {
+    SetGemmConvEnabled(gemm);
+    conv->weight = w.clone().requires_grad_(true);
+    torch::Tensor y;
+    {
+      ScopedBf16Autocast autocast(true);
+      EXPECT_EQ(UsesGemmConv(*conv, x), gemm);
+      y = Conv3x3Forward(*conv, x);
+    }
+    y.backward(gy.contiguous(torch::MemoryFormat::ChannelsLast));
+    SetGemmConvEnabled(true);
+    return std::make_pair(y.to(torch::kFloat), conv->weight.grad().to(torch::kFloat));
+  };
+  const auto [conv_y, conv_gw] = run(false);
+  const auto [gemm_y, gemm_gw] = run(true);
+  torch::Tensor w32 = w.to(torch::kFloat).requires_grad_(true);
+  torch::Tensor y32 = torch::conv2d(x.to(torch::kFloat), w32, {}, 1, 1);
+  y32.backward(gy.to(torch::kFloat));
+  auto rel = [](const torch::Tensor& a, const torch::Tensor& b) {
+    return ((a - b).norm() / b.norm()).item<double>();
+  };
+  EXPECT_LE(rel(gemm_y, y32), 1.1 * rel(conv_y, y32));
+  EXPECT_LE(rel(gemm_gw, w32.grad()), 1.1 * rel(conv_gw, w32.grad()));
+  EXPECT_LT(rel(gemm_gw, w32.grad()), 1.0 / 256);  // bfloat16 rounding, not more
+}
 
 // A bfloat16 weight (FusedAdam's copy) gets a bfloat16 gradient, laid out as
 // the weight is (channels-last), which the optimizer reads directly.
