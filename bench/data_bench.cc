@@ -18,26 +18,18 @@
 #include <ATen/Parallel.h>
 #include <opencv2/core.hpp>
 
+#include "bench/flags.h"
 #include "server/train/config.h"
 #include "server/train/data.h"
 
 namespace {
 
+using traind::bench::Arg;
+using traind::bench::StrArg;
+
 using traind::train::AugmentConfig;
 using traind::train::BatchLoader;
 using traind::train::DecodedSet;
-
-const char* StrArg(int argc, char** argv, const char* name, const char* def) {
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (std::strcmp(argv[i], name) == 0) return argv[i + 1];
-  }
-  return def;
-}
-
-int Arg(int argc, char** argv, const char* name, int def) {
-  const char* v = StrArg(argc, argv, name, nullptr);
-  return v ? std::atoi(v) : def;
-}
 
 double Seconds(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

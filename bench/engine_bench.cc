@@ -27,6 +27,7 @@
 #include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 
+#include "bench/flags.h"
 #include "server/train/allocator.h"
 #include "server/train/fused_adam.h"
 #include "server/train/gemm_conv.h"
@@ -38,21 +39,10 @@
 
 namespace {
 
+using traind::bench::Arg;
+using traind::bench::StrArg;
+
 using traind::train::ResNet18;
-
-const char* StrArg(int argc, char** argv, const char* name, const char* def) {
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (std::strcmp(argv[i], name) == 0) return argv[i + 1];
-  }
-  return def;
-}
-
-int Arg(int argc, char** argv, const char* name, int def) {
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (std::strcmp(argv[i], name) == 0) return std::atoi(argv[i + 1]);
-  }
-  return def;
-}
 
 // Where --profile writes traces; empty: no profiling.
 std::string g_profile_dir;

@@ -11,16 +11,12 @@
 #include <filesystem>
 #include <string>
 
+#include "bench/flags.h"
 #include "server/jobs/store.h"
 
 namespace {
 
-int Arg(int argc, char** argv, const char* name, int def) {
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (std::strcmp(argv[i], name) == 0) return std::atoi(argv[i + 1]);
-  }
-  return def;
-}
+using traind::bench::Arg;
 
 trainer::v1::JobEvent BatchEvent(int64_t seq) {
   trainer::v1::JobEvent e;
