@@ -21,6 +21,7 @@
 #include "server/dist/worker.h"
 #include "server/server.h"
 #include "server/train/allocator.h"
+#include "server/train/intra_op.h"
 
 namespace {
 
@@ -120,6 +121,7 @@ int main(int argc, char** argv) {
   // Before any tensor and any thread: every thread inherits the blocked
   // signals, and main alone takes them with sigwait.
   traind::train::TuneAllocator();
+  traind::train::SerialIntraOpByDefault();
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);

@@ -24,6 +24,7 @@
 #include "common/sha256.h"
 #include "server/dist/wire.h"
 #include "server/train/allocator.h"
+#include "server/train/intra_op.h"
 #include "server/train/collective.h"
 #include "server/train/trainer.h"
 #include "traind/internal/v1/ranks.grpc.pb.h"
@@ -374,6 +375,7 @@ int Fail(const absl::Status& st) {
 
 int RunWorker() {
   train::TuneAllocator();
+  train::SerialIntraOpByDefault();
   auto rank = IntEnv({"RANK", "SLURM_PROCID", "JOB_COMPLETION_INDEX"}, std::nullopt);
   if (!rank.ok()) return Fail(rank.status());
   auto world = IntEnv({"WORLD_SIZE", "SLURM_NTASKS"}, std::nullopt);

@@ -666,8 +666,8 @@ absl::StatusOr<trainer::v1::ClassifyResponse> JobManager::Classify(
     absl::MutexLock lock(&classifiers_mu_);
     auto& slot = classifiers_[{job.id(), request.trial()}];
     if (!slot) {
-      auto loaded = train::Classifier::Load(*weights, job.num_classes(),
-                                            job.spec().image_size(), options_.threads_per_job);
+      auto loaded =
+          train::Classifier::Load(*weights, job.num_classes(), job.spec().image_size());
       if (!loaded.ok()) return loaded.status();
       slot = std::move(*loaded);
     }

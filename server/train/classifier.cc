@@ -14,15 +14,13 @@ namespace traind::train {
 struct Classifier::Impl {
   ResNet18 model{nullptr};
   int image_size = 128;
-  int threads = 1;
 };
 
 Classifier::Classifier(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Classifier::~Classifier() = default;
 
 absl::StatusOr<std::unique_ptr<Classifier>> Classifier::Load(const std::string& weights_path,
-                                                             int num_classes, int image_size,
-                                                             int threads) {
+                                                             int num_classes, int image_size) {
   try {
     auto impl = std::make_unique<Impl>();
     impl->model = ResNet18(num_classes);
@@ -35,7 +33,6 @@ absl::StatusOr<std::unique_ptr<Classifier>> Classifier::Load(const std::string& 
       if (p.dim() == 4) p.set_data(p.data().contiguous(torch::MemoryFormat::ChannelsLast));
     }
     impl->image_size = image_size;
-    impl->threads = std::max(1, threads);
     return std::unique_ptr<Classifier>(new Classifier(std::move(impl)));
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("LibTorch: ", e.what_without_backtrace()));
@@ -55,7 +52,6 @@ absl::StatusOr<std::vector<std::vector<Prediction>>> Classifier::Classify(
   }
   try {
     torch::NoGradGuard no_grad;
-    torch::set_num_threads(impl_->threads);
     const torch::Tensor probs =
         torch::softmax(impl_->model->forward(hwc.permute({0, 3, 1, 2})), 1);
     const int k = std::min<int64_t>(top_k, probs.size(1));

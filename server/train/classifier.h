@@ -2,7 +2,9 @@
 // validation does, forward in eval mode, softmax, top k.
 //
 // Thread-safe: Classify may be called from several threads at once (the
-// model is only read).
+// model is only read). It runs on the calling thread alone (an RPC handler's,
+// which must not start LibTorch thread pools: see intra_op.h); requests run
+// side by side on the RPC threads.
 #ifndef TRAIND_SERVER_TRAIN_CLASSIFIER_H_
 #define TRAIND_SERVER_TRAIN_CLASSIFIER_H_
 
@@ -24,8 +26,7 @@ class Classifier {
   // Loads a state_dict file (safetensors or .pth) of a ResNet-18 with
   // `num_classes` outputs.
   static absl::StatusOr<std::unique_ptr<Classifier>> Load(const std::string& weights_path,
-                                                          int num_classes, int image_size,
-                                                          int threads);
+                                                          int num_classes, int image_size);
   ~Classifier();
   Classifier(const Classifier&) = delete;
   Classifier& operator=(const Classifier&) = delete;

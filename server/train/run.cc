@@ -21,6 +21,7 @@
 #include "common/sha256.h"
 #include "server/train/checkpoint.h"
 #include "server/train/data.h"
+#include "server/train/intra_op.h"
 #include "server/train/model.h"
 #include "server/train/recipe.h"
 #include "server/train/weights.h"
@@ -101,7 +102,7 @@ absl::Status Run::Prepare(const LoadedData& data, TrainResult* result) {
   auto device = PickDevice(config_.device);
   if (!device.ok()) return device.status();
   device_ = *device;
-  torch::set_num_threads(std::max(1, config_.threads));
+  UseIntraOpThreads(config_.threads);
   result->dataset.class_names = data.index.classes;
   result->dataset.train_images = static_cast<int>(data.train.images.size());
   result->dataset.validation_images = static_cast<int>(data.validation.images.size());
