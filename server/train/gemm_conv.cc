@@ -16,6 +16,9 @@ using torch::autograd::tensor_list;
 
 std::atomic<bool> g_enabled{true};
 
+// A 3x3 convolution's output size along one axis, padding 1.
+int64_t OutputSize(int64_t in, int64_t stride) { return (in - 1) / stride + 1; }
+
 // The 3x3 patches of x (NCHW, bfloat16), padding 1: [N*Ho*Wo, 9*C], each row
 // one output pixel's patch in (kernel row, kernel column, channel) order,
 // which is the memory order of a channels-last weight [K, C, 3, 3].
@@ -44,8 +47,8 @@ struct GemmConv3x3 : public torch::autograd::Function<GemmConv3x3> {
     // as convolution time).
     RECORD_FUNCTION("traind::gemm_conv_forward", std::vector<c10::IValue>());
     const int64_t n = x.size(0);
-    const int64_t ho = (x.size(2) - 1) / stride + 1;
-    const int64_t wo = (x.size(3) - 1) / stride + 1;
+    const int64_t ho = OutputSize(x.size(2), stride);
+    const int64_t wo = OutputSize(x.size(3), stride);
     torch::Tensor patches = Patches(x, stride, ho, wo);
     torch::Tensor y = at::mm(patches, WeightMatrix(w).t());  // [N*Ho*Wo, K]
     ctx->save_for_backward({x, w, patches});
@@ -97,9 +100,7 @@ bool UsesGemmConv(const torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
   if (!bf16) return false;
   if (!g_enabled.load(std::memory_order_relaxed)) return false;
   const int64_t stride = (*o.stride())[0];
-  const int64_t ho = (x.size(2) - 1) / stride + 1;
-  const int64_t wo = (x.size(3) - 1) / stride + 1;
-  return ho * wo <= kGemmConvMaxPixels;
+  return OutputSize(x.size(2), stride) * OutputSize(x.size(3), stride) <= kGemmConvMaxPixels;
 }
 
 torch::Tensor Conv3x3Forward(torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {

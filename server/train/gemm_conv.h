@@ -33,9 +33,9 @@ inline constexpr int64_t kGemmConvMaxPixels = 16;
 // hold in a type that differs between versions). Through GEMMs when `conv` is
 // 3x3 without bias, groups and dilation 1, `x` is on the CPU and runs in
 // bfloat16 (a bfloat16 input, or bfloat16 autocast), and its output maps are
-// small. The result
-// then agrees with the convolution's within bfloat16 rounding (the sums run
-// in another order); its dtype, shape and channels-last layout are the same.
+// small. The result then agrees with the convolution's within bfloat16
+// rounding (the sums run in another order); its dtype, shape and
+// channels-last layout are the same.
 torch::Tensor Conv3x3Forward(torch::nn::Conv2dImpl& conv, const torch::Tensor& x);
 
 // Whether Conv3x3Forward takes the GEMM path for `conv` and `x`.
