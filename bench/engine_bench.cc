@@ -1,7 +1,7 @@
 // engine_bench [--threads N] [--steps N] [--image_size S] [--batch B]
 //              [--bf16 0|1] [--device cpu|cuda] [--on main|worker]
 //              [--profile DIR] [--optimizer fused|torch] [--weights FILE]
-//              [--gemm_conv 0|1]
+//              [--gemm_conv 0|1] [--fused_bn 0|1]
 // Times the engine's training and evaluation steps on synthetic batches and
 // prints images/s per mode. The steps are the daemon's: the recipe's network,
 // frozen blocks and FusedAdam groups (recipe.h), starting weights read by the
@@ -12,7 +12,9 @@
 // records the timed steps of each mode with LibTorch's autograd profiler into
 // DIR/<mode>.json (Chrome trace; bench/profile_step.py tabulates it).
 // `--gemm_conv 0` runs layer4's bf16 convolutions as LibTorch's instead of
-// as GEMMs (gemm_conv.h), for side-by-side figures.
+// as GEMMs (gemm_conv.h), `--fused_bn 0` their BatchNorms, adds and ReLUs as
+// LibTorch's separate operators (fused_batch_norm.h), for side-by-side
+// figures.
 // With -DTRAIND_ENGINE_ONLY=ON it needs LibTorch alone and builds the same
 // network and groups itself, so it also builds against a CUDA LibTorch
 // (bench/gpu_check.sh). Pair with reference_bench.py (run.sh does both and
@@ -30,6 +32,7 @@
 #include "bench/flags.h"
 #include "server/train/allocator.h"
 #include "server/train/fused_adam.h"
+#include "server/train/fused_batch_norm.h"
 #include "server/train/gemm_conv.h"
 #include "server/train/model.h"
 #ifndef TRAIND_ENGINE_ONLY
@@ -196,12 +199,16 @@ int main(int argc, char** argv) {
   g_weights = StrArg(argc, argv, "--weights", "");
   const bool gemm_conv = Arg(argc, argv, "--gemm_conv", 1) != 0;
   traind::train::SetGemmConvEnabled(gemm_conv);
+  const bool fused_bn = Arg(argc, argv, "--fused_bn", 1) != 0;
+  traind::train::SetFusedBatchNormEnabled(fused_bn);
   std::printf("engine: steps on %s thread, %s, the recipe's groups, %s\n",
               on_main ? "the main" : "a worker", g_torch_adam ? "LibTorch's Adam" : "FusedAdam",
               g_weights.empty() ? "random initial weights" : ("weights " + g_weights).c_str());
   std::printf("engine: bf16 3x3 convolutions on maps of <= %lld pixels %s\n",
               static_cast<long long>(traind::train::kGemmConvMaxPixels),
               gemm_conv ? "as GEMMs" : "as LibTorch's convolutions (--gemm_conv 0)");
+  std::printf("engine: bf16 BatchNorm + add + ReLU %s\n",
+              fused_bn ? "fused" : "as LibTorch's operators (--fused_bn 0)");
   for (const char* mode : {"finetune", "scratch", "eval"}) {
     std::printf("engine %-8s %7.1f img/s\n", mode, Measure(mode, steps, batch, size, false, device, on_main));
     std::fflush(stdout);

@@ -8,22 +8,25 @@ self time (its span minus the spans of the operators it called, per thread)
 and groups the operators into the families of a ResNet step: convolution
 forward and backward, BatchNorm forward and backward, ReLU, pooling, casts
 and layout reorders, the optimizer, the loss, other. Operators called inside
-traind's own scopes (the GEMM convolutions of gemm_conv.cc) count as that
-scope's."""
+traind's own scopes (the GEMM convolutions of gemm_conv.cc, the fused
+BatchNorm of fused_batch_norm.cc, which includes the ReLU and the residual add
+it fuses) count as that scope's."""
 import json
 import sys
 from collections import defaultdict
 
 # traind's RECORD_FUNCTION scopes whose operators belong to the scope's family.
-SCOPES = ("traind::gemm_conv_forward", "traind::gemm_conv_backward")
+SCOPES = ("traind::gemm_conv_forward", "traind::gemm_conv_backward",
+          "traind::fused_batch_norm_forward", "traind::fused_batch_norm_backward")
 
 FAMILIES = [
     ("convolution backward", ("convolution_backward", "mkldnn_convolution_backward",
                               "gemm_conv_backward")),
     ("convolution forward", ("convolution", "conv2d", "mkldnn_convolution",
                              "gemm_conv_forward")),
-    ("BatchNorm backward", ("batch_norm_backward", "native_batch_norm_backward")),
-    ("BatchNorm forward", ("batch_norm", "native_batch_norm")),
+    ("BatchNorm backward", ("batch_norm_backward", "native_batch_norm_backward",
+                            "fused_batch_norm_backward")),
+    ("BatchNorm forward", ("batch_norm", "native_batch_norm", "fused_batch_norm_forward")),
     ("ReLU forward/backward", ("relu", "threshold_backward", "clamp_min")),
     ("pooling", ("max_pool2d", "max_pool2d_with_indices", "max_pool2d_with_indices_backward",
                  "adaptive_avg_pool2d", "mean")),

@@ -12,6 +12,8 @@
 #include <ATen/record_function.h>
 #include <torch/torch.h>
 
+#include "server/train/bf16.h"
+
 // This file is compiled with -ffp-contract=off (see CMakeLists.txt): every
 // multiply-add that rounds once is written as std::fma, every other one
 // rounds twice, as in the ATen kernels it mirrors.
@@ -30,30 +32,6 @@ namespace {
 struct Coefficients {
   float beta1, one_minus_beta1, beta2, one_minus_beta2, sqrt_bias_correction2, eps, neg_step;
 };
-
-#if defined(__x86_64__) && defined(__GNUC__)
-// Vectorized for the CPU it runs on; the default clone computes the same.
-#define TRAIND_VECTOR_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define TRAIND_VECTOR_CLONES
-#endif
-
-// Rounds to the nearest bfloat16, ties to even, as ATen's casts do for
-// finite values.
-inline uint16_t ToBf16(float x) {
-  uint32_t bits;
-  std::memcpy(&bits, &x, sizeof bits);
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<uint16_t>(bits >> 16);
-}
-
-inline float FromBf16(uint16_t x) {
-  const uint32_t bits = static_cast<uint32_t>(x) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
 
 // The update of elements [0, n); Grad is float or uint16_t (bfloat16 bits);
 // with kCopy, `copy` receives the new parameter in bfloat16. (Template

@@ -1,5 +1,6 @@
 #include "server/train/model.h"
 
+#include "server/train/fused_batch_norm.h"
 #include "server/train/gemm_conv.h"
 
 namespace traind::train {
@@ -30,21 +31,26 @@ BasicBlockImpl::BasicBlockImpl(int64_t in_planes, int64_t planes,
   conv2_ = register_module("conv2", Conv(planes, planes, 3, 1, 1));
   bn2_ = register_module("bn2", torch::nn::BatchNorm2d(planes));
   if (stride != 1 || in_planes != planes) {
+    downsample_conv_ = Conv(in_planes, planes, 1, stride, 0);
+    downsample_bn_ = torch::nn::BatchNorm2d(planes);
+    // "downsample.0" and "downsample.1", as torchvision names them.
     downsample_ = register_module(
-        "downsample",
-        torch::nn::Sequential(Conv(in_planes, planes, 1, stride, 0),
-                              torch::nn::BatchNorm2d(planes)));
+        "downsample", torch::nn::Sequential(downsample_conv_, downsample_bn_));
   }
 }
 
 torch::Tensor BasicBlockImpl::forward(torch::Tensor x) {
-  torch::Tensor identity = downsample_ ? downsample_->forward(x) : x;
-  // In place, as torchvision's block: BatchNorm's backward needs its input,
-  // not its output, so the add and the ReLU may overwrite that.
-  torch::Tensor out = bn1_->forward(Conv3x3Forward(*conv1_, x)).relu_();
-  out = bn2_->forward(Conv3x3Forward(*conv2_, out));
-  out += identity;
-  return out.relu_();
+  torch::Tensor identity =
+      downsample_ ? BatchNormAct(*downsample_bn_, downsample_conv_->forward(x),
+                                 {}, /*relu=*/false)
+                  : x;
+  // BatchNorm, the add and the ReLU in one pass where BatchNormAct fuses
+  // them; otherwise the add and the ReLU in place, as torchvision's block
+  // (BatchNorm's backward needs its input, not its output).
+  torch::Tensor out =
+      BatchNormAct(*bn1_, Conv3x3Forward(*conv1_, x), {}, /*relu=*/true);
+  return BatchNormAct(*bn2_, Conv3x3Forward(*conv2_, out), identity,
+                      /*relu=*/true);
 }
 
 ResNet18Impl::ResNet18Impl(int64_t num_classes) {
@@ -69,7 +75,7 @@ ResNet18Impl::ResNet18Impl(int64_t num_classes) {
 }
 
 torch::Tensor ResNet18Impl::forward(torch::Tensor x) {
-  x = bn1_->forward(conv1_->forward(x)).relu_();
+  x = BatchNormAct(*bn1_, conv1_->forward(x), {}, /*relu=*/true);
   x = torch::max_pool2d(x, /*kernel_size=*/3, /*stride=*/2, /*padding=*/1);
   x = layer4_->forward(
       layer3_->forward(layer2_->forward(layer1_->forward(x))));

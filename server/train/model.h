@@ -26,6 +26,8 @@ class BasicBlockImpl : public torch::nn::Module {
   torch::nn::Conv2d conv2_{nullptr};
   torch::nn::BatchNorm2d bn2_{nullptr};
   torch::nn::Sequential downsample_{nullptr};  // null when shapes match
+  torch::nn::Conv2d downsample_conv_{nullptr};  // downsample_'s two modules
+  torch::nn::BatchNorm2d downsample_bn_{nullptr};
 };
 TORCH_MODULE(BasicBlock);
 
