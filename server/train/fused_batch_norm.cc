@@ -26,8 +26,8 @@ constexpr int64_t kLanes = 64;
 // Rows per partial sum. Fixed, so the sums do not depend on the thread count.
 constexpr int64_t kBlockRows = 256;
 
-const uint16_t *Bits(const torch::Tensor &t) { return static_cast<const uint16_t *>(t.data_ptr()); }
-uint16_t *MutableBits(torch::Tensor &t) { return static_cast<uint16_t *>(t.data_ptr()); }
+const uint16_t* Bits(const torch::Tensor& t) { return static_cast<const uint16_t*>(t.data_ptr()); }
+uint16_t* MutableBits(torch::Tensor& t) { return static_cast<uint16_t*>(t.data_ptr()); }
 
 // The row loops are inlined into each of their callers' clones (bf16.h), so
 // that they are compiled, and vectorized, for each clone's CPU.
@@ -37,12 +37,12 @@ uint16_t *MutableBits(torch::Tensor &t) { return static_cast<uint16_t *>(t.data_
 // and loop over it 64 channels at a time.
 
 TRAIND_VECTOR_CLONES
-void ColumnSums(const uint16_t *__restrict x, int64_t rows, int64_t channels,
-                float *__restrict sums) {
+void ColumnSums(const uint16_t* __restrict x, int64_t rows, int64_t channels,
+                float* __restrict sums) {
   for (int64_t c0 = 0; c0 < channels; c0 += kLanes) {
     float acc[kLanes] = {};
     for (int64_t r = 0; r < rows; ++r) {
-      const uint16_t *p = x + r * channels + c0;
+      const uint16_t* p = x + r * channels + c0;
       for (int64_t j = 0; j < kLanes; ++j) acc[j] += FromBf16(p[j]);
     }
     std::copy(acc, acc + kLanes, sums + c0);
@@ -50,14 +50,14 @@ void ColumnSums(const uint16_t *__restrict x, int64_t rows, int64_t channels,
 }
 
 TRAIND_VECTOR_CLONES
-void ColumnSquaredDeviations(const uint16_t *__restrict x, int64_t rows, int64_t channels,
-                             const float *__restrict mean, float *__restrict sums) {
+void ColumnSquaredDeviations(const uint16_t* __restrict x, int64_t rows, int64_t channels,
+                             const float* __restrict mean, float* __restrict sums) {
   for (int64_t c0 = 0; c0 < channels; c0 += kLanes) {
     float m[kLanes];
     std::copy(mean + c0, mean + c0 + kLanes, m);
     float acc[kLanes] = {};
     for (int64_t r = 0; r < rows; ++r) {
-      const uint16_t *p = x + r * channels + c0;
+      const uint16_t* p = x + r * channels + c0;
       for (int64_t j = 0; j < kLanes; ++j) {
         const float d = FromBf16(p[j]) - m[j];
         acc[j] += d * d;
@@ -70,11 +70,11 @@ void ColumnSquaredDeviations(const uint16_t *__restrict x, int64_t rows, int64_t
 // y = x * alpha + beta, rounded to bfloat16 as BatchNorm's output is; then
 // + residual, rounded as the add's output is; then the ReLU.
 template <bool kResidual, bool kRelu>
-TRAIND_ALWAYS_INLINE void NormalizeRows(const uint16_t *__restrict x,
-                                        const uint16_t *__restrict residual, uint16_t *__restrict y,
+TRAIND_ALWAYS_INLINE void NormalizeRows(const uint16_t* __restrict x,
+                                        const uint16_t* __restrict residual, uint16_t* __restrict y,
                                         int64_t rows, int64_t channels,
-                                        const float *__restrict alpha,
-                                        const float *__restrict beta) {
+                                        const float* __restrict alpha,
+                                        const float* __restrict beta) {
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t o = r * channels;
     for (int64_t c = 0; c < channels; ++c) {
@@ -87,8 +87,8 @@ TRAIND_ALWAYS_INLINE void NormalizeRows(const uint16_t *__restrict x,
 }
 
 TRAIND_VECTOR_CLONES
-void Normalize(const uint16_t *x, const uint16_t *residual, uint16_t *y, int64_t rows,
-               int64_t channels, const float *alpha, const float *beta, bool relu) {
+void Normalize(const uint16_t* x, const uint16_t* residual, uint16_t* y, int64_t rows,
+               int64_t channels, const float* alpha, const float* beta, bool relu) {
   if (residual != nullptr) {
     if (relu) {
       NormalizeRows<true, true>(x, residual, y, rows, channels, alpha, beta);
@@ -113,12 +113,12 @@ TRAIND_ALWAYS_INLINE float Masked(uint16_t dy, uint16_t y) {
 // Per channel: sum of g and of g * (x - mean), g the masked gradient; with
 // `residual_grad`, also writes g there (the add passes it to the residual).
 template <bool kRelu, bool kResidualGrad>
-TRAIND_ALWAYS_INLINE void BackwardSumsRows(const uint16_t *__restrict x,
-                                           const uint16_t *__restrict y,
-                                           const uint16_t *__restrict dy,
-                                           uint16_t *__restrict residual_grad, int64_t rows,
-                                           int64_t channels, const float *__restrict mean,
-                                           float *__restrict sum, float *__restrict dot) {
+TRAIND_ALWAYS_INLINE void BackwardSumsRows(const uint16_t* __restrict x,
+                                           const uint16_t* __restrict y,
+                                           const uint16_t* __restrict dy,
+                                           uint16_t* __restrict residual_grad, int64_t rows,
+                                           int64_t channels, const float* __restrict mean,
+                                           float* __restrict sum, float* __restrict dot) {
   for (int64_t c0 = 0; c0 < channels; c0 += kLanes) {
     float m[kLanes];
     std::copy(mean + c0, mean + c0 + kLanes, m);
@@ -139,8 +139,8 @@ TRAIND_ALWAYS_INLINE void BackwardSumsRows(const uint16_t *__restrict x,
 }
 
 TRAIND_VECTOR_CLONES
-void BackwardSums(const uint16_t *x, const uint16_t *y, const uint16_t *dy, uint16_t *residual_grad,
-                  int64_t rows, int64_t channels, const float *mean, float *sum, float *dot) {
+void BackwardSums(const uint16_t* x, const uint16_t* y, const uint16_t* dy, uint16_t* residual_grad,
+                  int64_t rows, int64_t channels, const float* mean, float* sum, float* dot) {
   if (y == nullptr) {
     BackwardSumsRows<false, false>(x, y, dy, nullptr, rows, channels, mean, sum, dot);
   } else if (residual_grad != nullptr) {
@@ -155,9 +155,9 @@ void BackwardSums(const uint16_t *x, const uint16_t *y, const uint16_t *dy, uint
 //   k = mean(g * (x - mean)) * invstd^2.
 template <bool kRelu>
 TRAIND_ALWAYS_INLINE void BackwardInputRows(
-    const uint16_t *__restrict x, const uint16_t *__restrict y, const uint16_t *__restrict dy,
-    uint16_t *__restrict dx, int64_t rows, int64_t channels, const float *__restrict mean,
-    const float *__restrict grad_mean, const float *__restrict k, const float *__restrict scale) {
+    const uint16_t* __restrict x, const uint16_t* __restrict y, const uint16_t* __restrict dy,
+    uint16_t* __restrict dx, int64_t rows, int64_t channels, const float* __restrict mean,
+    const float* __restrict grad_mean, const float* __restrict k, const float* __restrict scale) {
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t o = r * channels;
     for (int64_t c = 0; c < channels; ++c) {
@@ -169,9 +169,9 @@ TRAIND_ALWAYS_INLINE void BackwardInputRows(
 }
 
 TRAIND_VECTOR_CLONES
-void BackwardInput(const uint16_t *x, const uint16_t *y, const uint16_t *dy, uint16_t *dx,
-                   int64_t rows, int64_t channels, const float *mean, const float *grad_mean,
-                   const float *k, const float *scale) {
+void BackwardInput(const uint16_t* x, const uint16_t* y, const uint16_t* dy, uint16_t* dx,
+                   int64_t rows, int64_t channels, const float* mean, const float* grad_mean,
+                   const float* k, const float* scale) {
   if (y != nullptr) {
     BackwardInputRows<true>(x, y, dy, dx, rows, channels, mean, grad_mean, k, scale);
   } else {
@@ -182,7 +182,7 @@ void BackwardInput(const uint16_t *x, const uint16_t *y, const uint16_t *dy, uin
 // Per-channel sums over all rows, `width` floats per block from `block(begin,
 // end, out)`: the blocks in parallel, their sums added in double, in order.
 std::vector<double> SumBlocks(int64_t rows, int64_t width,
-                              const std::function<void(int64_t, int64_t, float *)> &block) {
+                              const std::function<void(int64_t, int64_t, float*)>& block) {
   const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
   std::vector<float> partial(static_cast<size_t>(blocks * width));
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
@@ -202,32 +202,32 @@ int64_t RowGrain(int64_t channels) { return std::max<int64_t>(1, 16384 / channel
 
 struct FusedBatchNorm : public torch::autograd::Function<FusedBatchNorm> {
   // `residual` empty: none (autograd functions take no undefined inputs).
-  static torch::Tensor forward(AutogradContext *ctx, const torch::Tensor &x,
-                               const torch::Tensor &residual, const torch::Tensor &weight,
-                               const torch::Tensor &bias, const torch::Tensor &running_mean,
-                               const torch::Tensor &running_var, bool training, double momentum,
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& residual, const torch::Tensor& weight,
+                               const torch::Tensor& bias, const torch::Tensor& running_mean,
+                               const torch::Tensor& running_var, bool training, double momentum,
                                double eps, bool relu) {
     RECORD_FUNCTION("traind::fused_batch_norm_forward", std::vector<c10::IValue>());
     const int64_t channels = x.size(1);
     const int64_t rows = x.numel() / channels;
-    const uint16_t *xp = Bits(x);
-    float *rm = running_mean.data_ptr<float>();
-    float *rv = running_var.data_ptr<float>();
-    const float *w = weight.data_ptr<float>();
-    const float *b = bias.data_ptr<float>();
+    const uint16_t* xp = Bits(x);
+    float* rm = running_mean.data_ptr<float>();
+    float* rv = running_var.data_ptr<float>();
+    const float* w = weight.data_ptr<float>();
+    const float* b = bias.data_ptr<float>();
 
     torch::Tensor mean_t = torch::empty({channels}, torch::kFloat);
     torch::Tensor invstd_t = torch::empty({channels}, torch::kFloat);
-    float *mean = mean_t.data_ptr<float>();
-    float *invstd = invstd_t.data_ptr<float>();
+    float* mean = mean_t.data_ptr<float>();
+    float* invstd = invstd_t.data_ptr<float>();
     if (training) {
       const std::vector<double> sums =
-          SumBlocks(rows, channels, [&](int64_t r0, int64_t r1, float *out) {
+          SumBlocks(rows, channels, [&](int64_t r0, int64_t r1, float* out) {
             ColumnSums(xp + r0 * channels, r1 - r0, channels, out);
           });
       for (int64_t c = 0; c < channels; ++c) mean[c] = static_cast<float>(sums[c] / rows);
       const std::vector<double> squares =
-          SumBlocks(rows, channels, [&](int64_t r0, int64_t r1, float *out) {
+          SumBlocks(rows, channels, [&](int64_t r0, int64_t r1, float* out) {
             ColumnSquaredDeviations(xp + r0 * channels, r1 - r0, channels, mean, out);
           });
       for (int64_t c = 0; c < channels; ++c) {
@@ -250,9 +250,9 @@ struct FusedBatchNorm : public torch::autograd::Function<FusedBatchNorm> {
     }
 
     torch::Tensor y = torch::empty_like(x, torch::MemoryFormat::ChannelsLast);
-    uint16_t *yp = MutableBits(y);
+    uint16_t* yp = MutableBits(y);
     const bool has_residual = residual.numel() > 0;
-    const uint16_t *res = has_residual ? Bits(residual) : nullptr;
+    const uint16_t* res = has_residual ? Bits(residual) : nullptr;
     at::parallel_for(0, rows, RowGrain(channels), [&](int64_t r0, int64_t r1) {
       const int64_t o = r0 * channels;
       Normalize(xp + o, res == nullptr ? nullptr : res + o, yp + o, r1 - r0, channels, alpha.data(),
@@ -264,14 +264,14 @@ struct FusedBatchNorm : public torch::autograd::Function<FusedBatchNorm> {
     return y;
   }
 
-  static tensor_list backward(AutogradContext *ctx, tensor_list grads) {
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     RECORD_FUNCTION("traind::fused_batch_norm_backward", std::vector<c10::IValue>());
     const auto saved = ctx->get_saved_variables();
-    const torch::Tensor &x = saved[0];
-    const torch::Tensor &y = saved[1];  // undefined without the ReLU
-    const torch::Tensor &weight = saved[2];
-    const float *mean = saved[3].data_ptr<float>();
-    const float *invstd = saved[4].data_ptr<float>();
+    const torch::Tensor& x = saved[0];
+    const torch::Tensor& y = saved[1];  // undefined without the ReLU
+    const torch::Tensor& weight = saved[2];
+    const float* mean = saved[3].data_ptr<float>();
+    const float* invstd = saved[4].data_ptr<float>();
     const bool has_residual = ctx->saved_data["residual"].toBool();
     const int64_t channels = x.size(1);
     const int64_t rows = x.numel() / channels;
@@ -280,11 +280,11 @@ struct FusedBatchNorm : public torch::autograd::Function<FusedBatchNorm> {
     const torch::Tensor dy =
         grads[0].to(torch::kBFloat16).contiguous(torch::MemoryFormat::ChannelsLast);
 
-    const uint16_t *xp = Bits(x);
-    const uint16_t *yp = y.defined() ? Bits(y) : nullptr;
-    const uint16_t *dyp = Bits(dy);
+    const uint16_t* xp = Bits(x);
+    const uint16_t* yp = y.defined() ? Bits(y) : nullptr;
+    const uint16_t* dyp = Bits(dy);
     torch::Tensor residual_grad;
-    uint16_t *rgp = nullptr;
+    uint16_t* rgp = nullptr;
     if (has_residual && ctx->needs_input_grad(1)) {
       if (y.defined()) {
         residual_grad = torch::empty_like(x, torch::MemoryFormat::ChannelsLast);
@@ -294,7 +294,7 @@ struct FusedBatchNorm : public torch::autograd::Function<FusedBatchNorm> {
       }
     }
     const std::vector<double> sums =
-        SumBlocks(rows, 2 * channels, [&](int64_t r0, int64_t r1, float *part) {
+        SumBlocks(rows, 2 * channels, [&](int64_t r0, int64_t r1, float* part) {
           const int64_t o = r0 * channels;
           BackwardSums(xp + o, yp == nullptr ? nullptr : yp + o, dyp + o,
                        rgp == nullptr ? nullptr : rgp + o, r1 - r0, channels, mean, part,
@@ -303,8 +303,8 @@ struct FusedBatchNorm : public torch::autograd::Function<FusedBatchNorm> {
 
     torch::Tensor grad_weight = torch::empty({channels}, torch::kFloat);
     torch::Tensor grad_bias = torch::empty({channels}, torch::kFloat);
-    float *gw = grad_weight.data_ptr<float>();
-    float *gb = grad_bias.data_ptr<float>();
+    float* gw = grad_weight.data_ptr<float>();
+    float* gb = grad_bias.data_ptr<float>();
     for (int64_t c = 0; c < channels; ++c) {
       gb[c] = static_cast<float>(sums[c]);
       gw[c] = static_cast<float>(sums[channels + c] * invstd[c]);
@@ -312,7 +312,7 @@ struct FusedBatchNorm : public torch::autograd::Function<FusedBatchNorm> {
 
     torch::Tensor dx;
     if (ctx->needs_input_grad(0)) {
-      const float *w = weight.data_ptr<float>();
+      const float* w = weight.data_ptr<float>();
       std::vector<float> grad_mean(channels);
       std::vector<float> k(channels);
       std::vector<float> scale(channels);
@@ -322,7 +322,7 @@ struct FusedBatchNorm : public torch::autograd::Function<FusedBatchNorm> {
         scale[c] = invstd[c] * w[c];
       }
       dx = torch::empty_like(x, torch::MemoryFormat::ChannelsLast);
-      uint16_t *dxp = MutableBits(dx);
+      uint16_t* dxp = MutableBits(dx);
       at::parallel_for(0, rows, RowGrain(channels), [&](int64_t r0, int64_t r1) {
         const int64_t o = r0 * channels;
         BackwardInput(xp + o, yp == nullptr ? nullptr : yp + o, dyp + o, dxp + o, r1 - r0, channels,
@@ -337,7 +337,7 @@ struct FusedBatchNorm : public torch::autograd::Function<FusedBatchNorm> {
   }
 };
 
-bool FloatVector(const torch::Tensor &t, int64_t n) {
+bool FloatVector(const torch::Tensor& t, int64_t n) {
   return t.defined() && t.device().is_cpu() && t.scalar_type() == torch::kFloat &&
          t.is_contiguous() && t.numel() == n;
 }
@@ -346,8 +346,8 @@ bool FloatVector(const torch::Tensor &t, int64_t n) {
 
 void SetFusedBatchNormEnabled(bool enabled) { g_enabled.store(enabled); }
 
-bool UsesFusedBatchNorm(const torch::nn::BatchNorm2dImpl &bn, const torch::Tensor &x,
-                        const torch::Tensor &residual) {
+bool UsesFusedBatchNorm(const torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x,
+                        const torch::Tensor& residual) {
   if (!g_enabled.load(std::memory_order_relaxed)) return false;
   if (x.dim() != 4 || !x.device().is_cpu() || x.scalar_type() != torch::kBFloat16 ||
       !x.is_contiguous(torch::MemoryFormat::ChannelsLast)) {
@@ -373,8 +373,8 @@ bool UsesFusedBatchNorm(const torch::nn::BatchNorm2dImpl &bn, const torch::Tenso
   return bn.is_training() || !wants_grad;
 }
 
-torch::Tensor BatchNormAct(torch::nn::BatchNorm2dImpl &bn, const torch::Tensor &x,
-                           const torch::Tensor &residual, bool relu) {
+torch::Tensor BatchNormAct(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x,
+                           const torch::Tensor& residual, bool relu) {
   if (!UsesFusedBatchNorm(bn, x, residual)) {
     torch::Tensor y = bn.forward(x);
     if (residual.defined()) y += residual;

@@ -19,6 +19,12 @@
 // sequence's within one bfloat16 rounding step, gradients within bfloat16
 // rounding (tests/train/fused_batch_norm_test.cc).
 //
+// Float activations stay LibTorch's: its sums' order is part of traind's
+// exact agreement with PyTorch in fp32. Fused, a 2-rank job trained for an
+// epoch ended 0.01 from PyTorch DDP's weights (tests/integration/
+// distributed_test.py allows 1e-4): float statistics a few ulps apart change
+// near-zero gradients, whose sign Adam turns into a whole step.
+//
 // Thread-safety: none of its own; runs on the caller's thread and its
 // intra-op threads.
 #ifndef TRAIND_SERVER_TRAIN_FUSED_BATCH_NORM_H_
@@ -33,16 +39,16 @@ namespace traind::train {
 // running statistics and num_batches_tracked advance as bn->forward's do.
 // Fused when UsesFusedBatchNorm(bn, x, residual); otherwise exactly
 // bn->forward(x), then `+= residual` and `relu_()` in place.
-torch::Tensor BatchNormAct(torch::nn::BatchNorm2dImpl &bn, const torch::Tensor &x,
-                           const torch::Tensor &residual, bool relu);
+torch::Tensor BatchNormAct(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x,
+                           const torch::Tensor& residual, bool relu);
 
 // The fused path's conditions: enabled, `x` a 4-d bfloat16 CPU tensor in
 // channels-last memory with a multiple of 64 channels and more than one value
 // per channel, `residual` (if defined) the same shape, type and layout, `bn`
 // affine with float parameters and running statistics, and, in evaluation
 // mode, no gradient wanted.
-bool UsesFusedBatchNorm(const torch::nn::BatchNorm2dImpl &bn, const torch::Tensor &x,
-                        const torch::Tensor &residual);
+bool UsesFusedBatchNorm(const torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x,
+                        const torch::Tensor& residual);
 
 // Process-wide; on by default. Off, BatchNormAct is always LibTorch's
 // sequence (for side-by-side benchmarks: engine_bench --fused_bn 0).
