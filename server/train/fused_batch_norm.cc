@@ -275,7 +275,7 @@ struct FusedBatchNorm : public torch::autograd::Function<FusedBatchNorm> {
     const bool has_residual = ctx->saved_data["residual"].toBool();
     const int64_t channels = x.size(1);
     const int64_t rows = x.numel() / channels;
-    tensor_list out(10);
+    tensor_list out(10);  // one per input of forward()
     if (!grads[0].defined()) return out;
     const torch::Tensor dy =
         grads[0].to(torch::kBFloat16).contiguous(torch::MemoryFormat::ChannelsLast);
