@@ -77,7 +77,8 @@ bool IsAllowedGlobal(const Global& g) {
     return true;
   }
   if (g.module == "torch" && StorageTypes().count(g.name)) return true;
-  // LibTorch's torch::pickle_save tags typed dicts ("Dict[str, Tensor]").
+  // LibTorch's torch::pickle_save tags typed dicts ("Dict[str, Tensor]"):
+  // traind wrote its weights that way before it wrote torch.save's form.
   if (g.module == "torch.jit._pickle" && g.name == "restore_type_tag") return true;
   return false;
 }
@@ -623,20 +624,6 @@ absl::StatusOr<NamedTensors> LoadStateDict(const std::string& path) {
                         absl::StrCat(path, ": ", result.status().message()));
   }
   return result;
-}
-
-absl::StatusOr<std::string> SerializeTorchArchive(const NamedTensors& tensors) {
-  try {
-    c10::Dict<std::string, torch::Tensor> dict;
-    for (const auto& [name, t] : tensors) {
-      dict.insert(name, t.detach().to(torch::kCPU).contiguous());
-    }
-    std::vector<char> data = torch::pickle_save(dict);
-    return std::string(data.begin(), data.end());
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("cannot serialise weights: ",
-                                            e.what_without_backtrace()));
-  }
 }
 
 absl::StatusOr<std::string> SerializeSafetensors(const NamedTensors& tensors) {

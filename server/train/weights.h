@@ -30,7 +30,9 @@ absl::StatusOr<NamedTensors> ParseTorchArchive(const std::string& bytes);
 // Parses safetensors bytes.
 absl::StatusOr<NamedTensors> ParseSafetensors(const std::string& bytes);
 
-// Serialises as torch.save does (zip archive); torch.load returns a dict.
+// Serialises as `torch.save(state_dict)` does (torch_save.cc): a zip archive
+// whose pickle is an OrderedDict of tensors, which torch.load(weights_only=
+// True) accepts in every PyTorch since 1.13.
 absl::StatusOr<std::string> SerializeTorchArchive(const NamedTensors& tensors);
 
 // Serialises as safetensors.

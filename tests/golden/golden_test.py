@@ -83,6 +83,30 @@ class GoldenTest(unittest.TestCase):
         for name, value in stats.items():
             self.assertLess(self.max_diff(got[name], value), TOL, name)
 
+    def test_served_weights_load_in_torch_safe_loader(self):
+        """What traind serves opens with torch.load(weights_only=True), the
+        default since PyTorch 2.6, and loads strictly into torchvision."""
+        model = randomized_resnet(7, seed=6)
+        model.layer1[0].bn1.num_batches_tracked.fill_(123)
+        want = model.state_dict()
+        torch.save(want, self.path("in.pth"))
+        golden("export", self.path("in.pth"), 7, self.path("served.pth"))
+        got = torch.load(self.path("served.pth"), weights_only=True)
+        self.assertEqual(type(got).__name__, "OrderedDict")
+        self.assertEqual(list(got), list(want))  # torchvision's order
+        for name, value in want.items():
+            self.assertEqual(got[name].dtype, value.dtype, name)
+            self.assertEqual(got[name].stride(), value.stride(), name)
+            self.assertTrue(torch.equal(got[name], value), name)
+        fresh = torchvision.models.resnet18(num_classes=7)
+        fresh.load_state_dict(got, strict=True)
+        # Saved again by torch itself: the same archive records.
+        import zipfile
+        torch.save(got, self.path("resaved.pth"))
+        names = lambda p: sorted(n.split("/", 1)[1] for n in zipfile.ZipFile(p).namelist())
+        self.assertLessEqual(set(names(self.path("resaved.pth"))) - {".data/version", ".data/serialization_id"},
+                             set(names(self.path("served.pth"))))
+
     def one_step(self, kind):
         num_classes = 5
         model = randomized_resnet(num_classes, seed=3)

@@ -80,7 +80,7 @@ class DistributedTest(unittest.TestCase):
         path, sha = self.download(job, "dist.pth")
         self.assertEqual(sha, self.daemon.status(job)["weights_sha256"])
         model = torchvision.models.resnet18(num_classes=4)
-        model.load_state_dict(torch.load(path), strict=True)
+        model.load_state_dict(torch.load(path, weights_only=True), strict=True)
         model.eval()
 
         # The validation split, resized by the engine itself, evaluated here.
@@ -125,7 +125,7 @@ class DistributedTest(unittest.TestCase):
         events, _ = self.daemon.watch(job)
         self.assertEqual(of_kind(events, "state")[-1]["state"], "SUCCEEDED")
         got_path, _ = self.download(job, "ddp-traind.pth")
-        got = torch.load(got_path)
+        got = torch.load(got_path, weights_only=True)
 
         # The training split in the engine's order (random_split's), resized by
         # the engine, normalised as the recipe does.

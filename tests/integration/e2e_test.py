@@ -81,7 +81,8 @@ class EndToEndTest(unittest.TestCase):
         self.daemon.trainctl("weights", self.scratch, "-o", out)
         with open(out, "rb") as f:
             self.assertEqual(hashlib.sha256(f.read()).hexdigest(), job["weights_sha256"])
-        state = torch.load(out)
+        # The safe loader (torch.load's default since PyTorch 2.6) takes it.
+        state = torch.load(out, weights_only=True)
         model = torchvision.models.resnet18(num_classes=4)
         result = model.load_state_dict(state, strict=True)
         self.assertEqual(list(result.missing_keys), [])
@@ -120,7 +121,7 @@ class EndToEndTest(unittest.TestCase):
         self.assertEqual(p.returncode, 0, p.stderr + str(events[-3:]))
         out = os.path.join(self.root, "ft.pth")
         self.daemon.trainctl("weights", job, "-o", out)
-        tuned = torch.load(out)
+        tuned = torch.load(out, weights_only=True)
         self.assertEqual(tuned["fc.weight"].shape, (4, 512))
         # Frozen blocks keep their weights bit for bit; trainable ones move.
         for name in ("conv1.weight", "layer1.0.conv1.weight", "layer2.1.conv2.weight"):

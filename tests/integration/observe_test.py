@@ -197,7 +197,7 @@ class ObserveTest(unittest.TestCase):
         out = self.d.trainctl_json("classify", self.job, *images, "--top=3")[0]["results"]
         self.assertEqual(len(out), 3)
         model = torchvision.models.resnet18(num_classes=len(names))
-        model.load_state_dict(torch.load(weights))
+        model.load_state_dict(torch.load(weights, weights_only=True))
         model.eval()
         mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
         std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)

@@ -125,7 +125,7 @@ class PythonClientTest(unittest.TestCase):
         pth = os.path.join(self.root, "sd.pth")
         self.d.trainctl("weights", self.done.id, "-o", pth,
                         "--token", self.tokens["alice"])
-        reference = torch.load(pth, map_location="cpu")
+        reference = torch.load(pth, map_location="cpu", weights_only=True)
         self.assertEqual(set(state), set(reference))
         for name, tensor in reference.items():
             self.assertTrue(torch.equal(state[name], tensor), name)

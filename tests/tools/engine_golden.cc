@@ -8,6 +8,9 @@
 //       "input"/"labels", starting from WEIGHTS (classifier included)
 //   engine_golden init finetune|scratch WEIGHTS|- NUM_CLASSES SEED OUTPUT
 //       the state_dict the recipe starts a run from
+//   engine_golden export WEIGHTS NUM_CLASSES OUTPUT_PTH
+//       WEIGHTS read into the engine's model and written as traind serves a
+//       job's final weights
 //   engine_golden split DIR SEED TRAIN_FRACTION
 //       the validation files, one per line, relative to DIR
 //   engine_golden transform OP PARAM IN_IMAGE OUT_PNG
@@ -105,6 +108,17 @@ int Init(int argc, char** argv) {
   return Write(Snapshot(**model), argv[6]);
 }
 
+int Export(int argc, char** argv) {
+  if (argc != 5) return Fail("usage: export WEIGHTS NUM_CLASSES OUTPUT_PTH");
+  auto model = Load(argv[2], std::stoll(argv[3]));
+  if (!model.ok()) return Fail(std::string(model.status().message()));
+  auto bytes = SerializeTorchArchive(Snapshot(**model));
+  if (!bytes.ok() || !traind::WriteFileAtomically(argv[4], *bytes).ok()) {
+    return Fail(std::string("cannot write ") + argv[4]);
+  }
+  return 0;
+}
+
 int Split(int argc, char** argv) {
   if (argc < 5) return Fail("split DIR SEED TRAIN_FRACTION");
   DataConfig config;
@@ -156,10 +170,11 @@ int main(int argc, char** argv) {
     if (cmd == "forward") return Forward(argc, argv);
     if (cmd == "step") return Step(argc, argv);
     if (cmd == "init") return Init(argc, argv);
+    if (cmd == "export") return Export(argc, argv);
     if (cmd == "split") return Split(argc, argv);
     if (cmd == "transform") return Transform(argc, argv);
   } catch (const std::exception& e) {
     return Fail(e.what());
   }
-  return Fail("usage: engine_golden forward|step|init|split|transform ...");
+  return Fail("usage: engine_golden forward|step|init|export|split|transform ...");
 }

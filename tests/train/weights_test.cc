@@ -34,6 +34,38 @@ TEST(WeightsTest, TorchArchiveRoundTrip) {
   ExpectSame(Sample(), *back);
 }
 
+TEST(WeightsTest, TorchArchiveHoldsViewsAndEveryStateDictDtype) {
+  torch::Tensor base = torch::arange(40, torch::kFloat).reshape({5, 8});
+  const NamedTensors in = {
+      {"slice", base.slice(/*dim=*/1, 2, 6)},  // a view: strided, offset 2
+      {"transposed", base.t()},
+      {"scalar", torch::tensor(int64_t{1} << 40)},
+      {"empty", torch::zeros({0, 3})},
+      {"half", torch::randn({4}).to(torch::kHalf)},
+      {"bf16", torch::randn({4}).to(torch::kBFloat16)},
+      {"double", torch::randn({2, 2}, torch::kDouble)},
+      {"flags", torch::tensor({true, false})}};
+  auto bytes = SerializeTorchArchive(in);
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  // torch.save's form, not TorchScript's typed dict.
+  EXPECT_EQ(bytes->find("restore_type_tag"), std::string::npos);
+  EXPECT_NE(bytes->find("collections\nOrderedDict"), std::string::npos);
+  auto back = ParseTorchArchive(*bytes);
+  ASSERT_TRUE(back.ok()) << back.status();
+  ExpectSame(in, *back);
+  EXPECT_TRUE((*back)[0].second.is_contiguous());
+}
+
+TEST(WeightsTest, ReadsTheTypedDictsTraindWroteBefore) {
+  // Weights from traind before it wrote torch.save's form: LibTorch's pickler.
+  c10::Dict<std::string, torch::Tensor> dict;
+  for (const auto& [name, t] : Sample()) dict.insert(name, t);
+  const std::vector<char> old = torch::pickle_save(dict);
+  auto back = ParseTorchArchive(std::string(old.begin(), old.end()));
+  ASSERT_TRUE(back.ok()) << back.status();
+  ExpectSame(Sample(), *back);
+}
+
 TEST(WeightsTest, SafetensorsRoundTrip) {
   auto bytes = SerializeSafetensors(Sample());
   ASSERT_TRUE(bytes.ok());
