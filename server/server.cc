@@ -1,6 +1,7 @@
 #include "server/server.h"
 
 #include <cstdio>
+#include <utility>
 #include <vector>
 
 #include <grpcpp/health_check_service_interface.h>
@@ -55,6 +56,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
         !st.ok()) {
       return st;
     }
+  }
+  if (!options.http_port_file.empty() && options.http_listen.empty()) {
+    return absl::InvalidArgumentError("--http-port-file needs --http-listen");
   }
   if (tls && (options.tls_cert.empty() || options.tls_key.empty())) {
     return absl::InvalidArgumentError("TLS needs both --tls-cert and --tls-key");
@@ -160,6 +164,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
     http.tls_client_ca = options.tls_client_ca;
     http.max_stream = absl::Seconds(options.limits.max_stream_seconds);
     http.threads = options.http_threads;
+    http.allowed_hosts = options.http_allowed_hosts;
     auto started = http::HttpService::Start(http, s->manager_.get(), s->tokens_.get());
     if (!started.ok()) {
       s->Shutdown(absl::ZeroDuration());
@@ -167,9 +172,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
     }
     s->api_ = std::move(*started);
   }
-  if (!options.port_file.empty()) {
-    if (auto st = WriteFileAtomically(options.port_file, absl::StrCat(s->port_, "\n"));
-        !st.ok()) {
+  // Last: a script that waits for these files finds every port serving.
+  for (const auto& [file, port] : {std::pair{options.port_file, s->port_},
+                                   std::pair{options.http_port_file, s->http_port()}}) {
+    if (file.empty()) continue;
+    if (auto st = WriteFileAtomically(file, absl::StrCat(port, "\n")); !st.ok()) {
       s->Shutdown(absl::ZeroDuration());
       return st;
     }

@@ -45,6 +45,11 @@ class Server {
     std::string http_listen;
     // Its serving threads (event streams may hold all but a few).
     int http_threads = 64;
+    // If set, the HTTP port is written here (atomically) once serving.
+    std::string http_port_file;
+    // Host names the HTTP front end answers besides IP addresses, localhost
+    // and http_listen's host (http/host_check.h).
+    std::vector<std::string> http_allowed_hosts;
     // TLS: PEM files of the server's certificate chain and key. Unset: plaintext,
     // allowed only on a loopback address (or with `insecure`).
     std::string tls_cert;

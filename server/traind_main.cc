@@ -63,6 +63,13 @@ ABSL_FLAG(std::string, metrics_listen, "",
 ABSL_FLAG(std::string, http_listen, "",
           "serve the HTTP JSON API, event streams and the web dashboard at host:port (port 0: "
           "a free port; same TLS, tokens and loopback rule as --listen); empty: off");
+ABSL_FLAG(std::string, http_port_file, "",
+          "write the bound HTTP port to this file once serving (with --http-listen)");
+ABSL_FLAG(std::vector<std::string>, http_allowed_hosts, {},
+          "host names (comma-separated; '*.example.com' for a domain, '*' for any) that "
+          "HTTP requests may name in their Host header besides IP addresses, localhost and "
+          "--http-listen's host; others get 421 (the DNS-rebinding guard). Set the name "
+          "users reach traind by, e.g. behind a proxy or TLS");
 ABSL_FLAG(int, http_threads, 64,
           "threads serving HTTP; each open event stream holds one, and streams may take all "
           "but 4 of them");
@@ -137,6 +144,8 @@ int main(int argc, char** argv) {
   options.port_file = absl::GetFlag(FLAGS_port_file);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.http_listen = absl::GetFlag(FLAGS_http_listen);
+  options.http_port_file = absl::GetFlag(FLAGS_http_port_file);
+  options.http_allowed_hosts = absl::GetFlag(FLAGS_http_allowed_hosts);
   options.http_threads = std::max(5, absl::GetFlag(FLAGS_http_threads));
   options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key = absl::GetFlag(FLAGS_tls_key);

@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "server/http/assets.h"
+#include "server/http/host_check.h"
 
 namespace traind::http {
 namespace {
@@ -575,6 +576,18 @@ void HttpService::Route() {
                                                     options_.threads - kReservedThreads);
   auto& s = *server_;
   const std::string id = "/v1/jobs/([A-Za-z0-9_.-]+)";
+  // Before any route, reads included: a rebound name gets nothing.
+  auto hosts = std::make_shared<HostCheck>(options_.listen, options_.allowed_hosts);
+  s.set_pre_routing_handler([hosts](const Request& req, Response& res) {
+    const std::string host = req.get_header_value("Host");
+    if (hosts->Allows(host)) return httplib::Server::HandlerResponse::Unhandled;
+    Fail(res, absl::PermissionDeniedError(absl::StrCat(
+                  "Host \"", host,
+                  "\" is not a name this daemon serves (refused as possible DNS rebinding); "
+                  "an admin can allow it with --http-allowed-hosts")));
+    res.status = 421;  // Misdirected Request
+    return httplib::Server::HandlerResponse::Handled;
+  });
   s.Get("/healthz", [](const Request&, Response& res) { res.set_content("ok\n", "text/plain"); });
   s.Get("/v1/whoami", [routes](const Request& q, Response& r) { routes->WhoAmI(q, r); });
   s.Post("/v1/login", [routes](const Request& q, Response& r) { routes->Login(q, r); });

@@ -18,9 +18,16 @@
 //   GET  /v1/jobs/{id}/weights      the file (?format=pth|safetensors, trial);
 //                                   Range, ETag and Repr-Digest (SHA-256)
 //   GET  /v1/jobs/{id}/report       Evaluation of a SUCCEEDED job
-//   GET  /v1/whoami, POST /v1/login, POST /v1/logout   the dashboard's session
+//   GET  /v1/whoami                 {"user", "admin", "tokens"}: who is calling
+//   POST /v1/login                  "Authorization: Bearer <token>" in, the
+//                                   session cookie traind_token out (HttpOnly,
+//                                   SameSite=Strict; Secure over TLS); {"user", ...}
+//   POST /v1/logout                 clears the cookie
 //   GET  /healthz                   "ok" (no token)
 //   GET  /, /static/...             the dashboard
+//
+// Every request must name this daemon in its Host header (host_check.h:
+// the DNS-rebinding guard), or it gets 421 Misdirected Request.
 //
 // Who calls: "Authorization: Bearer <token>" per request, or the HttpOnly,
 // SameSite=Strict session cookie that POST /v1/login sets from such a
@@ -35,6 +42,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -61,6 +69,9 @@ class HttpService {
   struct Options {
     // host:port; port 0 picks a free port.
     std::string listen;
+    // Host names served besides IP addresses, localhost and `listen`'s host
+    // (HostCheck: a request naming any other host is refused with 421).
+    std::vector<std::string> allowed_hosts;
     // TLS (PEM files); both empty: plaintext.
     std::string tls_cert;
     std::string tls_key;

@@ -142,6 +142,10 @@ class HttpApiTest(unittest.TestCase):
                 self.assertEqual(body["error"]["status"], grpc_error.exception.code)
                 self.assertEqual(body["error"]["message"], grpc_error.exception.message)
                 self.assertIn(status, (400,))
+                # Errors do not show the server's folders.
+                self.assertNotIn(self.root, body["error"]["message"])
+        status, body = self.web["alice"].json("POST", "/v1/jobs", dict(SMALL, dataset="nope"))
+        self.assertEqual(body["error"]["message"], 'dataset: "nope" does not exist in the data root')
         status, body = self.web["alice"].json("POST", "/v1/jobs", dict(SMALL, noSuchField=1))
         self.assertEqual((status, body["error"]["status"]), (400, "INVALID_ARGUMENT"))
         self.assertIn("noSuchField", body["error"]["message"])
@@ -343,6 +347,73 @@ class HttpLimitsTest(unittest.TestCase):
                 r.close()
             d.stop()
             shutil.rmtree(root, ignore_errors=True)
+
+
+class HttpHostTest(unittest.TestCase):
+    """The DNS-rebinding guard: a loopback daemon without tokens (the demo's
+    setup) answers only requests whose Host names it."""
+
+    ROUTES = [("GET", "/healthz"), ("GET", "/v1/whoami"), ("POST", "/v1/login"),
+              ("POST", "/v1/logout"), ("GET", "/v1/jobs"), ("POST", "/v1/jobs"),
+              ("GET", "/v1/jobs/job-000999"), ("DELETE", "/v1/jobs/job-000999"),
+              ("POST", "/v1/jobs/job-000999:cancel"), ("POST", "/v1/jobs/job-000999:classify"),
+              ("GET", "/v1/jobs/job-000999/events"), ("GET", "/v1/jobs/job-000999/weights"),
+              ("GET", "/v1/jobs/job-000999/report"), ("GET", "/"), ("GET", "/static/app.js"),
+              ("GET", "/no/such/route")]
+
+    @classmethod
+    def setUpClass(cls):
+        cls.root = temp_root("traind-http-host-")
+        os.makedirs(os.path.join(cls.root, "data"))
+        cls.port_file = os.path.join(cls.root, "http-port")
+        cls.d = Daemon(os.path.join(cls.root, "state"), os.path.join(cls.root, "data"), cls.root,
+                       extra=["--http-listen=127.0.0.1:0", f"--http-port-file={cls.port_file}",
+                              "--http-allowed-hosts=traind.test,*.lab.test"]).start()
+        cls.web = Http(cls.d.http_url)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.stop()
+        shutil.rmtree(cls.root, ignore_errors=True)
+
+    def test_http_port_file_holds_the_bound_port(self):
+        with open(self.port_file) as f:
+            self.assertEqual(int(f.read()), self.web.port)
+
+    def test_a_rebound_name_is_refused_on_every_route(self):
+        p = self.web.port
+        spec = dict(SMALL, dataset="sub", epochs=1)
+        for method, path in self.ROUTES:
+            for host in (f"rebind.example:{p}", "rebind.example", f"localhost.rebind.example:{p}"):
+                headers = {"Host": host, "Origin": f"http://{host}"}
+                status, _, body = self.web.call(method, path, spec if method == "POST" else None,
+                                                headers)
+                self.assertEqual(status, 421, (method, path, host, body))
+                error = json.loads(body)["error"]
+                self.assertIn(f'Host "{host}" is not a name this daemon serves', error["message"])
+                self.assertIn("--http-allowed-hosts", error["message"])
+        # Nothing was stored.
+        status, body = self.web.json("GET", "/v1/jobs")
+        self.assertEqual((status, body.get("jobs", [])), (200, []))
+
+    def test_the_daemons_own_names_pass(self):
+        p = self.web.port
+        for host in (f"127.0.0.1:{p}", f"localhost:{p}", f"LocalHost:{p}", f"traind.test:{p}",
+                     f"a.lab.test:{p}"):
+            status, _, body = self.web.call("GET", "/v1/jobs/job-000999", headers={"Host": host})
+            self.assertEqual(status, 404, (host, body))
+            status, _, body = self.web.call("POST", "/v1/jobs", dict(SMALL, epochs=0),
+                                            {"Host": host, "Origin": f"http://{host}"})
+            self.assertEqual(status, 400, (host, body))  # through to validation
+        status, _, _ = self.web.call("GET", "/healthz", headers={"Host": f"lab.test:{p}"})
+        self.assertEqual(status, 421)
+
+    def test_http_port_file_needs_http_listen(self):
+        p = subprocess.run([TRAIND, "--listen=127.0.0.1:0", f"--state-dir={self.root}/other",
+                            f"--http-port-file={self.root}/x"], capture_output=True, text=True,
+                           timeout=60)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("--http-port-file needs --http-listen", p.stderr)
 
 
 class HttpExposureTest(unittest.TestCase):
