@@ -313,7 +313,7 @@ absl::StatusOr<std::string> JobManager::InitialWeightsPath(const JobSpec& spec,
                                                            const Caller& caller) {
   switch (spec.initial_weights_case()) {
     case JobSpec::kPretrainedFile:
-      return ResolveBeneath(options_.weights_root, spec.pretrained_file(),
+      return ResolveBeneath(options_.weights_root, "the weights root", spec.pretrained_file(),
                             "pretrained_file");
     case JobSpec::kFromJob: {
       auto from = Find(spec.from_job(), caller);
@@ -367,7 +367,7 @@ absl::StatusOr<std::string> JobManager::Submit(JobSpec spec,
       return trials.status();
     }
   }
-  auto dataset = ResolveBeneath(options_.data_root, spec.dataset(), "dataset");
+  auto dataset = ResolveBeneath(options_.data_root, "the data root", spec.dataset(), "dataset");
   if (!dataset.ok()) return dataset.status();
   // Refused now, not when the job runs; named relative to the data root.
   if (auto st = engine_->CheckDistributed(ToConfig(spec, *dataset).distributed); !st.ok()) {
@@ -802,7 +802,7 @@ absl::Status JobManager::RunEngine(const std::shared_ptr<Entry>& entry, const Jo
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
-  auto dataset = ResolveBeneath(options_.data_root, spec.dataset(), "dataset");
+  auto dataset = ResolveBeneath(options_.data_root, "the data root", spec.dataset(), "dataset");
   if (!dataset.ok()) return dataset.status();
   train::TrainConfig config = ToConfig(spec, *dataset);
   config.output_pth = layout_.Weights(id, trainer::v1::PTH);
@@ -843,7 +843,10 @@ absl::Status JobManager::RunEngine(const std::shared_ptr<Entry>& entry, const Jo
     for (const auto& t : entry->job.trials()) finished.insert(t.trial());
     int requested = 0;
     for (const auto& t : *trials) requested += t.epochs;
-    entry->job.mutable_sweep_summary()->set_epochs_requested(requested);
+    auto* summary = entry->job.mutable_sweep_summary();
+    summary->set_epochs_requested(requested);
+    summary->set_trial_count(static_cast<int32_t>(trials->size()));
+    summary->set_trials_finished(static_cast<int32_t>(finished.size()));
   }
   auto outcome = engine_->Sweep(config, plan, *trials, finished, dir, sink, entry->cancel);
   if (!outcome.ok()) return outcome.status();

@@ -18,6 +18,7 @@ namespace traind::jobs {
 namespace fs = std::filesystem;
 
 absl::StatusOr<std::string> ResolveBeneath(const std::string& root,
+                                           const std::string& root_name,
                                            const std::string& name,
                                            const std::string& field) {
   auto invalid = [&field](const std::string& what) {
@@ -36,7 +37,7 @@ absl::StatusOr<std::string> ResolveBeneath(const std::string& root,
   const fs::path real_root = fs::canonical(root, ec);
   if (ec) {
     return absl::FailedPreconditionError(
-        absl::StrCat(field, ": the root folder ", root, " does not exist"));
+        absl::StrCat(field, ": ", root_name, " is missing on the server (an admin must create it)"));
   }
   // The kernel's own check first: openat2 with RESOLVE_BENEATH refuses any
   // step (a "..", an absolute symlink, a symlink leading out) that leaves the
@@ -53,19 +54,19 @@ absl::StatusOr<std::string> ResolveBeneath(const std::string& root,
     if (fd >= 0) {
       ::close(static_cast<int>(fd));
     } else if (err == EXDEV || err == ELOOP) {
-      return invalid(absl::StrCat("\"", name, "\" leads outside ", root,
+      return invalid(absl::StrCat("\"", name, "\" leads outside ", root_name,
                                   " (symlinks must be relative and stay inside it)"));
     } else if (err == ENOENT || err == ENOTDIR) {
-      return invalid(absl::StrCat("\"", name, "\" does not exist under ", root));
+      return invalid(absl::StrCat("\"", name, "\" does not exist in ", root_name));
     }
     // ENOSYS/EPERM (an old kernel or a seccomp filter): the checks below.
   }
   const fs::path real = fs::canonical(real_root / name, ec);
-  if (ec) return invalid(absl::StrCat("\"", name, "\" does not exist under ", root));
+  if (ec) return invalid(absl::StrCat("\"", name, "\" does not exist in ", root_name));
   const std::string r = real_root.string(), p = real.string();
   if (p != r && (p.size() <= r.size() || p.compare(0, r.size(), r) != 0 ||
                  (r != "/" && p[r.size()] != '/'))) {
-    return invalid(absl::StrCat("\"", name, "\" leads outside ", root));
+    return invalid(absl::StrCat("\"", name, "\" leads outside ", root_name));
   }
   return p;
 }

@@ -13,9 +13,12 @@ namespace traind::jobs {
 // so no symlink may lead out), and the canonical path is checked to stay
 // inside the root as well (the only check where openat2 is unavailable).
 // INVALID_ARGUMENT naming `field` otherwise, or when nothing exists there.
+// Errors name the root by `root_name` ("the data root"), never by its path:
+// they reach every caller, and the server's folders are none of theirs.
 // The files are then opened by path: the data root must not be writable by
 // the users whose names are resolved.
 absl::StatusOr<std::string> ResolveBeneath(const std::string& root,
+                                           const std::string& root_name,
                                            const std::string& name,
                                            const std::string& field);
 

@@ -27,11 +27,11 @@ class PathsTest : public testing::Test {
 };
 
 TEST_F(PathsTest, ResolvesNamesInsideTheRoot) {
-  auto p = ResolveBeneath(root_.string(), "caltech", "dataset");
+  auto p = ResolveBeneath(root_.string(), "the data root", "caltech", "dataset");
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ(*p, fs::canonical(root_ / "caltech").string());
-  EXPECT_TRUE(ResolveBeneath(root_.string(), "caltech/a", "dataset").ok());
-  EXPECT_TRUE(ResolveBeneath(root_.string(), "inside-link", "dataset").ok());
+  EXPECT_TRUE(ResolveBeneath(root_.string(), "the data root", "caltech/a", "dataset").ok());
+  EXPECT_TRUE(ResolveBeneath(root_.string(), "the data root", "inside-link", "dataset").ok());
 }
 
 TEST_F(PathsTest, RefusesEscapesAndNamesTheField) {
@@ -44,11 +44,18 @@ TEST_F(PathsTest, RefusesEscapesAndNamesTheField) {
         std::string("etc-link/passwd"), std::string("up-link"), std::string("up-link/x"),
         std::string("absolute-link"),
         std::string("missing"), std::string("")}) {
-    auto p = ResolveBeneath(root_.string(), bad, "dataset");
+    auto p = ResolveBeneath(root_.string(), "the data root", bad, "dataset");
     ASSERT_FALSE(p.ok()) << bad;
     EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument) << bad;
     EXPECT_EQ(p.status().message().substr(0, 8), "dataset:") << p.status();
+    // The server's folders are not the caller's business.
+    EXPECT_EQ(p.status().message().find(root_.string()), std::string::npos) << p.status();
   }
+  auto missing = ResolveBeneath(root_.string(), "the data root", "missing", "dataset");
+  EXPECT_EQ(missing.status().message(), "dataset: \"missing\" does not exist in the data root");
+  auto no_root = ResolveBeneath((root_ / "none").string(), "the data root", "x", "dataset");
+  EXPECT_EQ(no_root.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(no_root.status().message().find(root_.string()), std::string::npos);
 }
 
 }  // namespace
