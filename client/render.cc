@@ -224,6 +224,9 @@ void PrintJob(const trainer::v1::Job& j) {
   } else if (j.spec().has_from_job()) {
     std::printf("starts     weights of %s\n", j.spec().from_job().c_str());
   }
+  if (j.spec().kind() == trainer::v1::SWEEP && j.sweep_summary().trial_count() > 0) {
+    std::printf("progress   %s\n", Progress(j).c_str());
+  }
   if (j.has_latest()) {
     const auto& m = j.latest();
     std::printf("epoch %-4d train loss %.4f acc %s | val loss %.4f acc %s | %.1f s\n", m.epoch(),
@@ -286,17 +289,25 @@ void PrintJob(const trainer::v1::Job& j) {
   }
 }
 
+std::string Progress(const trainer::v1::Job& j) {
+  if (j.spec().kind() == trainer::v1::SWEEP) {
+    const auto& sum = j.sweep_summary();
+    if (sum.trial_count() == 0) return "-";  // not started (or from before the count)
+    return absl::StrCat(sum.trials_finished(), "/", sum.trial_count(), " trials");
+  }
+  if (!j.has_latest()) return "-";
+  return absl::StrCat(j.latest().epoch(), "/", j.spec().epochs(), " epochs");
+}
+
 void PrintJobTable(const std::vector<trainer::v1::Job>& jobs) {
-  std::printf("%-12s %-9s %-11s %-20s %-7s %-9s %s\n", "JOB", "KIND", "STATE", "DATASET",
-              "EPOCH", "VAL ACC", "CREATED");
+  std::printf("%-12s %-9s %-11s %-20s %-12s %-9s %s\n", "JOB", "KIND", "STATE", "DATASET",
+              "PROGRESS", "VAL ACC", "CREATED");
   for (const auto& j : jobs) {
     const std::string created = absl::FormatTime(
         "%Y-%m-%d %H:%M:%S", absl::FromUnixMillis(j.create_time_ms()), absl::LocalTimeZone());
-    std::printf("%-12s %-9s %-11s %-20s %-7s %-9s %s\n", j.id().c_str(),
+    std::printf("%-12s %-9s %-11s %-20s %-12s %-9s %s\n", j.id().c_str(),
                 KindName(j.spec().kind()).c_str(), StateName(j.state()).c_str(),
-                j.spec().dataset().c_str(),
-                j.has_latest() ? absl::StrCat(j.latest().epoch(), "/", j.spec().epochs()).c_str()
-                               : "-",
+                j.spec().dataset().c_str(), Progress(j).c_str(),
                 j.has_latest() ? Pct(j.latest().validation_accuracy()).c_str() : "-",
                 created.c_str());
   }

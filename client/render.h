@@ -26,6 +26,8 @@ void PrintJson(const nlohmann::json& value);
 std::string StateName(trainer::v1::JobState state);
 std::string KindName(trainer::v1::JobKind kind);
 std::string Pct(double share);
+// "3/5 epochs", or a sweep's "4/6 trials"; "-" before there is any.
+std::string Progress(const trainer::v1::Job& job);
 
 // A job's event stream for people: a live progress bar on a terminal, plain
 // lines otherwise.

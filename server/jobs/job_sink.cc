@@ -230,10 +230,9 @@ void JobManager::Sink::OnTrialFinished(const train::TrialOutcome& o) {
     // Recorded with the job at once: finished trials stay finished across
     // restarts.
     *e_->job.add_trials() = ev.trial_finished().result();
-    if (!o.stopped.empty()) {
-      auto* summary = e_->job.mutable_sweep_summary();
-      summary->set_trials_stopped(summary->trials_stopped() + 1);
-    }
+    auto* summary = e_->job.mutable_sweep_summary();
+    summary->set_trials_finished(e_->job.trials_size());
+    if (!o.stopped.empty()) summary->set_trials_stopped(summary->trials_stopped() + 1);
   }
   m_->Emit(*e_, std::move(ev));
   m_->Persist(*e_);

@@ -20,10 +20,10 @@ def browser_missing():
     try:
         import selenium  # noqa: F401
     except ImportError:
-        return "python3-selenium is not installed (scripts/install-deps.sh installs it)"
+        return "python3-selenium is not installed (scripts/install-deps.sh --test installs it)"
     for path in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
         if not os.path.exists(path):
-            return f"{path} is missing (chromium and chromium-driver; scripts/install-deps.sh)"
+            return f"{path} is missing (chromium and chromium-driver; scripts/install-deps.sh --test)"
     return None
 
 
@@ -163,6 +163,10 @@ class DashboardTest(unittest.TestCase):
         ranked = b.execute_script("return [...document.querySelectorAll('#trial-table tbody tr')]"
                                   ".map(r => Number(r.children[1].textContent))")
         self.assertEqual(ranked, [t["trial"] for t in job["trials"]])
+        # Its progress counts trials (3), not the spec's default epochs.
+        progress = b.execute_script("return [...document.querySelectorAll('[data-progress]')]"
+                                    ".map(e => e.dataset.progress)")
+        self.assertIn("3/3 trials", progress)
         curves = self.until("traindCharts.accuracy.data.datasets.filter(d => d.label.startsWith('trial ')).length",
                             what="one validation curve per trial")
         self.assertGreaterEqual(curves, 2)

@@ -62,6 +62,12 @@ class SweepTest(unittest.TestCase):
         table = self.d.trainctl("status", sweep).stdout
         self.assertIn("10 epochs trained for trials asking 18 in all (44% saved)", table)
         self.assertEqual(sum(1 for l in table.splitlines() if "shares trial" in l), 4)
+        # Progress counts trials, whatever the spec's own epochs say.
+        self.assertEqual((job["sweep_summary"]["trial_count"],
+                          job["sweep_summary"]["trials_finished"]), (6, 6))
+        self.assertIn("progress   6/6 trials", table)
+        row = next(l for l in self.d.trainctl("list").stdout.splitlines() if l.startswith(sweep))
+        self.assertIn("6/6 trials", row)
 
         # Trial 1 (1 epoch, lr 1e-3) is epoch 1 of trial 3's run; it equals a
         # separately submitted 1-epoch fine-tune with the same settings.
@@ -85,6 +91,15 @@ class SweepTest(unittest.TestCase):
         self.d.trainctl("weights", sweep, "-o", best_file)
         self.d.trainctl("weights", sweep, f"--trial={trials[0]['trial']}", "-o", best_trial_file)
         self.assertEqual(sha256(best_file), sha256(best_trial_file))
+        # Every trial's weights open with the safe loader, strictly into torchvision.
+        import torch
+        import torchvision
+        for t in trials:
+            path = os.path.join(self.root, f"trial-{t['trial']}.pth")
+            self.d.trainctl("weights", sweep, f"--trial={t['trial']}", "-o", path)
+            state = torch.load(path, weights_only=True)
+            torchvision.models.resnet18(num_classes=state["fc.bias"].numel()).load_state_dict(
+                state, strict=True)
         p = self.d.trainctl("weights", sweep, "--trial=9", "-o", best_file, check=False)
         self.assertEqual(p.returncode, 2)
         self.assertIn("no finished trial 9", p.stderr)

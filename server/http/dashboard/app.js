@@ -49,13 +49,19 @@ function stateBadge(state) {
   return el("span", { class: `state state-${state}`, "data-state": state }, state);
 }
 
+// Epochs trained of the spec's; for a sweep, trials finished of its trials.
 function progress(job) {
-  const total = num(job.spec && job.spec.epochs) || 1;
-  const done = job.state === "SUCCEEDED" ? total : num(job.latest && job.latest.epoch);
+  const sweep = job.spec && job.spec.kind === "SWEEP";
+  const summary = job.sweepSummary || {};
+  const unit = sweep ? "trials" : "epochs";
+  const total = sweep ? num(summary.trialCount) : num(job.spec && job.spec.epochs) || 1;
+  if (sweep && total === 0) return el("span", {}, "-");  // not started yet
+  const done = sweep ? num(summary.trialsFinished)
+    : job.state === "SUCCEEDED" ? total : num(job.latest && job.latest.epoch);
   const share = Math.min(1, done / total);
-  const bar = el("span", { class: "bar", title: `${done} of ${total} epochs` }, el("span"));
+  const bar = el("span", { class: "bar", title: `${done} of ${total} ${unit}` }, el("span"));
   bar.firstChild.style.width = `${Math.round(100 * share)}%`;
-  return el("span", {}, bar, ` ${done}/${total}`);
+  return el("span", { "data-progress": `${done}/${total} ${unit}` }, bar, ` ${done}/${total} ${unit}`);
 }
 
 function showError(where, err) {
