@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# From a fresh Debian 12 machine to trained weights: installs packages, builds,
-# starts traind with its embedded defaults and its dashboard, trains a scratch
+# From a fresh Debian 12 machine to trained weights: installs the packages
+# that building and running traind need, builds traind and trainctl, starts traind with its embedded defaults and its dashboard, trains a scratch
 # ResNet-18 and then fine-tunes from its weights, watching both, and
 # downloads the result.
 #
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ -z ${DEMO_NO_SETUP:-} ]]; then  # tests/integration/demo_test.py has both done
   scripts/install-deps.sh
-  scripts/build.sh
+  scripts/build.sh traind trainctl
 fi
 
 STATE=${STATE:-$PWD/demo-state}

@@ -26,7 +26,7 @@ SEED = 7
 def validate(*files):
     """Runs the schema validator; returns its output (fails the test if it refuses)."""
     if not os.path.isdir(os.path.join(K8S, "node_modules")):
-        raise AssertionError("tests/k8s/node_modules is missing: scripts/install-deps.sh "
+        raise AssertionError("tests/k8s/node_modules is missing: scripts/install-deps.sh --test "
                              "installs the Kubernetes schemas (npm install)")
     p = subprocess.run(["node", "validate.mjs", *files], cwd=K8S, capture_output=True, text=True)
     if p.returncode != 0:

@@ -24,7 +24,7 @@ def missing_reason():
         return "needs root (munged runs as user munge, slurmd as root)"
     for tool in ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "nsenter"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
-            return f"{tool} is not installed (scripts/install-deps.sh installs it)"
+            return f"{tool} is not installed (scripts/install-deps.sh --test installs it)"
     return None
 
 
