@@ -324,20 +324,46 @@ class HostileInputTest(unittest.TestCase):
         p = self.d.trainctl("submit", "-f", big, check=False)
         self.assertEqual(p.returncode, 2)
         self.assertIn("exceeds the 1048576-byte limit", p.stderr)
-        # One open stream per user here: a second watcher is refused.
-        env = dict(os.environ, TRAINCTL_SERVER=self.d.address)
-        first = subprocess.Popen([TRAINCTL, "--output=json", "watch", running],
-                                 stdout=subprocess.PIPE, text=True, env=env)
-        first.stdout.readline()
-        p = self.d.trainctl("watch", running, check=False)
-        self.assertEqual(p.returncode, 2)
-        self.assertIn("open streams", p.stderr)
-        self.assertEqual(self.d.trainctl("list").returncode, 0)  # still answering
-        first.kill()
-        first.wait()
-        first.stdout.close()
         self.d.trainctl("cancel", waiting)
         self.d.trainctl("cancel", running)
+
+
+class StreamLimitTest(unittest.TestCase):
+    """One open stream per user. Its own daemon, without HostileInputTest's
+    2 s stream cap: a capped stream ends and reconnects, and its slot can be
+    free at the moment a second watcher asks."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.root = temp_root("traind-streams-")
+        cls.data = os.path.join(cls.root, "data")
+        os.makedirs(os.path.join(cls.root, "w"))
+        make_subset(os.path.join(cls.data, "subset"))
+        cls.d = Daemon(os.path.join(cls.root, "state"), cls.data, os.path.join(cls.root, "w"),
+                       extra=["--max-streams-per-user=1"]).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.stop()
+        shutil.rmtree(cls.root, ignore_errors=True)
+
+    def test_a_second_stream_is_refused_with_resource_exhausted(self):
+        job = self.d.submit("--kind=scratch", "--dataset=subset", "--epochs=100",
+                            "--image_size=32")
+        env = dict(os.environ, TRAINCTL_SERVER=self.d.address)
+        first = subprocess.Popen([TRAINCTL, "--output=json", "watch", job],
+                                 stdout=subprocess.PIPE, text=True, env=env)
+        try:
+            first.stdout.readline()  # its stream is open, and stays open
+            p = self.d.trainctl("watch", job, check=False)
+            self.assertEqual(p.returncode, 2)
+            self.assertIn("open streams", p.stderr)
+            self.assertEqual(self.d.trainctl("list").returncode, 0)  # still answering
+        finally:
+            first.kill()
+            first.wait()
+            first.stdout.close()
+            self.d.trainctl("cancel", job)
 
 
 if __name__ == "__main__":
