@@ -30,7 +30,7 @@ BUILD=(
 # namespaces, a real Slurm, headless Chromium, Kubernetes schemas.
 TESTS=(
   libgtest-dev libgmock-dev clang libclang-rt-14-dev
-  python3 python3-torch python3-torchvision python3-numpy python3-crc32c
+  python3 python3-torch python3-torchvision python3-numpy python3-crc32c python3-yaml
   python3-grpcio python3-protobuf python3-venv python3-pip python3-setuptools python3-wheel
   iproute2 slurmctld slurmd slurm-client munge
   chromium chromium-driver python3-selenium fonts-dejavu-core nodejs

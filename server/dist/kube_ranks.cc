@@ -20,6 +20,8 @@ namespace {
 using json = nlohmann::json;
 
 constexpr int kC10dPort = 29500;
+// The unprivileged user rank containers run as: deploy/Dockerfile's traind.
+constexpr int kRankUser = 10001;
 constexpr char kLabel[] = "traind.io/attempt";
 
 class Api {
@@ -243,13 +245,28 @@ std::vector<json> KubernetesObjects(const LaunchRequest& request, const std::str
                     {"env", env},
                     {"ports", {{{"name", "c10d"}, {"containerPort", kC10dPort}}}}};
   if (!resources.empty()) container["resources"] = resources;
-  json pod_spec = {{"subdomain", name}, {"restartPolicy", "Never"}};
+  // Kubernetes' "restricted" Pod Security Standard: not root, no privilege
+  // escalation, no capabilities, the runtime's seccomp profile, and a
+  // read-only root filesystem with a scratch folder for temporary files.
+  container["securityContext"] = {{"allowPrivilegeEscalation", false},
+                                  {"readOnlyRootFilesystem", true},
+                                  {"capabilities", {{"drop", {"ALL"}}}}};
+  container["env"].push_back({{"name", "TMPDIR"}, {"value", "/tmp"}});
+  container["volumeMounts"] = {{{"name", "scratch"}, {"mountPath", "/tmp"}}};
+  json pod_spec = {{"subdomain", name},
+                   {"restartPolicy", "Never"},
+                   {"securityContext",
+                    {{"runAsNonRoot", true},
+                     {"runAsUser", kRankUser},
+                     {"runAsGroup", kRankUser},
+                     {"seccompProfile", {{"type", "RuntimeDefault"}}}}}};
+  pod_spec["volumes"] = {{{"name", "scratch"}, {"emptyDir", json::object()}}};
   if (!request.kube.data_claim.empty()) {
-    container["volumeMounts"] = {
-        {{"name", "data"}, {"mountPath", request.kube.data_mount}, {"readOnly", true}}};
-    pod_spec["volumes"] = {{{"name", "data"},
-                            {"persistentVolumeClaim",
-                             {{"claimName", request.kube.data_claim}, {"readOnly", true}}}}};
+    container["volumeMounts"].push_back(
+        {{"name", "data"}, {"mountPath", request.kube.data_mount}, {"readOnly", true}});
+    pod_spec["volumes"].push_back({{"name", "data"},
+                                   {"persistentVolumeClaim",
+                                    {{"claimName", request.kube.data_claim}, {"readOnly", true}}}});
   }
   pod_spec["containers"] = json::array({container});
   if (!k.priority_class.empty()) pod_spec["priorityClassName"] = k.priority_class;

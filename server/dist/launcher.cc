@@ -233,6 +233,9 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
       attempt->RequestStop(cancel.interrupted());
       stop_sent = true;
       if (!kill_at) kill_at = Clock::now() + grace;
+      // A user's cancel needs no checkpoint: Slurm ends the job now, and its
+      // accounting (sacct) says CANCELLED, not COMPLETED.
+      if (slurm && cancel.cancelled() && !cancel.interrupted()) group->Kill();
     }
     const bool had_loss = !state.loss.empty();
     state = group->Poll();

@@ -23,6 +23,47 @@ BATCH = "8"
 SEED = 7
 
 
+def restricted_violations(pod):
+    """What a pod spec breaks of Kubernetes' "restricted" Pod Security
+    Standard (kubernetes.io/docs/concepts/security/pod-security-standards),
+    plus a read-only root filesystem; [] when it meets it."""
+    out = []
+    pod_sc = pod.get("securityContext", {})
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            out.append(f"{key} is set")
+    allowed_volumes = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                       "persistentVolumeClaim", "projected", "secret"}
+    for v in pod.get("volumes", []):
+        kinds = set(v) - {"name"}
+        if not kinds <= allowed_volumes:
+            out.append(f"volume {v['name']} is of kind {kinds - allowed_volumes}")
+    for c in pod.get("containers", []) + pod.get("initContainers", []):
+        sc = c.get("securityContext", {})
+        name = c["name"]
+        if not (sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True):
+            out.append(f"{name}: runAsNonRoot is not true")
+        if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+            out.append(f"{name}: runs as user 0")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{name}: allowPrivilegeEscalation is not false")
+        if sc.get("privileged"):
+            out.append(f"{name}: privileged")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []):
+            out.append(f"{name}: capabilities do not drop ALL")
+        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            out.append(f"{name}: adds capabilities {caps['add']}")
+        seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{name}: seccompProfile is {seccomp}, not RuntimeDefault")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            out.append(f"{name}: root filesystem is writable")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            out.append(f"{name}: uses a hostPort")
+    return out
+
+
 def validate(*files):
     """Runs the schema validator; returns its output (fails the test if it refuses)."""
     if not os.path.isdir(os.path.join(K8S, "node_modules")):
@@ -115,7 +156,9 @@ class KubernetesTest(unittest.TestCase):
         self.assertIn("secretKeyRef", env["TRAIND_ATTEMPT_SECRET"]["valueFrom"])  # not in the Job
         self.assertEqual(env["MASTER_ADDR"]["value"],
                          f"{sent['Job']['metadata']['name']}-0.{sent['Service']['metadata']['name']}")
-        self.assertEqual(pod["volumes"][0]["persistentVolumeClaim"]["claimName"], "datasets")
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        self.assertEqual(volumes["data"]["persistentVolumeClaim"]["claimName"], "datasets")
+        self.assertEqual(restricted_violations(pod), [])
         container = pod["containers"][0]
         self.assertEqual(container["resources"]["limits"], {"cpu": "1", "memory": "2Gi"})
         self.assertEqual(pod["nodeSelector"], {"pool": "train"})
@@ -175,6 +218,26 @@ class KubernetesTest(unittest.TestCase):
             f.write(rendered)
         out = validate(path)
         self.assertEqual(out.count("\nok ") + out.startswith("ok "), 7, out)
+        # The daemon's pod meets the "restricted" Pod Security Standard, its
+        # image is pinned, and it has time to checkpoint when stopped.
+        import yaml
+        objects = [o for o in yaml.safe_load_all(rendered) if o]
+        sts = next(o for o in objects if o["kind"] == "StatefulSet")
+        pod = sts["spec"]["template"]["spec"]
+        self.assertEqual(restricted_violations(pod), [])
+        for c in pod["containers"]:
+            self.assertNotRegex(c["image"], r"(:latest|^[^:]*)$", "pin the image by version")
+            grace = [a for a in c["args"] if a.startswith("--grace-seconds=")]
+            self.assertEqual(len(grace), 1, c["args"])
+            # Shutdown waits --grace-seconds, then jobs checkpoint at their
+            # next batch boundary: a minute more at least.
+            self.assertGreaterEqual(pod["terminationGracePeriodSeconds"],
+                                    int(grace[0].split("=")[1]) + 60)
+        mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        self.assertLessEqual({"/var/lib/traind", "/tmp"}, mounts)
+        # The checker itself refuses what the profile forbids.
+        self.assertGreaterEqual(len(restricted_violations(
+            {"containers": [{"name": "x", "image": "x:1"}], "hostNetwork": True})), 4)
 
     def test_validator_refuses_a_malformed_object(self):
         bad = os.path.join(self.root, "bad.json")

@@ -191,10 +191,13 @@ class SlurmTest(unittest.TestCase):
         self.assertEqual(of_kind(events, "state")[-1]["state"], "CANCELLED")
         deadline = time.time() + 30
         while time.time() < deadline:
-            if f"JobState=RUNNING" not in self.cluster.scontrol("show", "job", "-o", slurm_id):
+            shown = self.cluster.scontrol("show", "job", "-o", slurm_id)
+            if "JobState=RUNNING" not in shown and "JobState=COMPLETING" not in shown:
                 break
             time.sleep(0.5)
         self.assertNotIn("JobState=RUNNING", self.cluster.scontrol("show", "job", "-o", slurm_id))
+        # Slurm's own record says what the user did.
+        self.assertIn("JobState=CANCELLED", self.cluster.scontrol("show", "job", "-o", slurm_id))
 
     def test_a_restarted_control_plane_takes_up_the_running_slurm_job(self):
         from slurm_cluster import free_port
