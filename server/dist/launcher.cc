@@ -6,7 +6,9 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
+#include <optional>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
@@ -109,6 +111,38 @@ absl::Status DistributedEngine::CheckDistributed(const train::DistributedConfig&
   return absl::OkStatus();
 }
 
+namespace {
+
+// The control address ranks of this launcher dial: the remote one for ranks
+// on other machines, when the daemon was told one.
+std::string RanksControl(const ControlLink& link, const std::string& launcher) {
+  return launcher != "LOCAL_PROCESSES" && !link.remote_address.empty() ? link.remote_address
+                                                                      : link.address;
+}
+
+}  // namespace
+
+bool DistributedEngine::StillRunning(const train::TrainConfig& config) {
+  const train::DistributedConfig& dist = config.distributed;
+  if (dist.world_size <= 1 || dist.launcher != "SLURM" || config.checkpoint_dir.empty()) {
+    return false;
+  }
+  const std::string work_dir =
+      std::filesystem::path(config.checkpoint_dir).parent_path().string();
+  std::optional<ControlLink> link;
+  {
+    absl::MutexLock lock(&mu_);
+    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return link_.has_value(); };
+    if (!mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Seconds(60))) return false;
+    link = link_;
+  }
+  std::vector<std::string> env;
+  for (char** e = environ; *e; ++e) env.emplace_back(*e);
+  const auto record = PeekSlurmAttempt(work_dir, env);
+  return record && (record->control.empty() ||
+                    record->control == RanksControl(*link, dist.launcher));
+}
+
 absl::Status DistributedEngine::Train(const train::TrainConfig& config,
                                       train::ProgressSink* sink,
                                       const train::CancelToken& cancel) {
@@ -155,10 +189,23 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
     if (!own) request.env.push_back(kv);
   }
   const bool slurm = dist.launcher == "SLURM";
+  const std::string control = RanksControl(link, dist.launcher);
   // Ranks that kept training through a control plane restart are taken up
   // again, not started twice.
   std::optional<ReattachedSlurm> again;
   if (slurm && !job_dir.empty()) again = ReattachSlurmRanks(request.work_dir, request.env);
+  if (again && !again->record.control.empty() && again->record.control != control) {
+    // They would never reach this daemon: end them, start from the checkpoint.
+    const std::string warning = absl::StrCat(
+        "Slurm job ", again->record.slurm_job, " kept training, but its ranks report to ",
+        again->record.control, " and this daemon now serves them on ", control,
+        ": ended it; the job starts again from its last checkpoint (restart traind on ",
+        again->record.control, " to take running ranks up instead)");
+    std::fprintf(stderr, "traind: WARNING: %s\n", warning.c_str());
+    sink->OnWarning(warning);
+    again->group->Kill();
+    again.reset();
+  }
   auto attempt = again ? attempts_->Create(ranks_config, world, dist.timeout_seconds,
                                            dist.backend, again->record.attempt,
                                            again->record.secret)
@@ -184,11 +231,7 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
     request.job_name = absl::StrCat("traind-", job_dir.filename().string(), "-", attempt->id());
     // Ranks on other machines dial the address the daemon was told they can
     // reach; local ranks the local one.
-    request.env.push_back(absl::StrCat(
-        "TRAIND_CONTROL=",
-        dist.launcher != "LOCAL_PROCESSES" && !link.remote_address.empty()
-            ? link.remote_address
-            : link.address));
+    request.env.push_back(absl::StrCat("TRAIND_CONTROL=", control));
     if (!link.ca_file.empty()) {
       request.env.push_back(absl::StrCat("TRAIND_CONTROL_CA=", link.ca_file));
     }
@@ -205,7 +248,7 @@ absl::Status DistributedEngine::TrainOnRanks(const train::TrainConfig& config,
     group = std::move(*started);
     if (slurm) {
       SlurmAttemptRecord record{attempt->id(), attempt->secret_for_launcher(),
-                                SlurmJobOf(*group)};
+                                SlurmJobOf(*group), control};
       if (auto st = SaveSlurmAttempt(request.work_dir, record); !st.ok()) {
         sink->OnWarning(absl::StrCat("cannot keep the Slurm attempt's record (", st.message(),
                                      "): a control plane restart will start it again"));

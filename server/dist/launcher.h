@@ -66,6 +66,7 @@ class DistributedEngine : public jobs::Engine {
     return in_process_->CheckDataset(data);
   }
   absl::Status CheckDistributed(const train::DistributedConfig& dist) override;
+  bool StillRunning(const train::TrainConfig& config) override;
 
  private:
   absl::Status TrainOnRanks(const train::TrainConfig& config, train::ProgressSink* sink,

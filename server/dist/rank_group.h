@@ -88,6 +88,9 @@ struct SlurmAttemptRecord {
   std::string attempt;
   std::string secret;
   std::string slurm_job;
+  // The control address its ranks dial (TRAIND_CONTROL); empty in records
+  // from before it was kept.
+  std::string control;
 };
 std::string SlurmAttemptPath(const std::string& work_dir);
 absl::Status SaveSlurmAttempt(const std::string& work_dir, const SlurmAttemptRecord& record);
@@ -99,6 +102,10 @@ struct ReattachedSlurm {
 };
 std::optional<ReattachedSlurm> ReattachSlurmRanks(const std::string& work_dir,
                                                   const std::vector<std::string>& env);
+// The kept record, if its Slurm job is still pending or running; changes
+// nothing.
+std::optional<SlurmAttemptRecord> PeekSlurmAttempt(const std::string& work_dir,
+                                                   const std::vector<std::string>& env);
 // The Slurm job id a group started (empty for other launchers).
 std::string SlurmJobOf(const RankGroup& group);
 

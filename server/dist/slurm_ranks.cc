@@ -148,27 +148,48 @@ std::string SlurmAttemptPath(const std::string& work_dir) {
 absl::Status SaveSlurmAttempt(const std::string& work_dir, const SlurmAttemptRecord& r) {
   return WriteFileAtomically(SlurmAttemptPath(work_dir),
                              absl::StrCat("attempt=", r.attempt, "\nsecret=", r.secret,
-                                          "\nslurm_job=", r.slurm_job, "\n"));
+                                          "\nslurm_job=", r.slurm_job, "\ncontrol=", r.control,
+                                          "\n"));
 }
 
-std::optional<ReattachedSlurm> ReattachSlurmRanks(const std::string& work_dir,
-                                                  const std::vector<std::string>& env) {
-  const std::string path = SlurmAttemptPath(work_dir);
-  auto text = ReadFile(path);
+namespace {
+
+// The kept record, if its Slurm job still pends or runs.
+std::optional<SlurmAttemptRecord> LiveRecord(const std::string& work_dir,
+                                             const std::vector<std::string>& env) {
+  auto text = ReadFile(SlurmAttemptPath(work_dir));
   if (!text.ok()) return std::nullopt;
   SlurmAttemptRecord r;
   for (absl::string_view line : absl::StrSplit(*text, '\n', absl::SkipEmpty())) {
     if (absl::ConsumePrefix(&line, "attempt=")) r.attempt = std::string(line);
     if (absl::ConsumePrefix(&line, "secret=")) r.secret = std::string(line);
     if (absl::ConsumePrefix(&line, "slurm_job=")) r.slurm_job = std::string(line);
+    if (absl::ConsumePrefix(&line, "control=")) r.control = std::string(line);
   }
   const std::string state = r.slurm_job.empty() ? "" : JobState(r.slurm_job, env);
   if (r.attempt.empty() || r.secret.empty() ||
       (state != "PENDING" && state != "CONFIGURING" && state != "RUNNING")) {
-    std::error_code ec;
-    std::filesystem::remove(path, ec);
     return std::nullopt;
   }
+  return r;
+}
+
+}  // namespace
+
+std::optional<SlurmAttemptRecord> PeekSlurmAttempt(const std::string& work_dir,
+                                                   const std::vector<std::string>& env) {
+  return LiveRecord(work_dir, env);
+}
+
+std::optional<ReattachedSlurm> ReattachSlurmRanks(const std::string& work_dir,
+                                                  const std::vector<std::string>& env) {
+  std::optional<SlurmAttemptRecord> live = LiveRecord(work_dir, env);
+  if (!live) {
+    std::error_code ec;
+    std::filesystem::remove(SlurmAttemptPath(work_dir), ec);
+    return std::nullopt;
+  }
+  const SlurmAttemptRecord& r = *live;
   ReattachedSlurm out;
   out.record = r;
   out.group = std::make_unique<SlurmRanks>(r.slurm_job, env, work_dir);

@@ -42,6 +42,11 @@ class Engine {
       const std::string& output_dir, train::SweepSink* sink,
       const train::CancelToken& cancel) = 0;
 
+  // Whether a run of `config` still goes on outside this process (a Slurm
+  // job whose ranks kept training while the daemon restarted): Train then
+  // takes it up where it is, the same attempt, no checkpoint restored.
+  virtual bool StillRunning(const train::TrainConfig& config) { return false; }
+
   // Refuses, at submit, starting weights the engine could not load.
   virtual absl::Status CheckWeights(const std::string& path) = 0;
 

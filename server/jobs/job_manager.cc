@@ -140,9 +140,10 @@ absl::Status JobManager::Recover() {
                                 epochs, " epochs); not retrying. Resubmit to start over"));
           break;
         }
+        // How it goes on (from its checkpoint, or ranks taken up where they
+        // still run) is told when it starts.
         SetState(*entry, trainer::v1::QUEUED,
-                 absl::StrCat("daemon restarted while attempt ", attempt,
-                              " was running; it continues from its last checkpoint"));
+                 absl::StrCat("daemon restarted while attempt ", attempt, " was running"));
         {
           absl::MutexLock lock(&mu_);
           queue_.push_back(entry);
@@ -821,7 +822,22 @@ absl::Status JobManager::RunEngine(const std::shared_ptr<Entry>& entry, const Jo
       absl::MutexLock lock(&mu_);
       attempt = entry->job.attempt();
     }
-    if (attempt > 1) {
+    if (attempt > 1 && engine_->StillRunning(config)) {
+      // Not a new attempt: the previous one's ranks kept training.
+      {
+        absl::MutexLock io(&entry->io_mu);
+        {
+          absl::MutexLock lock(&mu_);
+          entry->job.set_attempt(attempt - 1);
+          entry->job.set_attempts_without_progress(
+              std::max(0, entry->job.attempts_without_progress() - 1));
+        }
+        Persist(*entry);
+      }
+      sink->OnInfo(absl::StrCat("attempt ", attempt - 1,
+                                " kept running through the daemon's restart: taken up where "
+                                "it is, no checkpoint restored"));
+    } else if (attempt > 1) {
       JobEvent ev;
       auto* r = ev.mutable_resumed();
       r->set_attempt(attempt);

@@ -29,6 +29,9 @@ class FakeEngine final : public Engine {
   void Release() ABSL_LOCKS_EXCLUDED(mu_);
   // Interrupted runs stop without a checkpoint, as a killed daemon would.
   void SkipInterruptCheckpoints() { skip_interrupt_checkpoint_ = true; }
+  // What StillRunning answers: a previous attempt's ranks kept running.
+  void SetStillRunning(bool still) { still_running_ = still; }
+  bool StillRunning(const train::TrainConfig&) override { return still_running_.load(); }
   // Batches trained by all runs so far.
   int batches_trained() const { return trained_.load(); }
   // Train calls started so far.
@@ -55,6 +58,7 @@ class FakeEngine final : public Engine {
   std::atomic<int> trained_{0};
   std::atomic<int> runs_{0};
   std::atomic<bool> skip_interrupt_checkpoint_{false};
+  std::atomic<bool> still_running_{false};
   mutable absl::Mutex mu_;
   int budget_ ABSL_GUARDED_BY(mu_) = -1;  // batches let through; -1: no limit
 };

@@ -340,6 +340,43 @@ TEST_F(LifecycleTest, AJobLeftRunningIsRequeuedUntilTheCrashLoopLimit) {
   EXPECT_EQ(engine_->runs(), 2);
 }
 
+// Ranks on a scheduler that kept training while the daemon was down are the
+// same attempt taken up again: no checkpoint restored, nothing said of one.
+TEST_F(LifecycleTest, RanksThatKeptRunningAreTakenUpAsTheSameAttempt) {
+  std::string id;
+  {
+    auto m = Start();
+    engine_->Hold();
+    id = *m->Submit(Scratch(1), "");
+    WaitFor(*m, id, trainer::v1::RUNNING);
+  }
+  {  // What a killed daemon leaves: the row RUNNING.
+    auto store = Store::Open((base_ / "state" / "traind.db").string());
+    ASSERT_TRUE(store.ok());
+    auto job = (*store)->LoadJobs()->front().job;
+    job.set_state(trainer::v1::RUNNING);
+    ASSERT_TRUE((*store)->UpdateJob(job).ok());
+  }
+  engine_->SetStillRunning(true);
+  engine_->Release();
+  auto m = Start();
+  auto [events, end] = Follow(*m, id);
+  ASSERT_TRUE(end.ok()) << end;
+  EXPECT_EQ(events.back().state().state(), trainer::v1::SUCCEEDED);
+  EXPECT_EQ(m->GetJob(id)->attempt(), 1);
+  bool taken_up = false, restarted = false;
+  for (const auto& e : events) {
+    EXPECT_FALSE(e.has_resumed());
+    restarted |= e.has_state() && e.state().reason() == "daemon restarted while attempt 1 was running";
+    if (e.has_log() && e.log().text().find("attempt 1 kept running through the daemon's "
+                                           "restart: taken up where it is") == 0) {
+      taken_up = true;
+    }
+  }
+  EXPECT_TRUE(taken_up);
+  EXPECT_TRUE(restarted);
+}
+
 // A daemon killed from outside is not the job's fault: an attempt that got
 // further than any before it made progress, checkpoint or not. One that did
 // not counts towards the crash-loop limit.
