@@ -50,17 +50,26 @@ class PythonClientTest(unittest.TestCase):
                                 f"{name} is stale: run client/python/generate.sh")
 
     def test_pip_installs_it_and_the_readme_example_runs(self):
-        venv = os.path.join(self.root, "venv")
-        # Debian's grpcio, protobuf and torch come from the system site.
-        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", venv], check=True)
+        # Exactly the README's offline commands, with HOME in a temp folder and
+        # no package index (PIP_NO_INDEX), run beside a copy of client/python:
+        # a build leaves build/ and *.egg-info beside the sources.
+        with open(os.path.join(PACKAGE, "../../README.md")) as f:
+            readme = f.read()
+        commands = [l for l in readme.splitlines()
+                    if l.startswith(("python3 -m venv", "~/traind-venv/bin/pip install"))]
+        self.assertEqual(len(commands), 2, commands)
+        self.assertIn("--no-build-isolation ./client/python", commands[1])
+        home = os.path.join(self.root, "home")
+        shutil.copytree(PACKAGE, os.path.join(home, "client", "python"),
+                        ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+        env = dict(os.environ, HOME=home, PIP_NO_INDEX="1",
+                   PATH="/usr/bin:/bin:" + os.environ.get("PATH", ""))
+        for command in commands:
+            p = subprocess.run(["/bin/bash", "-c", command], cwd=home, env=env,
+                               capture_output=True, text=True)
+            self.assertEqual(p.returncode, 0, f"{command}: {p.stderr}")
+        venv = os.path.join(home, "traind-venv")
         py = os.path.join(venv, "bin", "python")
-        # From a copy: a build leaves build/ and *.egg-info beside the sources.
-        source = os.path.join(self.root, "client-python")
-        shutil.copytree(PACKAGE, source, ignore=shutil.ignore_patterns("build", "*.egg-info",
-                                                                         "__pycache__"))
-        p = subprocess.run([py, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-                            "--no-index", "--quiet", source], capture_output=True, text=True)
-        self.assertEqual(p.returncode, 0, p.stderr)
         script = textwrap.dedent(f"""
             import torchvision, traind_client
             from traind_client import Client
