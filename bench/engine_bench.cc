@@ -11,8 +11,9 @@
 // thread's; `--on main` runs them on the main thread). `--profile DIR` also
 // records the timed steps of each mode with LibTorch's autograd profiler into
 // DIR/<mode>.json (Chrome trace; bench/profile_step.py tabulates it).
-// `--gemm_conv 0` runs layer4's bf16 convolutions as LibTorch's instead of
-// as GEMMs (gemm_conv.h), `--fused_bn 0` their BatchNorms, adds and ReLUs as
+// `--gemm_conv 0` runs layer4's bf16 convolutions as LibTorch's, `1` as
+// GEMMs on any CPU (default: GEMMs where the CPU has AVX-512 BF16, as the
+// daemon does; gemm_conv.h), `--fused_bn 0` their BatchNorms, adds and ReLUs as
 // LibTorch's separate operators (fused_batch_norm.h), for side-by-side
 // figures.
 // With -DTRAIND_ENGINE_ONLY=ON it needs LibTorch alone and builds the same
@@ -197,8 +198,12 @@ int main(int argc, char** argv) {
   g_profile_dir = StrArg(argc, argv, "--profile", "");
   g_torch_adam = std::strcmp(StrArg(argc, argv, "--optimizer", "fused"), "torch") == 0;
   g_weights = StrArg(argc, argv, "--weights", "");
-  const bool gemm_conv = Arg(argc, argv, "--gemm_conv", 1) != 0;
-  traind::train::SetGemmConvEnabled(gemm_conv);
+  // Unset: the daemon's choice (GEMMs where the CPU has AVX-512 BF16).
+  const int gemm_arg = Arg(argc, argv, "--gemm_conv", -1);
+  traind::train::SetGemmConvMode(gemm_arg < 0    ? traind::train::GemmConvMode::kAuto
+                                 : gemm_arg == 0 ? traind::train::GemmConvMode::kOff
+                                                 : traind::train::GemmConvMode::kOn);
+  const bool gemm_conv = gemm_arg > 0 || (gemm_arg < 0 && traind::train::CpuHasOneDnnBf16Gemms());
   const bool fused_bn = Arg(argc, argv, "--fused_bn", 1) != 0;
   traind::train::SetFusedBatchNormEnabled(fused_bn);
   std::printf("engine: steps on %s thread, %s, the recipe's groups, %s\n",
@@ -206,7 +211,9 @@ int main(int argc, char** argv) {
               g_weights.empty() ? "random initial weights" : ("weights " + g_weights).c_str());
   std::printf("engine: bf16 3x3 convolutions on maps of <= %lld pixels %s\n",
               static_cast<long long>(traind::train::kGemmConvMaxPixels),
-              gemm_conv ? "as GEMMs" : "as LibTorch's convolutions (--gemm_conv 0)");
+              gemm_conv ? "as GEMMs"
+                        : (gemm_arg == 0 ? "as LibTorch's convolutions (--gemm_conv 0)"
+                                         : "as LibTorch's convolutions (no AVX-512 BF16)"));
   std::printf("engine: bf16 BatchNorm + add + ReLU %s\n",
               fused_bn ? "fused" : "as LibTorch's operators (--fused_bn 0)");
   for (const char* mode : {"finetune", "scratch", "eval"}) {

@@ -336,9 +336,8 @@ absl::StatusOr<std::string> JobManager::InitialWeightsPath(const JobSpec& spec,
           "initial_weights: a ", trainer::v1::JobKind_Name(spec.kind()),
           " job needs starting weights, and traind downloads nothing. Either put a "
           "torchvision ResNet-18 checkpoint (e.g. resnet18-f37072fd.pth, saved with "
-          "torch.save(model.state_dict())) under the weights root ",
-          options_.weights_root,
-          " and set pretrained_file to its name (trainctl submit --pretrained NAME), "
+          "torch.save(model.state_dict())) in the daemon's weights root (its "
+          "--weights-root directory) and set pretrained_file to its name (trainctl submit --pretrained NAME), "
           "or set from_job to the id of a SUCCEEDED job (trainctl submit --from-job ID)"));
   }
 }

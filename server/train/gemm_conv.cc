@@ -14,7 +14,7 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
-std::atomic<bool> g_enabled{true};
+std::atomic<GemmConvMode> g_mode{GemmConvMode::kAuto};
 
 // A 3x3 convolution's output size along one axis, padding 1.
 int64_t OutputSize(int64_t in, int64_t stride) { return (in - 1) / stride + 1; }
@@ -84,7 +84,20 @@ struct GemmConv3x3 : public torch::autograd::Function<GemmConv3x3> {
 
 }  // namespace
 
-void SetGemmConvEnabled(bool enabled) { g_enabled.store(enabled); }
+bool CpuHasOneDnnBf16Gemms() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bf16");
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
+void SetGemmConvMode(GemmConvMode mode) { g_mode.store(mode); }
 
 bool UsesGemmConv(const torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
   const auto& o = conv.options;
@@ -98,7 +111,15 @@ bool UsesGemmConv(const torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
                     (autocast::Enabled(torch::kCPU) &&
                      autocast::Dtype(torch::kCPU) == torch::kBFloat16);
   if (!bf16) return false;
-  if (!g_enabled.load(std::memory_order_relaxed)) return false;
+  switch (g_mode.load(std::memory_order_relaxed)) {
+    case GemmConvMode::kOff:
+      return false;
+    case GemmConvMode::kAuto:
+      if (!CpuHasOneDnnBf16Gemms()) return false;
+      break;
+    case GemmConvMode::kOn:
+      break;
+  }
   const int64_t stride = (*o.stride())[0];
   return OutputSize(x.size(2), stride) * OutputSize(x.size(3), stride) <= kGemmConvMaxPixels;
 }

@@ -14,6 +14,13 @@
 // gradient on 8x8 measured the same both ways), so only maps of at most
 // kGemmConvMaxPixels take this path.
 //
+// Only where LibTorch's bfloat16 GEMMs are oneDNN's (an x86 CPU with
+// AVX-512 BF16, where the figures above were taken): there they sum in float
+// and round once. On a CPU without AVX-512 (AVX2 alone), LibTorch 1.13 runs
+// bfloat16 GEMMs and convolutions in its own loops, which round partial sums
+// to bfloat16 as they go (weight gradients off by 2-3 % against float32 on
+// the same operands), and the convolution stays LibTorch's there.
+//
 // Thread-safety: none of its own; runs on the caller's thread.
 #ifndef TRAIND_SERVER_TRAIN_GEMM_CONV_H_
 #define TRAIND_SERVER_TRAIN_GEMM_CONV_H_
@@ -41,9 +48,19 @@ torch::Tensor Conv3x3Forward(torch::nn::Conv2dImpl& conv, const torch::Tensor& x
 // Whether Conv3x3Forward takes the GEMM path for `conv` and `x`.
 bool UsesGemmConv(const torch::nn::Conv2dImpl& conv, const torch::Tensor& x);
 
-// Process-wide; on by default. Off, every convolution is LibTorch's (for
-// side-by-side benchmarks: engine_bench --gemm_conv 0).
-void SetGemmConvEnabled(bool enabled);
+// Whether this CPU does LibTorch's bfloat16 matrix products in oneDNN with
+// bfloat16 instructions: x86 with AVX-512 BW, VL and DQ (LibTorch's own test
+// for oneDNN bfloat16) and AVX-512 BF16.
+bool CpuHasOneDnnBf16Gemms();
+
+enum class GemmConvMode {
+  kOff,   // every convolution is LibTorch's (engine_bench --gemm_conv 0)
+  kAuto,  // GEMMs where CpuHasOneDnnBf16Gemms()
+  kOn,    // GEMMs on any CPU (tests; engine_bench --gemm_conv 1)
+};
+
+// Process-wide; kAuto by default.
+void SetGemmConvMode(GemmConvMode mode);
 
 }  // namespace traind::train
 
