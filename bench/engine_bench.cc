@@ -46,6 +46,7 @@ namespace {
 using traind::bench::Arg;
 using traind::bench::StrArg;
 
+using traind::train::ResNet;
 using traind::train::ResNet18;
 
 // Where --profile writes traces; empty: no profiling.
@@ -69,7 +70,7 @@ traind::train::TrainConfig Recipe(const char* mode) {
   return config;
 }
 
-ResNet18 BuildNetwork(const char* mode) {
+ResNet BuildNetwork(const char* mode) {
   const auto config = Recipe(mode);
   if (config.kind == traind::train::Kind::kFinetune && g_weights.empty()) {
     torch::manual_seed(0);
@@ -83,7 +84,7 @@ ResNet18 BuildNetwork(const char* mode) {
   return *model;
 }
 
-std::unique_ptr<torch::optim::Adam> BuildAdam(ResNet18& model, const char* mode) {
+std::unique_ptr<torch::optim::Adam> BuildAdam(ResNet& model, const char* mode) {
   auto fused = traind::train::BuildOptimizer(model, Recipe(mode));
   if (!g_torch_adam) return fused;
   return std::make_unique<torch::optim::Adam>(
@@ -92,14 +93,14 @@ std::unique_ptr<torch::optim::Adam> BuildAdam(ResNet18& model, const char* mode)
 #else
 // The engine core alone (bench/gpu_check.sh): the same network and groups,
 // built here; --weights is not read.
-ResNet18 BuildNetwork(const char* mode) {
+ResNet BuildNetwork(const char* mode) {
   torch::manual_seed(0);
-  ResNet18 model(101);
+  ResNet model = ResNet18(101);
   if (std::strcmp(mode, "scratch") == 0) traind::train::XavierInit(*model);
   return model;
 }
 
-std::unique_ptr<torch::optim::Adam> BuildAdam(ResNet18& model, const char* mode) {
+std::unique_ptr<torch::optim::Adam> BuildAdam(ResNet& model, const char* mode) {
   std::vector<torch::optim::OptimizerParamGroup> groups;
   std::vector<torch::Tensor> head, backbone;
   const bool finetune = std::strcmp(mode, "finetune") == 0;
@@ -142,7 +143,7 @@ double Measure(const char* mode, int steps, int batch, int size, bool bf16,
 
 double MeasureOn(const char* mode, int steps, int batch, int size, bool bf16,
                const torch::Device& device) {
-  ResNet18 model = BuildNetwork(mode);
+  ResNet model = BuildNetwork(mode);
   model->to(device);
   for (auto& p : model->parameters()) {
     if (p.dim() == 4) p.set_data(p.data().contiguous(torch::MemoryFormat::ChannelsLast));

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/unknown_field_set.h"
 #include "common/settings.h"
 
 namespace traind {
@@ -240,6 +241,48 @@ absl::Status ValidateSpec(const JobSpec& spec) {
 bool IsTerminal(trainer::v1::JobState state) {
   return state == trainer::v1::SUCCEEDED || state == trainer::v1::FAILED ||
          state == trainer::v1::CANCELLED;
+}
+
+absl::StatusOr<bool> UpgradeLegacySpec(trainer::v1::JobSpec* spec) {
+  constexpr int kDevice = trainer::v1::JobSpec::kDeviceFieldNumber;
+  constexpr int kPrecision = trainer::v1::JobSpec::kPrecisionFieldNumber;
+  google::protobuf::UnknownFieldSet* unknown =
+      spec->GetReflection()->MutableUnknownFields(spec);
+  bool changed = false;
+  for (int i = 0; i < unknown->field_count();) {
+    const google::protobuf::UnknownField& f = unknown->field(i);
+    const bool legacy = f.type() == google::protobuf::UnknownField::TYPE_LENGTH_DELIMITED &&
+                        (f.number() == kDevice || f.number() == kPrecision);
+    if (!legacy) {
+      ++i;
+      continue;
+    }
+    const std::string value = f.length_delimited();
+    if (f.number() == kDevice) {
+      trainer::v1::Device device;
+      if (!value.empty()) {
+        if (!trainer::v1::Device_Parse(value, &device)) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("device: must be auto, cpu or cuda, got \"", value, "\""));
+        }
+        if (spec->device() == trainer::v1::DEVICE_UNSPECIFIED) spec->set_device(device);
+      }
+    } else {
+      trainer::v1::Precision precision;
+      if (!value.empty()) {
+        if (!trainer::v1::Precision_Parse(value, &precision)) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("precision: must be fp32 or bf16, got \"", value, "\""));
+        }
+        if (spec->precision() == trainer::v1::PRECISION_UNSPECIFIED) {
+          spec->set_precision(precision);
+        }
+      }
+    }
+    unknown->DeleteSubrange(i, 1);
+    changed = true;
+  }
+  return changed;
 }
 
 }  // namespace traind

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs Debian 12 packages: by default what building and running traind
 # and trainctl needs (scripts/demo.sh); with --test, also what the test suite
-# adds (GoogleTest, clang, torchvision, Slurm, Chromium, kubectl, npm
+# adds (GoogleTest, clang, torchvision, Slurm, Chromium, kubectl, buf, npm
 # packages).
 #
 #   scripts/install-deps.sh           # build + run
@@ -53,4 +53,6 @@ if [[ $TEST == 1 ]]; then
   # registry) that tests/integration/kube_test.py validates traind's objects
   # against; kubectl renders deploy/k8s (kustomize) there. Offline, no cluster.
   npm install --prefix "$(dirname "$0")/../tests/k8s" --no-audit --no-fund --silent
+  # buf, for the API's lint and breaking-change checks (scripts/proto-check.sh).
+  npm install --prefix "$(dirname "$0")/../tests/proto" --no-audit --no-fund --silent
 fi

@@ -13,8 +13,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/file_util.h"
-#include "server/dist/launcher.h"
-#include "server/dist/rank_service.h"
+#include "server/launch/distributed_engine.h"
+#include "server/launch/rank_service.h"
+#include "server/train/collective.h"
+#include "server/worker/local_engine.h"
 
 namespace traind {
 namespace {
@@ -91,16 +93,25 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
   }
   options.jobs.max_streams_per_user = options.limits.max_streams_per_user;
   // Jobs of world size > 1 run on `traind worker` ranks that call back here.
-  s->attempts_ = std::make_unique<dist::AttemptRegistry>();
-  auto engine = std::make_shared<dist::DistributedEngine>(
-      options.jobs.engine ? options.jobs.engine : jobs::NewLibTorchEngine(), s->attempts_.get(),
-      options.worker_binary, options.rank_wrapper);
+  s->attempts_ = std::make_unique<launch::AttemptRegistry>();
+  launch::DistributedEngine::Options ranks;
+  ranks.worker_binary = options.worker_binary;
+  ranks.rank_wrapper = options.rank_wrapper;
+  for (const char* backend : {"gloo", "nccl"}) {
+    if (train::BackendAvailable(backend)) ranks.backends.push_back(backend);
+  }
+  ranks.settings = options.launch;
+  auto engine = std::make_shared<launch::DistributedEngine>(
+      options.jobs.engine ? options.jobs.engine : worker::NewLocalEngine(), s->attempts_.get(),
+      std::move(ranks));
   options.jobs.engine = engine;
-  s->ranks_ = std::make_unique<dist::RankService>(s->attempts_.get());
+  s->ranks_ = std::make_unique<launch::RankService>(s->attempts_.get());
   auto manager = jobs::JobManager::Create(options.jobs);
   if (!manager.ok()) return manager.status();
   s->manager_ = std::move(*manager);
-  s->service_ = std::make_unique<rpc::TrainingServiceImpl>(s->manager_.get(), s->tokens_.get(),
+  s->classify_ = std::make_unique<jobs::ClassifyService>(s->manager_.get(), engine.get());
+  s->service_ = std::make_unique<rpc::TrainingServiceImpl>(s->manager_.get(), s->classify_.get(),
+                                                           s->tokens_.get(),
                                                       options.limits);
 
   s->metrics_ = std::make_unique<rpc::RpcMetrics>();
@@ -126,7 +137,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
   }
   // Local ranks reach the control link on loopback, or through the
   // listening address when it is a specific one.
-  dist::ControlLink link;
+  launch::ControlLink link;
   const bool any = host == "0.0.0.0" || host == "[::]" || host == "::";
   if (absl::StartsWith(options.listen, "unix:")) {
     link.address = options.listen;
@@ -138,8 +149,6 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
   if (tls) link.ca_file = options.tls_cert;
   link.remote_address = options.rank_control_address;
   if (link.remote_address.empty() && !loopback && !any) link.remote_address = link.address;
-  engine->SetSlurmDefaults(options.slurm);
-  engine->SetKubeAccess(options.kube);
   engine->SetControlLink(link);
   if (!options.metrics_listen.empty()) {
     s->http_ = std::make_unique<httplib::Server>();
@@ -165,7 +174,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
     http.max_stream = absl::Seconds(options.limits.max_stream_seconds);
     http.threads = options.http_threads;
     http.allowed_hosts = options.http_allowed_hosts;
-    auto started = http::HttpService::Start(http, s->manager_.get(), s->tokens_.get());
+    auto started = http::HttpService::Start(http, s->manager_.get(), s->classify_.get(),
+                                            s->tokens_.get());
     if (!started.ok()) {
       s->Shutdown(absl::ZeroDuration());
       return started.status();

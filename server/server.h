@@ -14,11 +14,11 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "server/dist/attempts.h"
-#include "server/dist/launcher.h"
-#include "server/dist/rank_service.h"
 #include "server/http/http_service.h"
 #include "server/jobs/job_manager.h"
+#include "server/launch/attempts.h"
+#include "server/launch/rank_group.h"
+#include "server/launch/rank_service.h"
 #include "server/rpc/auth.h"
 #include "server/rpc/metrics.h"
 #include "server/rpc/training_service.h"
@@ -70,8 +70,8 @@ class Server {
     // host:port (or unix:PATH) that ranks on other machines dial; empty: the
     // listening address.
     std::string rank_control_address;
-    dist::SlurmDefaults slurm;
-    dist::KubeAccess kube;
+    // Where ranks can go: the daemon's Slurm defaults, its Kubernetes API.
+    launch::LaunchSettings launch;
   };
 
   static absl::StatusOr<std::unique_ptr<Server>> BuildAndStart(Options options);
@@ -93,10 +93,11 @@ class Server {
   Server() = default;
 
   // Outlives the manager, whose engine holds it.
-  std::unique_ptr<dist::AttemptRegistry> attempts_;
+  std::unique_ptr<launch::AttemptRegistry> attempts_;
   std::unique_ptr<jobs::JobManager> manager_;
+  std::unique_ptr<jobs::ClassifyService> classify_;
   std::unique_ptr<rpc::TrainingServiceImpl> service_;
-  std::unique_ptr<dist::RankService> ranks_;
+  std::unique_ptr<launch::RankService> ranks_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   std::unique_ptr<rpc::RpcMetrics> metrics_;

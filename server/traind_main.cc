@@ -18,7 +18,7 @@
 #include "absl/time/time.h"
 #include "common/file_util.h"
 #include "common/flags.h"
-#include "server/dist/worker.h"
+#include "server/worker/rank.h"
 #include "server/server.h"
 #include "server/train/allocator.h"
 #include "server/train/intra_op.h"
@@ -114,8 +114,8 @@ ABSL_FLAG(int, max_attempts_without_progress, 3,
           "checkpoint is FAILED instead of run again");
 
 int main(int argc, char** argv) {
-  // `traind worker`: one rank of a distributed job (server/dist/worker.h).
-  if (argc > 1 && std::string(argv[1]) == "worker") return traind::dist::RunWorker();
+  // `traind worker`: one rank of a distributed job (server/worker/rank.h).
+  if (argc > 1 && std::string(argv[1]) == "worker") return traind::worker::RunWorker();
   absl::SetProgramUsageMessage(
       "traind: the training-job daemon. Usage: traind [--listen=HOST:PORT] "
       "[--state-dir=DIR] [--data-root=DIR] [--weights-root=DIR] [--workers=N]");
@@ -180,9 +180,9 @@ int main(int argc, char** argv) {
     options.rank_wrapper.emplace_back(w);
   }
   options.rank_control_address = absl::GetFlag(FLAGS_rank_control_address);
-  options.slurm.partition = absl::GetFlag(FLAGS_slurm_partition);
-  options.slurm.account = absl::GetFlag(FLAGS_slurm_account);
-  auto& kube = options.kube;
+  options.launch.slurm.partition = absl::GetFlag(FLAGS_slurm_partition);
+  options.launch.slurm.account = absl::GetFlag(FLAGS_slurm_account);
+  auto& kube = options.launch.kube;
   kube.api = absl::GetFlag(FLAGS_kube_api);
   const char* kube_host = std::getenv("KUBERNETES_SERVICE_HOST");
   const char* kube_port = std::getenv("KUBERNETES_SERVICE_PORT");

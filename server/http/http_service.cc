@@ -20,6 +20,7 @@
 #include "absl/time/clock.h"
 #include "server/http/assets.h"
 #include "server/http/host_check.h"
+#include "server/http/request.h"
 
 namespace traind::http {
 namespace {
@@ -27,40 +28,10 @@ namespace {
 using httplib::Request;
 using httplib::Response;
 
-constexpr char kCookie[] = "traind_token";
 // Bodies other than Classify's images are small.
 constexpr size_t kMaxBody = 1 << 20;
 constexpr size_t kMaxClassifyBody = 64 << 20;
 constexpr int kEventsPerRead = 256;
-
-// The HTTP status of a gRPC code, as Google's APIs and grpc-gateway map it.
-int HttpStatus(absl::StatusCode code) {
-  switch (code) {
-    case absl::StatusCode::kOk: return 200;
-    case absl::StatusCode::kCancelled: return 499;
-    case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kFailedPrecondition:
-    case absl::StatusCode::kOutOfRange: return 400;
-    case absl::StatusCode::kDeadlineExceeded: return 504;
-    case absl::StatusCode::kNotFound: return 404;
-    case absl::StatusCode::kAlreadyExists:
-    case absl::StatusCode::kAborted: return 409;
-    case absl::StatusCode::kPermissionDenied: return 403;
-    case absl::StatusCode::kUnauthenticated: return 401;
-    case absl::StatusCode::kResourceExhausted: return 429;
-    case absl::StatusCode::kUnimplemented: return 501;
-    case absl::StatusCode::kUnavailable: return 503;
-    default: return 500;
-  }
-}
-
-std::string ErrorJson(const absl::Status& status) {
-  return nlohmann::json{{"error",
-                         {{"code", HttpStatus(status.code())},
-                          {"status", absl::StatusCodeToString(status.code())},
-                          {"message", std::string(status.message())}}}}
-      .dump();
-}
 
 void Fail(Response& res, const absl::Status& status) {
   res.status = HttpStatus(status.code());
@@ -83,69 +54,14 @@ void Reply(Response& res, const google::protobuf::Message& message) {
   res.set_content(ToJson(message), "application/json");
 }
 
-// The integer `name` from the query, or from a plain field of a multipart
-// form; `fallback` when absent. INVALID_ARGUMENT when it is not a T (an
-// int32 field given 2^32 + 1 is refused, not wrapped).
-template <typename T>
-absl::StatusOr<T> IntParam(const Request& req, const char* name, T fallback) {
-  std::string text;
-  if (req.has_param(name)) {
-    text = req.get_param_value(name);
-  } else if (req.has_file(name)) {
-    text = req.get_file_value(name).content;
-  } else {
-    return fallback;
-  }
-  T v = 0;
-  if (!absl::SimpleAtoi(text, &v)) {
-    return absl::InvalidArgumentError(absl::StrCat(name, ": not an integer: \"", text, "\""));
-  }
-  return v;
-}
-
-// An enum value from its name (any case) or number.
-template <typename Enum>
-absl::StatusOr<Enum> EnumParam(const std::string& text, const char* name,
-                               bool (*parse)(const std::string&, Enum*),
-                               bool (*valid)(int)) {
-  Enum v{};
-  if (parse(absl::AsciiStrToUpper(text), &v)) return v;
-  int n = 0;
-  if (absl::SimpleAtoi(text, &n) && valid(n)) return static_cast<Enum>(n);
-  return absl::InvalidArgumentError(absl::StrCat(name, ": unknown value \"", text, "\""));
-}
-
-std::string CookieToken(const Request& req) {
-  for (size_t i = 0, n = req.get_header_value_count("Cookie"); i < n; ++i) {
-    for (absl::string_view part : absl::StrSplit(req.get_header_value("Cookie", i), ';')) {
-      part = absl::StripAsciiWhitespace(part);
-      if (absl::ConsumePrefix(&part, kCookie) && absl::ConsumePrefix(&part, "=")) {
-        return std::string(part);
-      }
-    }
-  }
-  return "";
-}
-
-bool Safe(const Request& req) { return req.method == "GET" || req.method == "HEAD"; }
-
-// A page from another site making the browser change something here: its
-// Origin names another host. (The session cookie is SameSite=Strict too;
-// this also guards a daemon without tokens on loopback.)
-bool CrossSite(const Request& req) {
-  if (Safe(req) || !req.has_header("Origin")) return false;
-  const std::string value = req.get_header_value("Origin");
-  absl::string_view origin = value;
-  if (!absl::ConsumePrefix(&origin, "https://")) absl::ConsumePrefix(&origin, "http://");
-  return origin != req.get_header_value("Host");
-}
-
 // The handlers, one method per route.
 class HttpServiceRoutes {
  public:
-  HttpServiceRoutes(jobs::JobManager* manager, const auth::TokenStore* tokens,
-                    absl::Duration max_stream, bool tls, int max_open_streams)
+  HttpServiceRoutes(jobs::JobManager* manager, jobs::ClassifyService* classify,
+                    const auth::TokenStore* tokens, absl::Duration max_stream, bool tls,
+                    int max_open_streams)
       : manager_(manager),
+        classify_(classify),
         tokens_(tokens),
         max_stream_(max_stream),
         tls_(tls),
@@ -296,7 +212,7 @@ class HttpServiceRoutes {
       for (const auto& [name, part] : req.files) {
         if (!part.filename.empty()) request.add_images(part.content);
       }
-      auto out = manager_->Classify(request, caller);
+      auto out = classify_->Classify(request, caller);
       if (!out.ok()) return out.status();
       Reply(res, *out);
       return absl::OkStatus();
@@ -403,6 +319,7 @@ class HttpServiceRoutes {
 
  private:
   jobs::JobManager* const manager_;
+  jobs::ClassifyService* const classify_;
   const auth::TokenStore* const tokens_;
   const absl::Duration max_stream_;
   const bool tls_;
@@ -537,10 +454,12 @@ absl::StatusOr<int> BindHttp(httplib::Server& server, const std::string& listen,
 
 absl::StatusOr<std::unique_ptr<HttpService>> HttpService::Start(Options options,
                                                                 jobs::JobManager* manager,
+                                                                jobs::ClassifyService* classify,
                                                                 const auth::TokenStore* tokens) {
   std::unique_ptr<HttpService> s(new HttpService());
   s->options_ = std::move(options);
   s->manager_ = manager;
+  s->classify_ = classify;
   s->tokens_ = tokens;
   const bool tls = !s->options_.tls_cert.empty();
   if (tls) {
@@ -571,7 +490,8 @@ absl::StatusOr<std::unique_ptr<HttpService>> HttpService::Start(Options options,
 }
 
 void HttpService::Route() {
-  auto routes = std::make_shared<HttpServiceRoutes>(manager_, tokens_, options_.max_stream,
+  auto routes = std::make_shared<HttpServiceRoutes>(manager_, classify_, tokens_,
+                                                    options_.max_stream,
                                                     !options_.tls_cert.empty(),
                                                     options_.threads - kReservedThreads);
   auto& s = *server_;

@@ -48,6 +48,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "server/auth/tokens.h"
+#include "server/jobs/classify.h"
 #include "server/jobs/job_manager.h"
 
 namespace httplib {
@@ -89,6 +90,7 @@ class HttpService {
   // Binds and starts serving. `tokens` null: the implicit local user.
   static absl::StatusOr<std::unique_ptr<HttpService>> Start(Options options,
                                                             jobs::JobManager* manager,
+                                                            jobs::ClassifyService* classify,
                                                             const auth::TokenStore* tokens);
   ~HttpService();
 
@@ -102,6 +104,7 @@ class HttpService {
 
   Options options_;
   jobs::JobManager* manager_ = nullptr;
+  jobs::ClassifyService* classify_ = nullptr;
   const auth::TokenStore* tokens_ = nullptr;
   std::unique_ptr<httplib::Server> server_;
   std::thread thread_;

@@ -14,8 +14,8 @@ void EventLog::Open(const std::string& job_id, int64_t last_seq, bool ended) {
   absl::MutexLock lock(&mu_);
   auto& log = jobs_[job_id];
   if (!log) log = std::make_shared<JobLog>();
-  log->last_seq = last_seq;
-  log->ended = ended;
+  Held(*log).last_seq = last_seq;
+  Held(*log).ended = ended;
 }
 
 void EventLog::Forget(const std::string& job_id) {
@@ -40,17 +40,17 @@ absl::StatusOr<int64_t> EventLog::Append(const std::string& job_id, JobEvent eve
     absl::MutexLock append(&log->append_mu);
     {
       absl::MutexLock lock(&mu_);
-      seq = log->last_seq + 1;
+      seq = Held(*log).last_seq + 1;
     }
     event.set_seq(seq);
     event.set_time_ms(absl::ToUnixMillis(absl::Now()));
     // Stored first, outside mu_: readers and other jobs go on meanwhile.
     if (auto st = store_->AppendEvent(job_id, event); !st.ok()) return st;
     absl::MutexLock lock(&mu_);
-    log->last_seq = seq;
-    log->ended = event.has_state() && IsTerminal(event.state().state());
-    log->tail.push_back(std::move(event));
-    if (log->tail.size() > kTail) log->tail.pop_front();
+    Held(*log).last_seq = seq;
+    Held(*log).ended = event.has_state() && IsTerminal(event.state().state());
+    Held(*log).tail.push_back(std::move(event));
+    if (Held(*log).tail.size() > kTail) Held(*log).tail.pop_front();
   }
   Wake(job_id);
   return seq;
@@ -63,13 +63,13 @@ absl::StatusOr<std::vector<JobEvent>> EventLog::Read(const std::string& job_id,
   int64_t last;
   {
     absl::MutexLock lock(&mu_);
-    last = log->last_seq;
+    last = Held(*log).last_seq;
     // From memory when the tail reaches back far enough.
     if (after_seq >= last) return std::vector<JobEvent>();
-    if (!log->tail.empty() && log->tail.front().seq() <= after_seq + 1) {
+    if (!Held(*log).tail.empty() && Held(*log).tail.front().seq() <= after_seq + 1) {
       std::vector<JobEvent> out;
-      for (auto it = log->tail.begin() + (after_seq + 1 - log->tail.front().seq());
-           it != log->tail.end() && static_cast<int>(out.size()) < limit; ++it) {
+      for (auto it = Held(*log).tail.begin() + (after_seq + 1 - Held(*log).tail.front().seq());
+           it != Held(*log).tail.end() && static_cast<int>(out.size()) < limit; ++it) {
         out.push_back(*it);
       }
       return out;
@@ -85,13 +85,13 @@ absl::StatusOr<std::vector<JobEvent>> EventLog::Read(const std::string& job_id,
 int64_t EventLog::LastSeq(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(job_id);
-  return it == jobs_.end() ? 0 : it->second->last_seq;
+  return it == jobs_.end() ? 0 : Held(*it->second).last_seq;
 }
 
 bool EventLog::Ended(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(job_id);
-  return it != jobs_.end() && it->second->ended;
+  return it != jobs_.end() && Held(*it->second).ended;
 }
 
 int64_t EventLog::Subscribe(const std::string& job_id, std::function<void()> wake) {

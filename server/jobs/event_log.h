@@ -71,13 +71,23 @@ class EventLog {
   void WakeAll() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  struct JobLog {
+  // What mu_ guards of one job's log, reached only through Held (which
+  // requires mu_, checked by the thread-safety build).
+  struct Logged {
+    int64_t last_seq = 0;
+    bool ended = false;
+    std::deque<trainer::v1::JobEvent> tail;
+  };
+  class JobLog {
+   public:
     // Serialises appends of one job: seq order is storage order.
     absl::Mutex append_mu;
-    int64_t last_seq = 0;                      // guarded by EventLog::mu_
-    bool ended = false;                        // guarded by EventLog::mu_
-    std::deque<trainer::v1::JobEvent> tail;    // guarded by EventLog::mu_
+
+   private:
+    friend class EventLog;
+    Logged logged_;
   };
+  Logged& Held(JobLog& log) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return log.logged_; }
   struct Subscriber {
     std::string job_id;
     std::function<void()> wake;

@@ -9,32 +9,52 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "server/jobs/job_manager.h"
 #include "server/jobs/tfevents.h"
 #include "server/train/config.h"
-#include "server/train/trainer.h"
+#include "server/train/sweep.h"
 
 namespace traind::jobs {
 
-// A const id, the job (guarded by JobManager::mu_), an atomic cancel token,
-// and a sticky store error.
+inline int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
+
+inline absl::Status NoJob(const std::string& id) {
+  return absl::NotFoundError(absl::StrCat("no job \"", id, "\""));
+}
+
+// A const id, an atomic cancel token, the io_mu that orders a state change
+// with its writes, and what the manager's mu_ guards: the job and its
+// worker's flags. Those are reached only through JobManager::Held(entry),
+// which requires mu_ (checked by the thread-safety build), so that no access
+// goes unguarded by oversight.
+struct JobManager::EntryState {
+  trainer::v1::Job job;
+  bool interrupted = false;  // by shutdown
+  // A worker thread has the job (RUNNING, CANCELLING, or QUEUED while a
+  // scheduler holds its ranks back).
+  bool on_worker = false;
+  absl::Status store_error;      // a failed write, sticky
+  double images_per_second = 0;  // latest batch
+};
+
 struct JobManager::Entry {
   Entry(int64_t index, std::string id) : index(index), id(std::move(id)) {}
   const int64_t index;
   const std::string id;
-  trainer::v1::Job job;           // guarded by JobManager::mu_
   train::CancelToken cancel;
-  bool interrupted = false;       // by shutdown; guarded by JobManager::mu_
-  // A worker thread has the job (RUNNING, CANCELLING, or QUEUED while a
-  // scheduler holds its ranks back); guarded by JobManager::mu_.
-  bool on_worker = false;
-  absl::Status store_error;       // a failed write; guarded by JobManager::mu_
-  double images_per_second = 0;   // latest batch; guarded by JobManager::mu_
   // Held across a state change and its writes (the row, the state event),
   // so that they follow the order of the changes; never taken under mu_.
   absl::Mutex io_mu;
+
+ private:
+  friend class JobManager;
+  EntryState state_;  // JobManager::Held(*this), under mu_
 };
+
+inline JobManager::EntryState& JobManager::Held(Entry& entry) { return entry.state_; }
 
 // Turns engine progress into job events, TensorBoard records and job
 // fields. Called on the job's worker thread (sweep runs side by side: on

@@ -37,7 +37,6 @@
 #include "server/jobs/follow.h"
 #include "server/jobs/layout.h"
 #include "server/jobs/store.h"
-#include "server/train/classifier.h"
 #include "trainer/v1/training_service.pb.h"
 
 namespace traind::jobs {
@@ -65,7 +64,7 @@ class JobManager {
     int max_queued = 1000;
     // Open followers (watch streams) per user; more are RESOURCE_EXHAUSTED.
     int max_streams_per_user = 16;
-    // What trains the jobs; the LibTorch engine when unset.
+    // What trains the jobs (required).
     std::shared_ptr<Engine> engine;
   };
 
@@ -146,10 +145,11 @@ class JobManager {
   };
   Gauges Snapshot() ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Classifies encoded images with a SUCCEEDED job's final weights (or a
-  // sweep trial's); the loaded model is cached per job and trial.
-  absl::StatusOr<trainer::v1::ClassifyResponse> Classify(
-      const trainer::v1::ClassifyRequest& request, const Caller& caller = Caller());
+  // The final weights' path of a SUCCEEDED job (or of one of its finished
+  // trials), checked to exist but not read; DATA_LOSS when it is missing.
+  absl::StatusOr<std::string> WeightsPath(const std::string& id,
+                                          trainer::v1::WeightsFormat format, int trial,
+                                          const Caller& caller = Caller());
 
   // Removes a finished job: rows, events, checkpoints, weights. Returns the
   // bytes freed. FAILED_PRECONDITION for a job that has not ended.
@@ -166,6 +166,7 @@ class JobManager {
 
  private:
   struct Entry;
+  struct EntryState;
   class Sink;
   friend class Sink;
 
@@ -181,11 +182,6 @@ class JobManager {
   CheckpointRecord PickCheckpoint(const std::shared_ptr<Entry>& entry) ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status RecordCheckpoint(Entry& entry, const CheckpointRecord& checkpoint)
       ABSL_LOCKS_EXCLUDED(mu_);
-  // The final weights' path of a SUCCEEDED job (or of one of its finished
-  // trials), checked to exist but not read; DATA_LOSS when it is missing.
-  absl::StatusOr<std::string> WeightsPath(const std::string& id,
-                                          trainer::v1::WeightsFormat format, int trial,
-                                          const Caller& caller);
   absl::StatusOr<std::string> InitialWeightsPath(const trainer::v1::JobSpec& spec,
                                                  const Caller& caller = Caller());
 
@@ -207,6 +203,8 @@ class JobManager {
   // The job, if `caller` may see it.
   std::shared_ptr<Entry> Find(const std::string& id, const Caller& caller = Caller())
       ABSL_LOCKS_EXCLUDED(mu_);
+  // What `entry` keeps under mu_ (job_entry.h).
+  EntryState& Held(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The job as callers see it.
   // full: every field; otherwise the BASIC view (no evaluation, class names
   // or trials).
@@ -232,10 +230,6 @@ class JobManager {
 
   std::vector<std::thread> workers_;
 
-  // Loaded models for Classify, by (job id, trial).
-  absl::Mutex classifiers_mu_;
-  std::map<std::pair<std::string, int>, std::shared_ptr<train::Classifier>> classifiers_
-      ABSL_GUARDED_BY(classifiers_mu_);
   int lock_fd_ = -1;  // flock on <state_dir>/LOCK, held for the manager's life
 };
 

@@ -83,7 +83,7 @@ void JobManager::Sink::OnDataset(const train::DatasetSummary& d) {
   absl::MutexLock io(&e_->io_mu);
   {
     absl::MutexLock lock(&m_->mu_);
-    Job& job = e_->job;
+    Job& job = m_->Held(*e_).job;
     job.set_num_classes(static_cast<int>(d.class_names.size()));
     job.clear_class_names();
     for (const auto& c : d.class_names) job.add_class_names(c);
@@ -106,8 +106,8 @@ void JobManager::Sink::OnBatch(const train::BatchProgress& b) {
   Scalars(b.trial, b.epoch, b.global_step, {{"Loss/train_batch", b.loss}}, false);
   {
     absl::MutexLock lock(&m_->mu_);
-    e_->images_per_second = b.images_per_second;
-    m->set_attempt(e_->job.attempt());
+    m_->Held(*e_).images_per_second = b.images_per_second;
+    m->set_attempt(m_->Held(*e_).job.attempt());
   }
   m_->Emit(*e_, std::move(ev));
 }
@@ -128,10 +128,10 @@ void JobManager::Sink::OnEpoch(const train::EpochResult& r) {
   absl::MutexLock io(&e_->io_mu);
   {
     absl::MutexLock lock(&m_->mu_);
-    ev.mutable_epoch()->set_attempt(e_->job.attempt());
-    *e_->job.mutable_latest() = ev.epoch();
-    if (e_->job.spec().kind() == trainer::v1::SWEEP) {
-      auto* summary = e_->job.mutable_sweep_summary();
+    ev.mutable_epoch()->set_attempt(m_->Held(*e_).job.attempt());
+    *m_->Held(*e_).job.mutable_latest() = ev.epoch();
+    if (m_->Held(*e_).job.spec().kind() == trainer::v1::SWEEP) {
+      auto* summary = m_->Held(*e_).job.mutable_sweep_summary();
       summary->set_epochs_trained(summary->epochs_trained() + 1);
     }
   }
@@ -143,7 +143,7 @@ void JobManager::Sink::OnEvaluation(const train::Evaluation& ev) {
   absl::MutexLock io(&e_->io_mu);
   {
     absl::MutexLock lock(&m_->mu_);
-    Job& job = e_->job;
+    Job& job = m_->Held(*e_).job;
     if (job.spec().kind() == trainer::v1::SWEEP) return;
     ToProto(ev, job, job.mutable_evaluation());
   }
@@ -165,7 +165,7 @@ void JobManager::Sink::OnPlacement(const train::Placement& p) {
   absl::MutexLock io(&e_->io_mu);
   {
     absl::MutexLock lock(&m_->mu_);
-    auto* out = e_->job.mutable_placement();
+    auto* out = m_->Held(*e_).job.mutable_placement();
     out->set_launcher(p.launcher);
     out->set_world_size(p.world_size);
     out->set_scheduler_job(p.scheduler_job);
@@ -181,7 +181,7 @@ void JobManager::Sink::OnWaiting(const std::string& reason) {
     absl::MutexLock lock(&m_->mu_);
     // QUEUED again when the scheduler's reason changes (the launcher calls
     // only then); never over CANCELLING.
-    const auto state = e_->job.state();
+    const auto state = m_->Held(*e_).job.state();
     if (state != trainer::v1::RUNNING && state != trainer::v1::QUEUED) return;
   }
   m_->SetState(*e_, trainer::v1::QUEUED, reason);
@@ -191,7 +191,7 @@ void JobManager::Sink::OnStarted() {
   absl::MutexLock io(&e_->io_mu);
   {
     absl::MutexLock lock(&m_->mu_);
-    if (e_->job.state() != trainer::v1::QUEUED) return;
+    if (m_->Held(*e_).job.state() != trainer::v1::QUEUED) return;
   }
   m_->SetState(*e_, trainer::v1::RUNNING, "");
 }
@@ -229,9 +229,9 @@ void JobManager::Sink::OnTrialFinished(const train::TrialOutcome& o) {
     absl::MutexLock lock(&m_->mu_);
     // Recorded with the job at once: finished trials stay finished across
     // restarts.
-    *e_->job.add_trials() = ev.trial_finished().result();
-    auto* summary = e_->job.mutable_sweep_summary();
-    summary->set_trials_finished(e_->job.trials_size());
+    *m_->Held(*e_).job.add_trials() = ev.trial_finished().result();
+    auto* summary = m_->Held(*e_).job.mutable_sweep_summary();
+    summary->set_trials_finished(m_->Held(*e_).job.trials_size());
     if (!o.stopped.empty()) summary->set_trials_stopped(summary->trials_stopped() + 1);
   }
   m_->Emit(*e_, std::move(ev));

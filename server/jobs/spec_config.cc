@@ -1,6 +1,5 @@
 #include "server/jobs/spec_config.h"
 
-#include <algorithm>
 
 namespace traind::jobs {
 
@@ -57,35 +56,6 @@ train::TrainConfig ToConfig(const JobSpec& spec, const std::string& dataset_dir)
   c.device = trainer::v1::Device_Name(spec.device());  // "auto", "cpu", "cuda"
   c.threads = spec.threads();
   c.bf16 = spec.precision() == trainer::v1::bf16;
-  const auto& d = spec.distributed();
-  c.distributed.world_size = std::max(1, d.world_size());
-  c.distributed.backend = trainer::v1::Backend_Name(d.backend());
-  c.distributed.launcher = trainer::v1::Launcher_Name(d.launcher());
-  c.distributed.timeout_seconds = d.rendezvous_timeout_seconds();
-  const auto& sl = d.slurm();
-  c.distributed.slurm.nodes = std::max(1, sl.nodes());
-  c.distributed.slurm.cpus_per_task = sl.cpus_per_task();
-  c.distributed.slurm.gpus_per_task = sl.gpus_per_task();
-  c.distributed.slurm.time_limit_minutes = sl.time_limit_minutes();
-  c.distributed.slurm.partition = sl.partition();
-  c.distributed.slurm.account = sl.account();
-  const auto& k = d.kubernetes();
-  c.distributed.kubernetes.image = k.image();
-  c.distributed.kubernetes.cpu = k.cpu();
-  c.distributed.kubernetes.memory = k.memory();
-  c.distributed.kubernetes.gpus = k.gpus();
-  // Sorted: the objects traind sends do not depend on map order.
-  c.distributed.kubernetes.node_selector.assign(k.node_selector().begin(),
-                                                k.node_selector().end());
-  std::sort(c.distributed.kubernetes.node_selector.begin(),
-            c.distributed.kubernetes.node_selector.end());
-  c.distributed.kubernetes.priority_class = k.priority_class();
-  c.distributed.kubernetes.queue = k.queue();
-  for (const auto& t : k.tolerations()) {
-    c.distributed.kubernetes.tolerations.push_back(
-        {t.key(), t.operator_(), t.value(), t.effect(),
-         t.has_toleration_seconds() ? t.toleration_seconds() : -1});
-  }
   return c;
 }
 

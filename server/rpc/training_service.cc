@@ -52,9 +52,10 @@ Status Serve(const grpc::ServerContextBase& context, const TokenStore* tokens, i
 
 }  // namespace
 
-TrainingServiceImpl::TrainingServiceImpl(jobs::JobManager* manager, const TokenStore* tokens,
-                                         Limits limits)
-    : manager_(manager), tokens_(tokens), limits_(limits) {
+TrainingServiceImpl::TrainingServiceImpl(jobs::JobManager* manager,
+                                         jobs::ClassifyService* classify,
+                                         const TokenStore* tokens, Limits limits)
+    : manager_(manager), classify_(classify), tokens_(tokens), limits_(limits) {
   ticker_ = std::thread([this] {
     while (!stop_ticker_.WaitForNotificationWithTimeout(absl::Seconds(1))) {
       manager_->WakeFollowers();
@@ -138,7 +139,7 @@ Status TrainingServiceImpl::Classify(ServerContext* context,
                                      const trainer::v1::ClassifyRequest* request,
                                      trainer::v1::ClassifyResponse* response) {
   return Serve(*context, tokens_, limits_.serving_nice, [&](const jobs::Caller& caller) {
-    auto result = manager_->Classify(*request, caller);
+    auto result = classify_->Classify(*request, caller);
     if (result.ok()) *response = std::move(*result);
     return result.status();
   });

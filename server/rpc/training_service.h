@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "absl/synchronization/notification.h"
+#include "server/jobs/classify.h"
 #include "server/jobs/job_manager.h"
 #include "server/rpc/auth.h"
 #include "trainer/v1/training_service.grpc.pb.h"
@@ -43,7 +44,8 @@ class TrainingServiceImpl final : public TrainingServiceBase {
   };
   // `tokens`: nullptr for a daemon without authentication (one implicit
   // local user).
-  TrainingServiceImpl(jobs::JobManager* manager, const TokenStore* tokens, Limits limits);
+  TrainingServiceImpl(jobs::JobManager* manager, jobs::ClassifyService* classify,
+                      const TokenStore* tokens, Limits limits);
   ~TrainingServiceImpl() override;
 
   grpc::Status SubmitJob(grpc::ServerContext* context,
@@ -73,6 +75,7 @@ class TrainingServiceImpl final : public TrainingServiceBase {
 
  private:
   jobs::JobManager* const manager_;
+  jobs::ClassifyService* const classify_;
   const TokenStore* const tokens_;
   const Limits limits_;
   // Wakes idle streams once a second so they notice their time limit.

@@ -25,7 +25,7 @@ absl::Status Damaged(const std::string& what) {
 
 }  // namespace
 
-absl::StatusOr<std::string> SerializeCheckpoint(ResNet18& model, torch::optim::Adam& optimizer,
+absl::StatusOr<std::string> SerializeCheckpoint(ResNet& model, torch::optim::Adam& optimizer,
                                                 const RunPosition& pos) {
   NamedTensors out;
   auto cpu = [](const torch::Tensor& t) { return t.detach().to(torch::kCPU).contiguous(); };
@@ -59,7 +59,7 @@ absl::StatusOr<std::string> SerializeCheckpoint(ResNet18& model, torch::optim::A
   return SerializeSafetensors(out);
 }
 
-absl::StatusOr<RunPosition> RestoreCheckpoint(const std::string& bytes, ResNet18& model,
+absl::StatusOr<RunPosition> RestoreCheckpoint(const std::string& bytes, ResNet& model,
                                               torch::optim::Adam& optimizer) {
   auto parsed = ParseSafetensors(bytes);
   if (!parsed.ok()) return Damaged(std::string(parsed.status().message()));

@@ -39,13 +39,13 @@ struct RunPosition {
   torch::Tensor order_rng;
 };
 
-absl::StatusOr<std::string> SerializeCheckpoint(ResNet18& model, torch::optim::Adam& optimizer,
+absl::StatusOr<std::string> SerializeCheckpoint(ResNet& model, torch::optim::Adam& optimizer,
                                                 const RunPosition& position);
 
 // Loads `bytes` into `model` and `optimizer` (built as the job's recipe
 // builds them) and returns the position. DATA_LOSS naming the problem when
 // the checkpoint is damaged or belongs to another model or recipe.
-absl::StatusOr<RunPosition> RestoreCheckpoint(const std::string& bytes, ResNet18& model,
+absl::StatusOr<RunPosition> RestoreCheckpoint(const std::string& bytes, ResNet& model,
                                               torch::optim::Adam& optimizer);
 
 }  // namespace traind::train

@@ -12,7 +12,7 @@
 namespace traind::train {
 
 struct Classifier::Impl {
-  ResNet18 model{nullptr};
+  ResNet model{nullptr};
   int image_size = 128;
 };
 

@@ -13,13 +13,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "server/train/config.h"
 
 namespace traind::train {
-
-struct Prediction {
-  int class_index = 0;
-  double probability = 0;
-};
 
 class Classifier {
  public:

@@ -6,7 +6,6 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -38,42 +37,6 @@ struct DataConfig {
   int loader_threads = 2;
 };
 
-// Where Slurm places a distributed job's ranks (launcher SLURM).
-struct SlurmConfig {
-  int nodes = 1;               // world_size / nodes ranks per node
-  int cpus_per_task = 0;       // 0: Slurm's default
-  int gpus_per_task = 0;
-  int time_limit_minutes = 0;  // 0: the partition's
-  std::string partition;       // empty: the daemon's --slurm_partition, else Slurm's default
-  std::string account;
-};
-
-// Where Kubernetes runs a distributed job's ranks (launcher KUBERNETES).
-struct KubernetesConfig {
-  std::string image;           // empty: the daemon's --kube-image
-  std::string cpu;             // requests = limits, e.g. "4"; empty: none
-  std::string memory;          // e.g. "8Gi"
-  int gpus = 0;                // nvidia.com/gpu per rank
-  std::vector<std::pair<std::string, std::string>> node_selector;
-  std::string priority_class;
-  std::string queue;           // Kueue's queue-name label: gang admission
-  struct Toleration {
-    std::string key, op, value, effect;
-    int64_t seconds = -1;  // -1: unset
-  };
-  std::vector<Toleration> tolerations;
-};
-
-// Data-parallel training over several ranks (processes).
-struct DistributedConfig {
-  int world_size = 1;  // 1: trained in the calling process
-  std::string backend = "gloo";
-  std::string launcher = "LOCAL_PROCESSES";
-  int timeout_seconds = 300;  // rendezvous and each collective
-  SlurmConfig slurm;
-  KubernetesConfig kubernetes;
-};
-
 // One training run (fine-tune or scratch). Defaults are the recipe's.
 struct TrainConfig {
   Kind kind = Kind::kFinetune;
@@ -102,7 +65,6 @@ struct TrainConfig {
   // A checkpoint to continue from (already verified by the caller); empty:
   // start afresh.
   std::string resume_from;
-  DistributedConfig distributed;
 };
 
 struct BatchProgress {
@@ -220,6 +182,12 @@ class CancelToken {
   const CancelToken* const parent_ = nullptr;
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> interrupted_{false};
+};
+
+// One class a model predicts for an image (Classify).
+struct Prediction {
+  int class_index = 0;
+  double probability = 0;
 };
 
 struct TrainResult {

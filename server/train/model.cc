@@ -14,11 +14,20 @@ torch::nn::Conv2d Conv(int64_t in, int64_t out, int64_t kernel, int64_t stride,
                                .bias(false));
 }
 
-torch::nn::Sequential MakeLayer(int64_t in_planes, int64_t planes,
+// One stage: `blocks` blocks, the first with `stride` (and a downsample
+// when the shape changes). Returns the stage; `in_planes` becomes its output
+// width.
+torch::nn::Sequential MakeLayer(Block block, int64_t* in_planes, int64_t planes, int blocks,
                                 int64_t stride) {
   torch::nn::Sequential layer;
-  layer->push_back(BasicBlock(in_planes, planes, stride));
-  layer->push_back(BasicBlock(planes, planes, 1));
+  switch (block) {
+    case Block::kBasic:
+      for (int i = 0; i < blocks; ++i) {
+        layer->push_back(BasicBlock(*in_planes, planes, i == 0 ? stride : 1));
+        *in_planes = planes;  // BasicBlock's expansion is 1
+      }
+      break;
+  }
   return layer;
 }
 
@@ -53,14 +62,26 @@ torch::Tensor BasicBlockImpl::forward(torch::Tensor x) {
                       /*relu=*/true);
 }
 
-ResNet18Impl::ResNet18Impl(int64_t num_classes) {
+const Architecture& ResNet18Architecture() {
+  static const Architecture kResNet18{"resnet18", Block::kBasic, {2, 2, 2, 2}};
+  return kResNet18;
+}
+
+ResNet ResNet18(int64_t num_classes) { return ResNet(ResNet18Architecture(), num_classes); }
+
+ResNetImpl::ResNetImpl(const Architecture& architecture, int64_t num_classes)
+    : architecture_(architecture) {
+  const Block block = architecture.block;
+  const int* layers = architecture.layers;
   conv1_ = register_module("conv1", Conv(3, 64, 7, 2, 3));
   bn1_ = register_module("bn1", torch::nn::BatchNorm2d(64));
-  layer1_ = register_module("layer1", MakeLayer(64, 64, 1));
-  layer2_ = register_module("layer2", MakeLayer(64, 128, 2));
-  layer3_ = register_module("layer3", MakeLayer(128, 256, 2));
-  layer4_ = register_module("layer4", MakeLayer(256, 512, 2));
-  fc_ = register_module("fc", torch::nn::Linear(512, num_classes));
+  int64_t planes = 64;
+  layer1_ = register_module("layer1", MakeLayer(block, &planes, 64, layers[0], 1));
+  layer2_ = register_module("layer2", MakeLayer(block, &planes, 128, layers[1], 2));
+  layer3_ = register_module("layer3", MakeLayer(block, &planes, 256, layers[2], 2));
+  layer4_ = register_module("layer4", MakeLayer(block, &planes, 512, layers[3], 2));
+  features_ = planes;
+  fc_ = register_module("fc", torch::nn::Linear(features_, num_classes));
 
   torch::NoGradGuard no_grad;
   for (auto& m : modules(/*include_self=*/false)) {
@@ -74,7 +95,7 @@ ResNet18Impl::ResNet18Impl(int64_t num_classes) {
   }
 }
 
-torch::Tensor ResNet18Impl::forward(torch::Tensor x) {
+torch::Tensor ResNetImpl::forward(torch::Tensor x) {
   x = BatchNormAct(*bn1_, conv1_->forward(x), {}, /*relu=*/true);
   x = torch::max_pool2d(x, /*kernel_size=*/3, /*stride=*/2, /*padding=*/1);
   x = layer4_->forward(
@@ -83,8 +104,8 @@ torch::Tensor ResNet18Impl::forward(torch::Tensor x) {
   return fc_->forward(x);
 }
 
-void ResNet18Impl::ResetClassifier(int64_t num_classes) {
-  fc_ = replace_module("fc", torch::nn::Linear(512, num_classes));
+void ResNetImpl::ResetClassifier(int64_t num_classes) {
+  fc_ = replace_module("fc", torch::nn::Linear(features_, num_classes));
 }
 
 void XavierInit(torch::nn::Module& module) {

@@ -1,5 +1,6 @@
-// ResNet-18 whose named_parameters()/named_buffers() match torchvision's
-// state_dict keys exactly ("conv1.weight", "layer1.0.bn1.running_mean", ...).
+// torchvision's ResNet family (ResNet-18 built) whose
+// named_parameters()/named_buffers() match torchvision's state_dict keys
+// exactly ("conv1.weight", "layer1.0.bn1.running_mean", ...).
 //
 // Thread-safety: a module is used by one thread at a time.
 #ifndef TRAIND_SERVER_TRAIN_MODEL_H_
@@ -31,26 +32,50 @@ class BasicBlockImpl : public torch::nn::Module {
 };
 TORCH_MODULE(BasicBlock);
 
-// torchvision.models.resnet18(num_classes=...), with torchvision's default
-// initialisation (Kaiming-normal convolutions, unit BatchNorm).
-class ResNet18Impl : public torch::nn::Module {
+// The residual block a ResNet is built of. torchvision's family has two;
+// traind builds BasicBlock networks (ResNet-18). A Bottleneck (ResNet-50)
+// would be a second value here and a second block class.
+enum class Block { kBasic };
+
+// A member of torchvision's ResNet family: its block, and how many blocks
+// each of its four stages has.
+struct Architecture {
+  const char* name;  // torchvision's: "resnet18"
+  Block block;
+  int layers[4];
+};
+
+// ResNet-18: BasicBlocks, {2, 2, 2, 2}.
+const Architecture& ResNet18Architecture();
+
+// torchvision.models.resnet.ResNet(block, layers, num_classes=...), with
+// torchvision's default initialisation (Kaiming-normal convolutions, unit
+// BatchNorm). The architecture is a value, not a type: every function of the
+// engine takes a ResNet.
+class ResNetImpl : public torch::nn::Module {
  public:
-  explicit ResNet18Impl(int64_t num_classes);
+  ResNetImpl(const Architecture& architecture, int64_t num_classes);
   torch::Tensor forward(torch::Tensor x);
 
+  const Architecture& architecture() const { return architecture_; }
   torch::nn::Linear& fc() { return fc_; }
-  // Replaces the classifier with a new Linear(512, num_classes), default
-  // initialised; the caller applies the recipe's initialisation.
+  // Replaces the classifier with a new Linear(features, num_classes),
+  // default initialised; the caller applies the recipe's initialisation.
   void ResetClassifier(int64_t num_classes);
 
  private:
+  Architecture architecture_;
+  int64_t features_ = 0;  // the classifier's input width
   torch::nn::Conv2d conv1_{nullptr};
   torch::nn::BatchNorm2d bn1_{nullptr};
   torch::nn::Sequential layer1_{nullptr}, layer2_{nullptr}, layer3_{nullptr},
       layer4_{nullptr};
   torch::nn::Linear fc_{nullptr};
 };
-TORCH_MODULE(ResNet18);
+TORCH_MODULE(ResNet);
+
+// torchvision.models.resnet18(num_classes=...).
+ResNet ResNet18(int64_t num_classes);
 
 // The recipe's scratch initialisation: Xavier-uniform weights for every Conv2d
 // and Linear, zero biases.

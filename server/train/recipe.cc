@@ -26,10 +26,10 @@ std::string BlockOf(const std::string& name) {
 
 }  // namespace
 
-absl::StatusOr<ResNet18> BuildModel(const TrainConfig& config, int64_t num_classes) {
+absl::StatusOr<ResNet> BuildModel(const TrainConfig& config, int64_t num_classes) {
   std::lock_guard<std::mutex> lock(InitMutex());
   torch::manual_seed(config.data.seed);
-  ResNet18 model(num_classes);
+  ResNet model = ResNet18(num_classes);
   if (config.kind == Kind::kScratch) {
     XavierInit(*model);
     return model;
@@ -49,7 +49,7 @@ absl::StatusOr<ResNet18> BuildModel(const TrainConfig& config, int64_t num_class
   return model;
 }
 
-std::unique_ptr<torch::optim::Adam> BuildOptimizer(ResNet18& model, const TrainConfig& config) {
+std::unique_ptr<torch::optim::Adam> BuildOptimizer(ResNet& model, const TrainConfig& config) {
   if (config.kind == Kind::kScratch) {
     return std::make_unique<FusedAdam>(model->parameters(),
                                                 torch::optim::AdamOptions(config.learning_rate));

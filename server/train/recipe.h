@@ -23,13 +23,13 @@ namespace traind::train {
 // Fine-tune: config.initial_weights without its classifier, then a new
 // Linear(512, num_classes) with a Xavier-uniform weight. Initialisation draws
 // from a generator seeded with config.data.seed.
-absl::StatusOr<ResNet18> BuildModel(const TrainConfig& config, int64_t num_classes);
+absl::StatusOr<ResNet> BuildModel(const TrainConfig& config, int64_t num_classes);
 
 // Scratch: Adam over every parameter at learning_rate. Fine-tune: freezes
 // every block outside config.trainable_blocks and fc, then Adam with two
 // groups: fc at learning_rate, the trainable blocks at backbone_learning_rate.
 // The Adam is FusedAdam (fused_adam.h): the same arithmetic in one pass.
-std::unique_ptr<torch::optim::Adam> BuildOptimizer(ResNet18& model, const TrainConfig& config);
+std::unique_ptr<torch::optim::Adam> BuildOptimizer(ResNet& model, const TrainConfig& config);
 
 }  // namespace traind::train
 

@@ -103,7 +103,7 @@ class Run {
   Collective* const collective_;
   torch::Tensor flat_;  // gradients + 5 figures, reused by every step's allreduce
   torch::Device device_{torch::kCPU};
-  ResNet18 model_{nullptr};
+  ResNet model_{nullptr};
   std::unique_ptr<torch::optim::Adam> optimizer_;
   at::Generator order_gen_;
   bool warned_single_ = false;

@@ -16,7 +16,7 @@ namespace {
 // convolutions without a copy (frozen ones) keep theirs, which autocast casts.
 class ScopedBf16Weights {
  public:
-  ScopedBf16Weights(FusedAdam* optimizer, ResNet18& model) {
+  ScopedBf16Weights(FusedAdam* optimizer, ResNet& model) {
     if (optimizer == nullptr) return;
     for (const auto& m : model->modules(/*include_self=*/false)) {
       auto* conv = m->as<torch::nn::Conv2d>();
@@ -62,7 +62,7 @@ ScopedBf16Autocast::~ScopedBf16Autocast() {
   autocast::SetDtype(device_, was_dtype_);
 }
 
-StepResult ForwardBackward(ResNet18& model, torch::optim::Optimizer& optimizer,
+StepResult ForwardBackward(ResNet& model, torch::optim::Optimizer& optimizer,
                            const torch::Tensor& images, const torch::Tensor& labels, bool bf16) {
   model->train();
   // Gradients are dropped rather than zeroed (PyTorch 2's default): backward
@@ -88,7 +88,7 @@ StepResult ForwardBackward(ResNet18& model, torch::optim::Optimizer& optimizer,
   return r;
 }
 
-StepResult TrainStep(ResNet18& model, torch::optim::Optimizer& optimizer,
+StepResult TrainStep(ResNet& model, torch::optim::Optimizer& optimizer,
                      const torch::Tensor& images, const torch::Tensor& labels, bool bf16) {
   StepResult r = ForwardBackward(model, optimizer, images, labels, bf16);
   optimizer.step();

@@ -40,13 +40,13 @@ struct StepResult {
 // ranks run before averaging their gradients. In bf16 with a FusedAdam, the
 // trainable convolutions read its bfloat16 weight copies, so their gradients
 // land on the copies: read them with GradientOf.
-StepResult ForwardBackward(ResNet18& model, torch::optim::Optimizer& optimizer,
+StepResult ForwardBackward(ResNet& model, torch::optim::Optimizer& optimizer,
                            const torch::Tensor& images, const torch::Tensor& labels,
                            bool bf16 = false);
 
 // One step: forward in training mode, cross-entropy, backward, update; the
 // forward pass under bfloat16 autocast (on the images' device) when `bf16`.
-StepResult TrainStep(ResNet18& model, torch::optim::Optimizer& optimizer,
+StepResult TrainStep(ResNet& model, torch::optim::Optimizer& optimizer,
                      const torch::Tensor& images, const torch::Tensor& labels,
                      bool bf16 = false);
 

@@ -92,6 +92,31 @@ class AshaRule {
   std::map<int, std::vector<double>> recorded_;
 };
 
+struct TrialOutcome {
+  TrialSpec spec;
+  int run = 0;         // the trial whose run trained it
+  EpochResult final;   // figures of its last trained epoch
+  int epochs_run = 0;
+  double seconds = 0;  // wall time of its epochs
+  std::string stopped;  // why it stopped early; empty if it ran all its epochs
+  std::string output_pth;
+  std::string output_safetensors;
+};
+
+// Progress of a sweep: the runs' events plus trial boundaries.
+class SweepSink : public ProgressSink {
+ public:
+  virtual void OnTrialStarted(const TrialSpec& trial, int run) = 0;
+  virtual void OnTrialFinished(const TrialOutcome& outcome) = 0;
+};
+
+struct SweepResult {
+  std::vector<TrialOutcome> outcomes;  // trials run by this call, in finishing order
+  int epochs_requested = 0;            // all trials' epochs summed
+  int epochs_trained = 0;              // by this call
+  int trials_stopped = 0;
+};
+
 }  // namespace traind::train
 
 #endif  // TRAIND_SERVER_TRAIN_SWEEP_H_

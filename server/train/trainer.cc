@@ -28,7 +28,7 @@ absl::Status CheckWeightsFile(const std::string& path) {
   return CatchingLibraryErrors([&]() -> absl::StatusOr<bool> {
            auto weights = LoadStateDict(path);
            if (!weights.ok()) return weights.status();
-           ResNet18 model(1000);
+           ResNet model = ResNet18(1000);
            if (auto st = CopyIntoModule(*weights, *model, {"fc.weight", "fc.bias"}); !st.ok()) {
              return st;
            }

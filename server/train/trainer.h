@@ -32,31 +32,6 @@ absl::StatusOr<TrainResult> TrainRank(const TrainConfig& config, Collective* col
 absl::StatusOr<TrainResult> Train(const TrainConfig& config, ProgressSink* sink,
                                   const CancelToken& cancel);
 
-struct TrialOutcome {
-  TrialSpec spec;
-  int run = 0;         // the trial whose run trained it
-  EpochResult final;   // figures of its last trained epoch
-  int epochs_run = 0;
-  double seconds = 0;  // wall time of its epochs
-  std::string stopped;  // why it stopped early; empty if it ran all its epochs
-  std::string output_pth;
-  std::string output_safetensors;
-};
-
-// Progress of a sweep: the runs' events plus trial boundaries.
-class SweepSink : public ProgressSink {
- public:
-  virtual void OnTrialStarted(const TrialSpec& trial, int run) = 0;
-  virtual void OnTrialFinished(const TrialOutcome& outcome) = 0;
-};
-
-struct SweepResult {
-  std::vector<TrialOutcome> outcomes;  // trials run by this call, in finishing order
-  int epochs_requested = 0;            // all trials' epochs summed
-  int epochs_trained = 0;              // by this call
-  int trials_stopped = 0;
-};
-
 // Runs the fine-tune trials of a sweep (base's settings overridden by each
 // trial's), one run per group of trials that differ only in epochs, read at
 // each trial's epoch count. Trials in `finished` are not reported again (a

@@ -50,8 +50,13 @@ bool FakeEngine::Gate(const train::CancelToken& cancel) {
   return true;
 }
 
-absl::Status FakeEngine::Train(const train::TrainConfig& config, train::ProgressSink* sink,
+absl::Status FakeEngine::Train(const RunRequest& run, train::ProgressSink* sink,
                                const train::CancelToken& cancel) {
+  const train::TrainConfig& config = run.config;
+  {
+    absl::MutexLock lock(&mu_);
+    last_config_ = config;
+  }
   ++runs_;
   sink->OnDataset({{"a", "b"}, batches_ * config.batch_size, config.batch_size});
   int epoch = 1, next_batch = 0;
@@ -122,17 +127,18 @@ absl::Status FakeEngine::Train(const train::TrainConfig& config, train::Progress
   return WriteWeights(config.output_safetensors, what);
 }
 
-absl::StatusOr<train::SweepResult> FakeEngine::Sweep(const train::TrainConfig& base,
-                                                     const train::SweepPlan& plan,
-                                                     const std::vector<train::TrialSpec>& trials,
-                                                     const std::set<int>& finished,
-                                                     const std::string& output_dir,
+absl::StatusOr<std::vector<train::TrialSpec>> FakeEngine::PlanSweep(
+    const train::SweepPlan& plan) {
+  return train::ExpandTrials(plan);
+}
+
+absl::StatusOr<train::SweepResult> FakeEngine::Sweep(const SweepRequest& request,
                                                      train::SweepSink* sink,
                                                      const train::CancelToken& cancel) {
   train::SweepResult result;
-  for (const auto& t : trials) {
+  for (const auto& t : request.trials) {
     result.epochs_requested += t.epochs;
-    if (finished.count(t.trial)) continue;
+    if (request.finished.count(t.trial)) continue;
     if (!Gate(cancel)) return absl::CancelledError("cancelled");
     sink->OnTrialStarted(t, t.trial);
     train::TrialOutcome o;
@@ -146,7 +152,8 @@ absl::StatusOr<train::SweepResult> FakeEngine::Sweep(const train::TrainConfig& b
       ++result.epochs_trained;
     }
     o.epochs_run = t.epochs;
-    const std::string stem = (fs::path(output_dir) / absl::StrCat("trial-", t.trial)).string();
+    const std::string stem =
+        (fs::path(request.output_dir) / absl::StrCat("trial-", t.trial)).string();
     o.output_pth = stem + ".pth";
     o.output_safetensors = stem + ".safetensors";
     const std::string what = absl::StrCat("trial ", t.trial);
@@ -163,6 +170,43 @@ absl::Status FakeEngine::CheckWeights(const std::string& path) {
   if (!text.ok()) return text.status();
   if (text->rfind("fake weights", 0) != 0) return absl::InvalidArgumentError("not fake weights");
   return absl::OkStatus();
+}
+
+namespace {
+
+// Predicts class (image size mod classes), then the next ones.
+class FakeModel final : public Model {
+ public:
+  FakeModel(std::string weights, int num_classes)
+      : weights_(std::move(weights)), num_classes_(num_classes) {}
+  absl::StatusOr<std::vector<std::vector<train::Prediction>>> Classify(
+      const std::vector<std::string>& images, int top_k) const override {
+    std::vector<std::vector<train::Prediction>> out;
+    for (size_t i = 0; i < images.size(); ++i) {
+      if (images[i] == "not an image") {
+        return absl::InvalidArgumentError(absl::StrCat("images[", i, "]: does not decode"));
+      }
+      auto& per_image = out.emplace_back();
+      for (int k = 0; k < std::min(top_k, num_classes_); ++k) {
+        per_image.push_back({static_cast<int>((images[i].size() + k) % num_classes_),
+                             1.0 / (k + 2)});
+      }
+    }
+    return out;
+  }
+
+ private:
+  const std::string weights_;
+  const int num_classes_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<const Model>> FakeEngine::LoadModel(
+    const std::string& weights_path, int num_classes, int image_size) {
+  if (auto st = CheckWeights(weights_path); !st.ok()) return st;
+  ++models_loaded_;
+  return std::make_shared<const FakeModel>(weights_path, num_classes);
 }
 
 }  // namespace traind::jobs

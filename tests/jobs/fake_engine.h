@@ -31,21 +31,31 @@ class FakeEngine final : public Engine {
   void SkipInterruptCheckpoints() { skip_interrupt_checkpoint_ = true; }
   // What StillRunning answers: a previous attempt's ranks kept running.
   void SetStillRunning(bool still) { still_running_ = still; }
-  bool StillRunning(const train::TrainConfig&) override { return still_running_.load(); }
+  bool StillRunning(const RunRequest&) override { return still_running_.load(); }
   // Batches trained by all runs so far.
   int batches_trained() const { return trained_.load(); }
   // Train calls started so far.
   int runs() const { return runs_.load(); }
 
-  absl::Status Train(const train::TrainConfig& config, train::ProgressSink* sink,
+  // The config of the last Train call.
+  train::TrainConfig last_config() const ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return last_config_;
+  }
+  // Models LoadModel gave out.
+  int models_loaded() const { return models_loaded_.load(); }
+
+  absl::Status Train(const RunRequest& run, train::ProgressSink* sink,
                      const train::CancelToken& cancel) override;
-  absl::StatusOr<train::SweepResult> Sweep(const train::TrainConfig& base,
-                                           const train::SweepPlan& plan,
-                                           const std::vector<train::TrialSpec>& trials,
-                                           const std::set<int>& finished,
-                                           const std::string& output_dir,
-                                           train::SweepSink* sink,
+  // The real planner (train::ExpandTrials: no LibTorch).
+  absl::StatusOr<std::vector<train::TrialSpec>> PlanSweep(const train::SweepPlan& plan) override;
+  absl::StatusOr<train::SweepResult> Sweep(const SweepRequest& request, train::SweepSink* sink,
                                            const train::CancelToken& cancel) override;
+  // A model of files this engine wrote: image i's classes are (its size +
+  // k) mod num_classes; "not an image" does not decode.
+  absl::StatusOr<std::shared_ptr<const Model>> LoadModel(const std::string& weights_path,
+                                                         int num_classes,
+                                                         int image_size) override;
   // Files this engine wrote ("fake weights ...") and nothing else.
   absl::Status CheckWeights(const std::string& path) override;
   absl::Status CheckDataset(const train::DataConfig& data) override { return absl::OkStatus(); }
@@ -57,10 +67,12 @@ class FakeEngine final : public Engine {
   const int batches_;
   std::atomic<int> trained_{0};
   std::atomic<int> runs_{0};
+  std::atomic<int> models_loaded_{0};
   std::atomic<bool> skip_interrupt_checkpoint_{false};
   std::atomic<bool> still_running_{false};
   mutable absl::Mutex mu_;
-  int budget_ ABSL_GUARDED_BY(mu_) = -1;  // batches let through; -1: no limit
+  int budget_ ABSL_GUARDED_BY(mu_) = -1;
+  train::TrainConfig last_config_ ABSL_GUARDED_BY(mu_);  // batches let through; -1: no limit
 };
 
 }  // namespace traind::jobs

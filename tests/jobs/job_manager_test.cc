@@ -9,6 +9,7 @@
 
 #include "common/sha256.h"
 #include "common/spec.h"
+#include "server/worker/local_engine.h"
 #include "tests/test_util.h"
 
 // The real engine end to end through the manager; the lifecycle's other
@@ -49,6 +50,7 @@ class JobManagerTest : public testing::Test {
     options_.weights_root = (base_ / "weights").string();
     options_.workers = 1;
     options_.threads_per_job = 1;
+    options_.engine = worker::NewLocalEngine();
   }
 
   std::unique_ptr<JobManager> Start() {

@@ -11,7 +11,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/spec.h"
+#include "server/jobs/classify.h"
 #include "server/jobs/job_manager.h"
+#include "server/jobs/layout.h"
 #include "server/jobs/store.h"
 #include "tests/jobs/fake_engine.h"
 #include "tests/test_util.h"
@@ -473,6 +475,140 @@ TEST_F(LifecycleTest, ListJobsPagesAndFilters) {
             absl::StatusCode::kInvalidArgument);
 }
 
+
+
+// Classify over the core: only a finished job of the caller's, images and
+// top_k checked, class names from the job, models loaded once and kept.
+TEST_F(LifecycleTest, ClassifyServesFinishedJobsThroughTheEnginesModels) {
+  auto m = Start();
+  ClassifyService classify(m.get(), engine_.get());
+  const Caller alice{"alice", false}, bob{"bob", false};
+  auto done = *m->Submit(Scratch(1), "", alice);
+  ASSERT_TRUE(Follow(*m, done, alice).second.ok());
+  trainer::v1::ClassifyRequest request;
+  request.set_job_id(done);
+  request.add_images("abc");  // 3 bytes: class 3 % 2 = 1, then 0
+  request.add_images("abcd");
+  request.set_top_k(2);
+  auto got = classify.Classify(request, alice);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->results_size(), 2);
+  ASSERT_EQ(got->results(0).predictions_size(), 2);
+  EXPECT_EQ(got->results(0).predictions(0).class_index(), 1);
+  EXPECT_EQ(got->results(0).predictions(0).class_name(), "b");
+  EXPECT_EQ(got->results(1).predictions(0).class_name(), "a");
+  EXPECT_TRUE(classify.Classify(request, alice).ok());
+  EXPECT_EQ(engine_->models_loaded(), 1);  // kept, not loaded again
+
+  EXPECT_EQ(classify.Classify(request, bob).status().code(), absl::StatusCode::kNotFound);
+  request.set_top_k(101);
+  EXPECT_EQ(classify.Classify(request, alice).status().message(), "top_k: must be in [1, 100]");
+  request.set_top_k(0);
+  request.add_images("not an image");
+  EXPECT_EQ(classify.Classify(request, alice).status().message(), "images[2]: does not decode");
+  request.clear_images();
+  EXPECT_EQ(classify.Classify(request, alice).status().message(), "images: none given");
+
+  engine_->Hold();
+  auto running = *m->Submit(Scratch(1), "", alice);
+  request.set_job_id(running);
+  request.add_images("abc");
+  EXPECT_EQ(classify.Classify(request, alice).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  engine_->Release();
+  ASSERT_TRUE(Follow(*m, running, alice).second.ok());
+}
+
+// The models kept are the few used last.
+TEST_F(LifecycleTest, ClassifyKeepsOnlyTheModelsUsedLast) {
+  auto m = Start();
+  ClassifyService classify(m.get(), engine_.get());
+  std::vector<std::string> ids;
+  for (size_t i = 0; i <= ClassifyService::kKeptModels; ++i) {
+    ids.push_back(*m->Submit(Scratch(1), ""));
+    ASSERT_TRUE(Follow(*m, ids.back()).second.ok());
+  }
+  trainer::v1::ClassifyRequest request;
+  request.add_images("abc");
+  for (const auto& id : ids) {
+    request.set_job_id(id);
+    ASSERT_TRUE(classify.Classify(request).ok());
+  }
+  EXPECT_EQ(engine_->models_loaded(), static_cast<int>(ids.size()));
+  request.set_job_id(ids.back());  // kept
+  ASSERT_TRUE(classify.Classify(request).ok());
+  EXPECT_EQ(engine_->models_loaded(), static_cast<int>(ids.size()));
+  request.set_job_id(ids.front());  // dropped: loaded again
+  ASSERT_TRUE(classify.Classify(request).ok());
+  EXPECT_EQ(engine_->models_loaded(), static_cast<int>(ids.size()) + 1);
+}
+
+
+// device and precision were strings at the same field numbers before they
+// were enums: such a spec (an old client's, an old state dir's) arrives as
+// unknown fields. The number is read in its old form, not dropped.
+JobSpec WithLegacyStrings(JobSpec spec, const std::string& device,
+                          const std::string& precision) {
+  spec.clear_device();
+  spec.clear_precision();
+  auto* unknown = spec.GetReflection()->MutableUnknownFields(&spec);
+  unknown->AddLengthDelimited(JobSpec::kDeviceFieldNumber, device);
+  unknown->AddLengthDelimited(JobSpec::kPrecisionFieldNumber, precision);
+  // Through the bytes, as it would arrive.
+  JobSpec parsed;
+  EXPECT_TRUE(parsed.ParseFromString(spec.SerializeAsString()));
+  return parsed;
+}
+
+TEST_F(LifecycleTest, AnOldStateDirsBf16JobResumesInBf16) {
+  {
+    // What a traind from before the enums stored: a RUNNING job whose spec
+    // holds precision "bf16" and device "cpu" as strings.
+    fs::create_directories(options_.state_dir);
+    auto store = Store::Open(JobLayout(options_.state_dir).Database());
+    ASSERT_TRUE(store.ok()) << store.status();
+    trainer::v1::Job job;
+    job.set_id("job-000001");
+    job.set_owner("local");
+    job.set_state(trainer::v1::RUNNING);
+    job.set_attempt(1);
+    JobSpec spec = Scratch(1);
+    ApplyDefaults(&spec);
+    *job.mutable_spec() = WithLegacyStrings(spec, "cpu", "bf16");
+    ASSERT_EQ(job.spec().precision(), trainer::v1::PRECISION_UNSPECIFIED);  // as parsed today
+    ASSERT_TRUE((*store)->InsertJob(StoredJob{1, "", job}).ok());
+  }
+  {
+    auto m = Start();
+    auto [events, end] = Follow(*m, "job-000001");
+    ASSERT_TRUE(end.ok()) << end;
+    EXPECT_EQ(m->GetJob("job-000001")->state(), trainer::v1::SUCCEEDED);
+    EXPECT_TRUE(engine_->last_config().bf16);
+    EXPECT_EQ(engine_->last_config().device, "cpu");
+    EXPECT_EQ(m->GetJob("job-000001")->spec().precision(), trainer::v1::BF16);
+  }
+  // Rewritten once in today's form.
+  auto store = Store::Open(JobLayout(options_.state_dir).Database());
+  auto jobs = (*store)->LoadJobs();
+  ASSERT_TRUE(jobs.ok());
+  ASSERT_EQ(jobs->size(), 1u);
+  EXPECT_EQ((*jobs)[0].job.spec().precision(), trainer::v1::BF16);
+  EXPECT_EQ((*jobs)[0].job.spec().device(), trainer::v1::CPU);
+  EXPECT_EQ((*jobs)[0].job.spec().GetReflection()->GetUnknownFields((*jobs)[0].job.spec())
+                .field_count(),
+            0);
+}
+
+TEST_F(LifecycleTest, AnOldClientsStringPrecisionIsReadAtSubmit) {
+  auto m = Start();
+  auto id = m->Submit(WithLegacyStrings(Scratch(1), "auto", "bf16"), "");
+  ASSERT_TRUE(id.ok()) << id.status();
+  ASSERT_TRUE(Follow(*m, *id).second.ok());
+  EXPECT_EQ(m->GetJob(*id)->spec().precision(), trainer::v1::BF16);
+  EXPECT_TRUE(engine_->last_config().bf16);
+  EXPECT_EQ(m->Submit(WithLegacyStrings(Scratch(1), "auto", "fp8"), "").status().message(),
+            "precision: must be fp32 or bf16, got \"fp8\"");
+}
 
 }  // namespace
 }  // namespace traind::jobs

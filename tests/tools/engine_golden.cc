@@ -51,10 +51,10 @@ NamedTensors Snapshot(const torch::nn::Module& model) {
   return out;
 }
 
-absl::StatusOr<ResNet18> Load(const std::string& path, int64_t classes) {
+absl::StatusOr<ResNet> Load(const std::string& path, int64_t classes) {
   auto weights = LoadStateDict(path);
   if (!weights.ok()) return weights.status();
-  ResNet18 model(classes);
+  ResNet model = ResNet18(classes);
   if (auto st = CopyIntoModule(*weights, *model); !st.ok()) return st;
   return model;
 }

@@ -79,7 +79,7 @@ class DistributedTest : public testing::TestWithParam<Recipe> {
     if (c.kind == Kind::kFinetune) {
       // A stand-in for ImageNet weights: any ResNet-18 state_dict.
       torch::manual_seed(3);
-      ResNet18 m(1000);
+      ResNet m = ResNet18(1000);
       NamedTensors t;
       for (auto& [name, v] : StateDict(*m)) t.emplace_back(name, v.detach().contiguous());
       const std::string path = (out_ / "initial.safetensors").string();
@@ -112,7 +112,7 @@ NamedTensors GhostBatchReference(const TrainConfig& config, int world) {
   EXPECT_TRUE(data.ok()) << data.status();
   auto model = BuildModel(config, static_cast<int64_t>(data->index.classes.size()));
   EXPECT_TRUE(model.ok());
-  ResNet18 m = *model;
+  ResNet m = *model;
   auto optimizer = BuildOptimizer(m, config);
   for (auto& p : m->parameters()) {
     if (p.dim() == 4) p.set_data(p.data().contiguous(torch::MemoryFormat::ChannelsLast));

@@ -122,9 +122,9 @@ TEST(FusedAdamTest, AcceptsGradientsInAnotherLayoutOrType) {
 }
 
 // Two equal networks, channels-last as the trainer holds them.
-std::pair<ResNet18, ResNet18> TwinNetworks(int64_t classes) {
+std::pair<ResNet, ResNet> TwinNetworks(int64_t classes) {
   torch::manual_seed(5);
-  ResNet18 a(classes), b(classes);
+  ResNet a = ResNet18(classes), b = ResNet18(classes);
   torch::NoGradGuard no_grad;
   auto pa = a->parameters(), pb = b->parameters();
   for (size_t i = 0; i < pa.size(); ++i) pb[i].copy_(pa[i]);
@@ -149,7 +149,7 @@ TEST(FusedAdamTest, Bf16StepsThroughWeightCopiesEqualAutocastCasts) {
       }
     }
   }
-  auto trainable = [](ResNet18& m) {
+  auto trainable = [](ResNet& m) {
     std::vector<torch::Tensor> out;
     for (auto& p : m->parameters()) {
       if (p.requires_grad()) out.push_back(p);

@@ -264,21 +264,21 @@ TEST(FusedBatchNorm, NanPropagatesAsInLibTorch) {
 TEST(FusedBatchNorm, ResNetInBf16AsWithLibTorchsSequence) {
   auto make = [] {
     torch::manual_seed(12);
-    ResNet18 model(10);
+    ResNet model = ResNet18(10);
     torch::NoGradGuard no_grad;
     for (auto& p : model->parameters()) {
       if (p.dim() == 4) p.set_data(p.data().contiguous(torch::MemoryFormat::ChannelsLast));
     }
     return model;
   };
-  ResNet18 fused = make();
-  ResNet18 plain = make();
-  ResNet18 float32 = make();
+  ResNet fused = make();
+  ResNet plain = make();
+  ResNet float32 = make();
   torch::manual_seed(13);
   const torch::Tensor images =
       torch::randn({8, 3, 64, 64}).contiguous(torch::MemoryFormat::ChannelsLast);
   const torch::Tensor labels = torch::randint(0, 10, {8});
-  auto step = [&](ResNet18& model, bool enabled, bool bf16) {
+  auto step = [&](ResNet& model, bool enabled, bool bf16) {
     SetFusedBatchNormEnabled(enabled);
     ScopedBf16Autocast autocast(bf16);
     torch::Tensor logits = model->forward(images).to(torch::kFloat);

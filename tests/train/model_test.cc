@@ -2,11 +2,15 @@
 
 #include <gtest/gtest.h>
 
+#include <set>
+#include <string>
+#include <vector>
+
 namespace traind::train {
 namespace {
 
 TEST(ModelTest, StateDictNamesAndSizesMatchTorchvision) {
-  ResNet18 model(1000);
+  ResNet model = ResNet18(1000);
   auto sd = StateDict(*model);
   // torchvision resnet18().state_dict(): 122 entries, in this order at the ends.
   ASSERT_EQ(sd.size(), 122u);
@@ -31,7 +35,7 @@ TEST(ModelTest, StateDictNamesAndSizesMatchTorchvision) {
 }
 
 TEST(ModelTest, ForwardShapesAndClassifierReset) {
-  ResNet18 model(1000);
+  ResNet model = ResNet18(1000);
   model->ResetClassifier(7);
   model->eval();
   torch::NoGradGuard no_grad;
@@ -41,13 +45,44 @@ TEST(ModelTest, ForwardShapesAndClassifierReset) {
 }
 
 TEST(ModelTest, XavierInitZeroesBiasesAndBoundsWeights) {
-  ResNet18 model(10);
+  ResNet model = ResNet18(10);
   XavierInit(*model);
   auto fc = model->fc();
   EXPECT_EQ(fc->bias.abs().max().item<float>(), 0.0f);
   const double bound = std::sqrt(6.0 / (512 + 10));
   EXPECT_LE(fc->weight.abs().max().item<double>(), bound + 1e-6);
   EXPECT_GT(fc->weight.abs().max().item<double>(), bound * 0.5);
+}
+
+
+// The family is one class: an architecture is a value. Another layer count
+// builds that many blocks per stage (torchvision's naming); ResNet18() is
+// the ResNet-18 architecture, seed for seed. (golden_test checks ResNet-18's
+// forward and backward against torchvision itself.)
+TEST(ModelTest, TheArchitectureIsAValue) {
+  const Architecture& r18 = ResNet18Architecture();
+  EXPECT_STREQ(r18.name, "resnet18");
+  EXPECT_EQ(r18.block, Block::kBasic);
+  EXPECT_EQ(std::vector<int>(r18.layers, r18.layers + 4), (std::vector<int>{2, 2, 2, 2}));
+  const Architecture small{"test", Block::kBasic, {1, 1, 3, 1}};
+  ResNet model(small, 5);
+  EXPECT_STREQ(model->architecture().name, "test");
+  std::set<std::string> blocks;
+  for (const auto& [name, t] : StateDict(*model)) {
+    if (name.rfind("layer", 0) == 0) blocks.insert(name.substr(0, name.find('.', 7)));
+  }
+  EXPECT_EQ(blocks, (std::set<std::string>{"layer1.0", "layer2.0", "layer3.0", "layer3.1",
+                                           "layer3.2", "layer4.0"}));
+  torch::manual_seed(3);
+  ResNet a = ResNet18(10);
+  torch::manual_seed(3);
+  ResNet b(ResNet18Architecture(), 10);
+  const auto sa = StateDict(*a), sb = StateDict(*b);
+  ASSERT_EQ(sa.size(), sb.size());
+  for (size_t i = 0; i < sa.size(); ++i) {
+    EXPECT_EQ(sa[i].first, sb[i].first);
+    EXPECT_TRUE(torch::equal(sa[i].second, sb[i].second)) << sa[i].first;
+  }
 }
 
 }  // namespace

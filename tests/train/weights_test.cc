@@ -92,10 +92,10 @@ TEST(WeightsTest, TruncatedAndForeignFilesGetClearErrors) {
 }
 
 TEST(WeightsTest, CopyIntoModuleNamesMissingExtraAndMisshapenKeys) {
-  ResNet18 model(10);
+  ResNet model = ResNet18(10);
   NamedTensors sd;
   for (auto& [name, t] : StateDict(*model)) sd.emplace_back(name, t.clone());
-  ResNet18 other(10);
+  ResNet other = ResNet18(10);
   ASSERT_TRUE(CopyIntoModule(sd, *other).ok());
   EXPECT_TRUE(torch::equal(StateDict(*other)[0].second, sd[0].second));
 
@@ -111,7 +111,7 @@ TEST(WeightsTest, CopyIntoModuleNamesMissingExtraAndMisshapenKeys) {
   EXPECT_NE(CopyIntoModule(wrong, *other).message().find("wrong shapes [fc.bias"),
             std::string::npos);
   // A classifier of another shape can be skipped (fine-tuning replaces it).
-  ResNet18 big(1000);
+  ResNet big = ResNet18(1000);
   NamedTensors imagenet;
   for (auto& [name, t] : StateDict(*big)) imagenet.emplace_back(name, t);
   EXPECT_TRUE(CopyIntoModule(imagenet, *other, {"fc.weight", "fc.bias"}).ok());

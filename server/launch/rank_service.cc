@@ -1,4 +1,4 @@
-#include "server/dist/rank_service.h"
+#include "server/launch/rank_service.h"
 
 #include <filesystem>
 
@@ -6,10 +6,10 @@
 #include "absl/strings/str_format.h"
 #include "common/file_util.h"
 #include "common/sha256.h"
-#include "server/dist/wire.h"
+#include "server/launch/rank_codec.h"
 #include "server/jobs/engine.h"
 
-namespace traind::dist {
+namespace traind::launch {
 namespace {
 
 using internal::v1::FileKind;
@@ -36,9 +36,9 @@ grpc::Status RankService::Join(grpc::ServerContext*, const internal::v1::JoinReq
                                      " does not fit this attempt's world size ",
                                      attempt->world_size()));
   }
-  *response->mutable_config() = ToProto(attempt->config());
-  response->mutable_config()->set_timeout_seconds(attempt->timeout_seconds());
-  response->mutable_config()->set_backend(attempt->backend());
+  *response->mutable_config() = EncodeRunConfig(attempt->config());
+  response->set_timeout_seconds(attempt->timeout_seconds());
+  response->set_backend(attempt->backend());
   return grpc::Status::OK;
 }
 
@@ -49,7 +49,7 @@ grpc::Status RankService::Report(grpc::ServerContext*, const internal::v1::Repor
   std::vector<RankMessage> messages;
   for (const auto& p : request->progress()) {
     RankMessage m;
-    if (!FromProto(p, &m)) {
+    if (!DecodeProgress(p, &m)) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "progress of no known kind");
     }
     messages.push_back(std::move(m));
@@ -166,4 +166,4 @@ grpc::Status RankService::Finish(grpc::ServerContext*, const internal::v1::Finis
   return grpc::Status::OK;
 }
 
-}  // namespace traind::dist
+}  // namespace traind::launch

@@ -1,8 +1,46 @@
-#include "server/dist/wire.h"
+#include "server/launch/rank_codec.h"
 
-namespace traind::dist {
+#include <cstddef>
+#include <type_traits>
+#include <utility>
 
-pb::RunConfig ToProto(const train::TrainConfig& c) {
+namespace traind::launch {
+namespace {
+
+// The number of fields of an aggregate, counted by brace-initializing it
+// with ever more values that convert to anything.
+struct AnyField {
+  template <typename T>
+  operator T() const;  // unevaluated only
+};
+
+template <typename T, typename... Fields>
+constexpr auto BraceInitializes(int) -> decltype(T{std::declval<Fields>()...}, true) {
+  return true;
+}
+template <typename T, typename... Fields>
+constexpr bool BraceInitializes(...) {
+  return false;
+}
+
+template <typename T, typename... Fields>
+constexpr size_t FieldCount() {
+  if constexpr (BraceInitializes<T, Fields..., AnyField>(0)) {
+    return FieldCount<T, Fields..., AnyField>();
+  } else {
+    return sizeof...(Fields);
+  }
+}
+
+// A field added to one of these must be carried below (and set in
+// rank_codec_test's Everything()); then change the count.
+static_assert(FieldCount<train::TrainConfig>() == 17, "TrainConfig changed: carry the field");
+static_assert(FieldCount<train::DataConfig>() == 8, "DataConfig changed: carry the field");
+static_assert(FieldCount<train::AugmentConfig>() == 6, "AugmentConfig changed: carry the field");
+
+}  // namespace
+
+pb::RunConfig EncodeRunConfig(const train::TrainConfig& c) {
   pb::RunConfig p;
   p.set_scratch(c.kind == train::Kind::kScratch);
   p.set_data_dir(c.data.dir);
@@ -10,11 +48,14 @@ pb::RunConfig ToProto(const train::TrainConfig& c) {
   p.set_image_size(c.data.image_size);
   p.set_train_fraction(c.data.train_fraction);
   p.set_seed(c.data.seed);
-  const auto& a = c.data.augmentation;
-  for (double v : {a.hflip_probability, a.rotation_degrees, a.brightness, a.contrast,
-                   a.saturation, a.hue}) {
-    p.add_augmentation(v);
-  }
+  const train::AugmentConfig& a = c.data.augmentation;
+  pb::Augmentation* pa = p.mutable_augment();
+  pa->set_hflip_probability(a.hflip_probability);
+  pa->set_rotation_degrees(a.rotation_degrees);
+  pa->set_brightness(a.brightness);
+  pa->set_contrast(a.contrast);
+  pa->set_saturation(a.saturation);
+  pa->set_hue(a.hue);
   p.set_augment_validation(c.data.augment_validation);
   p.set_loader_threads(c.data.loader_threads);
   p.set_epochs(c.epochs);
@@ -25,12 +66,17 @@ pb::RunConfig ToProto(const train::TrainConfig& c) {
   p.set_device(c.device);
   p.set_threads(c.threads);
   p.set_bf16(c.bf16);
-  p.set_has_initial_weights(!c.initial_weights.empty());
-  p.set_has_resume(!c.resume_from.empty());
+  p.set_initial_weights(c.initial_weights);
+  p.set_output_pth(c.output_pth);
+  p.set_output_safetensors(c.output_safetensors);
+  p.set_trial(c.trial);
+  p.set_global_step_offset(c.global_step_offset);
+  p.set_checkpoint_dir(c.checkpoint_dir);
+  p.set_resume_from(c.resume_from);
   return p;
 }
 
-train::TrainConfig FromProto(const pb::RunConfig& p) {
+train::TrainConfig DecodeRunConfig(const pb::RunConfig& p) {
   train::TrainConfig c;
   c.kind = p.scratch() ? train::Kind::kScratch : train::Kind::kFinetune;
   c.data.dir = p.data_dir();
@@ -38,10 +84,9 @@ train::TrainConfig FromProto(const pb::RunConfig& p) {
   c.data.image_size = p.image_size();
   c.data.train_fraction = p.train_fraction();
   c.data.seed = p.seed();
-  if (p.augmentation_size() == 6) {
-    c.data.augmentation = {p.augmentation(0), p.augmentation(1), p.augmentation(2),
-                           p.augmentation(3), p.augmentation(4), p.augmentation(5)};
-  }
+  const pb::Augmentation& pa = p.augment();
+  c.data.augmentation = {pa.hflip_probability(), pa.rotation_degrees(), pa.brightness(),
+                         pa.contrast(),          pa.saturation(),       pa.hue()};
   c.data.augment_validation = p.augment_validation();
   c.data.loader_threads = p.loader_threads();
   c.epochs = p.epochs();
@@ -52,10 +97,17 @@ train::TrainConfig FromProto(const pb::RunConfig& p) {
   c.device = p.device();
   c.threads = p.threads();
   c.bf16 = p.bf16();
+  c.initial_weights = p.initial_weights();
+  c.output_pth = p.output_pth();
+  c.output_safetensors = p.output_safetensors();
+  c.trial = p.trial();
+  c.global_step_offset = p.global_step_offset();
+  c.checkpoint_dir = p.checkpoint_dir();
+  c.resume_from = p.resume_from();
   return c;
 }
 
-pb::Progress ToProto(const RankMessage& m) {
+pb::Progress EncodeProgress(const RankMessage& m) {
   pb::Progress p;
   switch (m.kind) {
     case RankMessage::kDataset: {
@@ -116,7 +168,7 @@ pb::Progress ToProto(const RankMessage& m) {
   return p;
 }
 
-bool FromProto(const pb::Progress& p, RankMessage* m) {
+bool DecodeProgress(const pb::Progress& p, RankMessage* m) {
   switch (p.kind_case()) {
     case pb::Progress::kDataset:
       m->kind = RankMessage::kDataset;
@@ -128,16 +180,28 @@ bool FromProto(const pb::Progress& p, RankMessage* m) {
     case pb::Progress::kBatch: {
       const auto& b = p.batch();
       m->kind = RankMessage::kBatch;
-      m->batch = {b.trial(), b.epoch(), b.batch(), b.batches(), b.global_step(), b.loss(),
+      m->batch = {b.trial(),
+                  b.epoch(),
+                  b.batch(),
+                  b.batches(),
+                  b.global_step(),
+                  b.loss(),
                   b.images_per_second()};
       return true;
     }
     case pb::Progress::kEpoch: {
       const auto& e = p.epoch();
       m->kind = RankMessage::kEpoch;
-      m->epoch = {e.trial(), e.epoch(), e.train_loss(), e.train_accuracy(),
-                  e.validation_loss(), e.validation_accuracy(), e.seconds(),
-                  e.images_per_second(), e.step_seconds(), e.data_seconds(),
+      m->epoch = {e.trial(),
+                  e.epoch(),
+                  e.train_loss(),
+                  e.train_accuracy(),
+                  e.validation_loss(),
+                  e.validation_accuracy(),
+                  e.seconds(),
+                  e.images_per_second(),
+                  e.step_seconds(),
+                  e.data_seconds(),
                   e.validation_seconds()};
       return true;
     }
@@ -168,4 +232,4 @@ bool FromProto(const pb::Progress& p, RankMessage* m) {
   }
 }
 
-}  // namespace traind::dist
+}  // namespace traind::launch

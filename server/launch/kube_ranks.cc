@@ -2,9 +2,9 @@
 // world_size, completionMode Indexed, backoffLimit 0), a headless Service so
 // that rank 0 is <name>-0.<name>, and a Secret holding the attempt's secret.
 // The code that talks to the API is kept small: create, read status, delete.
-#include <algorithm>
-
 #include <httplib.h>
+
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/ascii.h"
@@ -12,9 +12,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/file_util.h"
-#include "server/dist/rank_group.h"
+#include "server/launch/launchers.h"
+#include "server/launch/rank_group.h"
 
-namespace traind::dist {
+namespace traind::launch {
 namespace {
 
 using json = nlohmann::json;
@@ -51,11 +52,11 @@ class Api {
     httplib::Headers headers = {{"Authorization", "Bearer " + token_},
                                 {"Accept", "application/json"}};
     httplib::Result r =
-        method == "POST"     ? client_->Post(path.c_str(), headers, body.dump(), "application/json")
-        : method == "DELETE" ? client_->Delete(path.c_str(), headers,
-                                               body.is_null() ? std::string() : body.dump(),
-                                               "application/json")
-                             : client_->Get(path.c_str(), headers);
+        method == "POST" ? client_->Post(path.c_str(), headers, body.dump(), "application/json")
+        : method == "DELETE"
+            ? client_->Delete(path.c_str(), headers, body.is_null() ? std::string() : body.dump(),
+                              "application/json")
+            : client_->Get(path.c_str(), headers);
     if (!r) return {0, json()};
     json parsed = json::parse(r->body, nullptr, /*allow_exceptions=*/false);
     return {r->status, parsed.is_discarded() ? json() : parsed};
@@ -85,66 +86,57 @@ class KubeRanks final : public RankGroup {
   ~KubeRanks() override { Delete(); }
 
   GroupState Poll() override {
-    GroupState state;
-    state.loss = loss_;
-    if (ended_) {
-      state.running = false;
-      return state;
-    }
-    if (Clock::now() - last_poll_ < std::chrono::seconds(1)) return state;
+    if (ended_) return Seen();
+    if (Clock::now() - last_poll_ < std::chrono::seconds(1)) return Seen();
     last_poll_ = Clock::now();
     auto job = api_->Call("GET", absl::StrCat("/apis/batch/v1/namespaces/", ns_, "/jobs/", name_));
     if (job.first == 404) {
       ended_ = true;
-      state.running = false;
       if (!deleted_) {
-        state.cancelled_outside =
-            absl::StrCat("Kubernetes Job ", name_, " was deleted outside traind");
+        Trouble(GroupTrouble::kCancelledOutside,
+                absl::StrCat("Kubernetes Job ", name_, " was deleted outside traind"));
       }
-      return state;
+      return Seen();
     }
-    if (job.first != 200) return state;  // the API is away: ask again
+    if (job.first != 200) return Seen();  // the API is away: ask again
     for (const auto& c : job.second["status"].value("conditions", json::array())) {
       if (c.value("status", "") != "True") continue;
       if (c.value("type", "") == "Complete") {
         ended_ = true;
-        state.running = false;
-        return state;
+        return Seen();
       }
       if (c.value("type", "") == "Failed") {
         ended_ = true;
-        state.running = false;
-        if (loss_.empty()) {
-          loss_ = absl::StrCat("Kubernetes Job ", name_, " failed (", c.value("reason", ""),
-                               ": ", c.value("message", ""), ")");
-        }
-        state.loss = loss_;
-        return state;
+        Trouble(GroupTrouble::kRankLost,
+                absl::StrCat("Kubernetes Job ", name_, " failed (", c.value("reason", ""), ": ",
+                             c.value("message", ""), ")"));
+        return Seen();
       }
     }
     auto pods = api_->Call("GET", absl::StrCat("/api/v1/namespaces/", ns_,
                                                "/pods?labelSelector=", kLabel, "%3D", name_));
-    if (pods.first != 200) return state;
+    if (pods.first != 200) return Seen();
     std::vector<std::string> where, waiting;
+    std::string failure;
     for (const auto& pod : pods.second.value("items", json::array())) {
       const std::string pod_name = pod["metadata"].value("name", "");
       const json& st = pod.value("status", json::object());
       const std::string phase = st.value("phase", "");
       const std::string reason = st.value("reason", "");
       if (reason == "Evicted" || phase == "Failed") {
-        if (loss_.empty()) {
-          loss_ = absl::StrCat("pod ", pod_name, " ", reason == "Evicted" ? "was evicted" : "failed",
-                               st.contains("message") ? absl::StrCat(" (", st.value("message", ""), ")")
-                                                      : std::string());
-        }
+        Trouble(
+            GroupTrouble::kRankLost,
+            absl::StrCat("pod ", pod_name, " ", reason == "Evicted" ? "was evicted" : "failed",
+                         st.contains("message") ? absl::StrCat(" (", st.value("message", ""), ")")
+                                                : std::string()));
         continue;
       }
       for (const auto& cs : st.value("containerStatuses", json::array())) {
         if (!cs.contains("state") || !cs["state"].contains("waiting")) continue;
         const std::string why = cs["state"]["waiting"].value("reason", "");
         if (why == "ErrImagePull" || why == "ImagePullBackOff" || why == "InvalidImageName") {
-          state.failure = absl::StrCat("pod ", pod_name, " cannot pull its image (", why, ": ",
-                                       cs["state"]["waiting"].value("message", ""), ")");
+          failure = absl::StrCat("pod ", pod_name, " cannot pull its image (", why, ": ",
+                                 cs["state"]["waiting"].value("message", ""), ")");
         } else if (!why.empty()) {
           waiting.push_back(absl::StrCat(pod_name, " ", why));
         }
@@ -162,15 +154,19 @@ class KubeRanks final : public RankGroup {
                                      pod.value("spec", json::object()).value("nodeName", "?")));
       }
     }
+    GroupState state = Seen();
+    if (!failure.empty()) {
+      state.trouble = GroupTrouble::kFailed;
+      state.reason = failure;
+    }
     std::sort(where.begin(), where.end());
     std::string note =
         !waiting.empty()
             ? absl::StrCat("Kubernetes Job ", name_, ": ", absl::StrJoin(waiting, ", "))
-            : (where.empty() ? ""
-                             : absl::StrCat("Kubernetes Job ", name_, " runs: ",
-                                            absl::StrJoin(where, ", ")));
+            : (where.empty()
+                   ? ""
+                   : absl::StrCat("Kubernetes Job ", name_, " runs: ", absl::StrJoin(where, ", ")));
     if (!note.empty() && note != last_note_) state.note = last_note_ = note;
-    state.loss = loss_;
     return state;
   }
 
@@ -183,12 +179,28 @@ class KubeRanks final : public RankGroup {
   void Delete() {
     if (deleted_) return;
     deleted_ = true;
-    const json background = {{"apiVersion", "v1"}, {"kind", "DeleteOptions"},
-                             {"propagationPolicy", "Background"}};
+    const json background = {
+        {"apiVersion", "v1"}, {"kind", "DeleteOptions"}, {"propagationPolicy", "Background"}};
     api_->Call("DELETE", absl::StrCat("/apis/batch/v1/namespaces/", ns_, "/jobs/", name_),
                background);
     api_->Call("DELETE", absl::StrCat("/api/v1/namespaces/", ns_, "/services/", name_));
     api_->Call("DELETE", absl::StrCat("/api/v1/namespaces/", ns_, "/secrets/", name_));
+  }
+
+  // The first trouble seen is the one reported.
+  void Trouble(GroupTrouble trouble, std::string reason) {
+    if (trouble_ != GroupTrouble::kNone) return;
+    trouble_ = trouble;
+    trouble_reason_ = std::move(reason);
+  }
+
+  // As last seen, between polls.
+  GroupState Seen() const {
+    GroupState state;
+    state.phase = ended_ ? GroupPhase::kEnded : GroupPhase::kRunning;
+    state.trouble = trouble_;
+    state.reason = trouble_reason_;
+    return state;
   }
 
   std::unique_ptr<Api> api_;
@@ -196,7 +208,8 @@ class KubeRanks final : public RankGroup {
   const std::string name_;
   Clock::time_point last_poll_{};
   std::string last_note_;
-  std::string loss_;
+  GroupTrouble trouble_ = GroupTrouble::kNone;
+  std::string trouble_reason_;
   bool ended_ = false;
   bool deleted_ = false;
 };
@@ -215,10 +228,10 @@ std::string ObjectName(const std::string& job_name) {
 // The three objects of an attempt, as traind sends them (tests validate
 // them against Kubernetes' schemas).
 std::vector<json> KubernetesObjects(const LaunchRequest& request, const std::string& name) {
-  const auto& k = request.dist.kubernetes;
+  const auto& k = request.dist.kubernetes();
   const json labels = {{kLabel, name}, {"app.kubernetes.io/managed-by", "traind"}};
   json job_labels = labels;
-  if (!k.queue.empty()) job_labels["kueue.x-k8s.io/queue-name"] = k.queue;
+  if (!k.queue().empty()) job_labels["kueue.x-k8s.io/queue-name"] = k.queue();
   json env = json::array();
   env.push_back({{"name", "WORLD_SIZE"}, {"value", std::to_string(request.world_size)}});
   env.push_back({{"name", "MASTER_ADDR"}, {"value", absl::StrCat(name, "-0.", name)}});
@@ -235,12 +248,12 @@ std::vector<json> KubernetesObjects(const LaunchRequest& request, const std::str
                  {"valueFrom", {{"fieldRef", {{"fieldPath", "status.podIP"}}}}}});
   json resources = json::object();
   json amounts = json::object();
-  if (!k.cpu.empty()) amounts["cpu"] = k.cpu;
-  if (!k.memory.empty()) amounts["memory"] = k.memory;
-  if (k.gpus > 0) amounts["nvidia.com/gpu"] = std::to_string(k.gpus);
+  if (!k.cpu().empty()) amounts["cpu"] = k.cpu();
+  if (!k.memory().empty()) amounts["memory"] = k.memory();
+  if (k.gpus() > 0) amounts["nvidia.com/gpu"] = std::to_string(k.gpus());
   if (!amounts.empty()) resources = {{"requests", amounts}, {"limits", amounts}};
   json container = {{"name", "rank"},
-                    {"image", k.image.empty() ? request.kube.image : k.image},
+                    {"image", k.image().empty() ? request.kube.image : k.image()},
                     {"command", {request.kube.worker_command, "worker"}},
                     {"env", env},
                     {"ports", {{{"name", "c10d"}, {"containerPort", kC10dPort}}}}};
@@ -264,43 +277,48 @@ std::vector<json> KubernetesObjects(const LaunchRequest& request, const std::str
   if (!request.kube.data_claim.empty()) {
     container["volumeMounts"].push_back(
         {{"name", "data"}, {"mountPath", request.kube.data_mount}, {"readOnly", true}});
-    pod_spec["volumes"].push_back({{"name", "data"},
-                                   {"persistentVolumeClaim",
-                                    {{"claimName", request.kube.data_claim}, {"readOnly", true}}}});
+    pod_spec["volumes"].push_back(
+        {{"name", "data"},
+         {"persistentVolumeClaim", {{"claimName", request.kube.data_claim}, {"readOnly", true}}}});
   }
   pod_spec["containers"] = json::array({container});
-  if (!k.priority_class.empty()) pod_spec["priorityClassName"] = k.priority_class;
-  for (const auto& t : k.tolerations) {
+  if (!k.priority_class().empty()) pod_spec["priorityClassName"] = k.priority_class();
+  for (const auto& t : k.tolerations()) {
     json tol = json::object();
-    if (!t.key.empty()) tol["key"] = t.key;
-    if (!t.op.empty()) tol["operator"] = t.op;
-    if (!t.value.empty()) tol["value"] = t.value;
-    if (!t.effect.empty()) tol["effect"] = t.effect;
-    if (t.seconds >= 0) tol["tolerationSeconds"] = t.seconds;
+    if (!t.key().empty()) tol["key"] = t.key();
+    if (!t.operator_().empty()) tol["operator"] = t.operator_();
+    if (!t.value().empty()) tol["value"] = t.value();
+    if (!t.effect().empty()) tol["effect"] = t.effect();
+    if (t.has_toleration_seconds()) tol["tolerationSeconds"] = t.toleration_seconds();
     pod_spec["tolerations"].push_back(tol);
   }
-  if (!k.node_selector.empty()) {
-    json selector = json::object();
-    for (const auto& [key, value] : k.node_selector) selector[key] = value;
+  if (!k.node_selector().empty()) {
+    json selector = json::object();  // keys sorted: the object is the same whatever map order
+    for (const auto& [key, value] : k.node_selector()) selector[key] = value;
     pod_spec["nodeSelector"] = selector;
   }
-  json secret = {{"apiVersion", "v1"}, {"kind", "Secret"},
+  json secret = {{"apiVersion", "v1"},
+                 {"kind", "Secret"},
                  {"metadata", {{"name", name}, {"labels", labels}}},
                  {"type", "Opaque"},
                  {"stringData", {{"secret", request.attempt_secret}}}};
-  json service = {{"apiVersion", "v1"}, {"kind", "Service"},
+  json service = {{"apiVersion", "v1"},
+                  {"kind", "Service"},
                   {"metadata", {{"name", name}, {"labels", labels}}},
-                  {"spec", {{"clusterIP", "None"},
-                            {"publishNotReadyAddresses", true},
-                            {"selector", {{kLabel, name}}},
-                            {"ports", {{{"name", "c10d"}, {"port", kC10dPort}}}}}}};
-  json job = {{"apiVersion", "batch/v1"}, {"kind", "Job"},
+                  {"spec",
+                   {{"clusterIP", "None"},
+                    {"publishNotReadyAddresses", true},
+                    {"selector", {{kLabel, name}}},
+                    {"ports", {{{"name", "c10d"}, {"port", kC10dPort}}}}}}};
+  json job = {{"apiVersion", "batch/v1"},
+              {"kind", "Job"},
               {"metadata", {{"name", name}, {"labels", job_labels}}},
-              {"spec", {{"completions", request.world_size},
-                        {"parallelism", request.world_size},
-                        {"completionMode", "Indexed"},
-                        {"backoffLimit", 0},
-                        {"template", {{"metadata", {{"labels", labels}}}, {"spec", pod_spec}}}}}};
+              {"spec",
+               {{"completions", request.world_size},
+                {"parallelism", request.world_size},
+                {"completionMode", "Indexed"},
+                {"backoffLimit", 0},
+                {"template", {{"metadata", {{"labels", labels}}}, {"spec", pod_spec}}}}}};
   return {secret, service, job};
 }
 
@@ -327,4 +345,4 @@ absl::StatusOr<std::unique_ptr<RankGroup>> StartKubernetesRanks(const LaunchRequ
   return std::unique_ptr<RankGroup>(new KubeRanks(std::move(api), ns, name));
 }
 
-}  // namespace traind::dist
+}  // namespace traind::launch

@@ -1,4 +1,4 @@
-#include "server/dist/attempts.h"
+#include "server/launch/attempts.h"
 
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
@@ -6,7 +6,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 
-namespace traind::dist {
+namespace traind::launch {
 namespace {
 
 std::string RandomHex(int bytes) {
@@ -110,4 +110,4 @@ std::shared_ptr<Attempt> AttemptRegistry::Find(const std::string& id,
   return it->second;
 }
 
-}  // namespace traind::dist
+}  // namespace traind::launch

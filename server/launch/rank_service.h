@@ -4,13 +4,13 @@
 // only touches that attempt's files.
 //
 // Thread-safety: gRPC calls the handlers from any thread.
-#ifndef TRAIND_SERVER_DIST_RANK_SERVICE_H_
-#define TRAIND_SERVER_DIST_RANK_SERVICE_H_
+#ifndef TRAIND_SERVER_LAUNCH_RANK_SERVICE_H_
+#define TRAIND_SERVER_LAUNCH_RANK_SERVICE_H_
 
-#include "server/dist/attempts.h"
+#include "server/launch/attempts.h"
 #include "traind/internal/v1/ranks.grpc.pb.h"
 
-namespace traind::dist {
+namespace traind::launch {
 
 class RankService final : public internal::v1::Ranks::Service {
  public:
@@ -32,6 +32,6 @@ class RankService final : public internal::v1::Ranks::Service {
   AttemptRegistry* const attempts_;
 };
 
-}  // namespace traind::dist
+}  // namespace traind::launch
 
-#endif  // TRAIND_SERVER_DIST_RANK_SERVICE_H_
+#endif  // TRAIND_SERVER_LAUNCH_RANK_SERVICE_H_

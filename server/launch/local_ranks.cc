@@ -12,9 +12,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
-#include "server/dist/rank_group.h"
+#include "server/launch/launchers.h"
+#include "server/launch/rank_group.h"
 
-namespace traind::dist {
+namespace traind::launch {
 namespace {
 
 std::string DescribeExit(int status) {
@@ -58,8 +59,11 @@ class LocalRanks final : public RankGroup {
         loss_ = absl::StrCat("rank ", r.rank, " (pid ", r.pid, ") ", DescribeExit(r.wait_status));
       }
     }
-    state.running = running > 0;
-    state.loss = loss_;
+    state.phase = running > 0 ? GroupPhase::kRunning : GroupPhase::kEnded;
+    if (!loss_.empty()) {
+      state.trouble = GroupTrouble::kRankLost;
+      state.reason = loss_;
+    }
     return state;
   }
 
@@ -190,4 +194,4 @@ absl::StatusOr<std::unique_ptr<RankGroup>> StartLocalRanks(const LaunchRequest& 
   return std::unique_ptr<RankGroup>(new LocalRanks(std::move(ranks)));
 }
 
-}  // namespace traind::dist
+}  // namespace traind::launch

@@ -2,11 +2,11 @@
 // ranks may ask for, and what rank 0 has reported, in order, for the job's
 // training thread to hand to the job's sink. The control link's RPC service
 // (rank_service.h) writes into an attempt; the launching engine
-// (launcher.h) reads from it. No gRPC or LibTorch here.
+// (distributed_engine.h) reads from it. No gRPC or LibTorch here.
 //
 // Thread-safety: every method may be called from any thread.
-#ifndef TRAIND_SERVER_DIST_ATTEMPTS_H_
-#define TRAIND_SERVER_DIST_ATTEMPTS_H_
+#ifndef TRAIND_SERVER_LAUNCH_ATTEMPTS_H_
+#define TRAIND_SERVER_LAUNCH_ATTEMPTS_H_
 
 #include <deque>
 #include <map>
@@ -21,7 +21,7 @@
 #include "absl/time/time.h"
 #include "server/train/config.h"
 
-namespace traind::dist {
+namespace traind::launch {
 
 // One thing rank 0 reported.
 struct RankMessage {
@@ -103,6 +103,6 @@ class AttemptRegistry {
   std::map<std::string, std::shared_ptr<Attempt>> attempts_ ABSL_GUARDED_BY(mu_);
 };
 
-}  // namespace traind::dist
+}  // namespace traind::launch
 
-#endif  // TRAIND_SERVER_DIST_ATTEMPTS_H_
+#endif  // TRAIND_SERVER_LAUNCH_ATTEMPTS_H_

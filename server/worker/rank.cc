@@ -1,4 +1,4 @@
-#include "server/dist/worker.h"
+#include "server/worker/rank.h"
 
 #include <arpa/inet.h>
 #include <netdb.h>
@@ -22,15 +22,18 @@
 #include "absl/strings/str_join.h"
 #include "common/file_util.h"
 #include "common/sha256.h"
-#include "server/dist/wire.h"
+#include "server/launch/rank_codec.h"
 #include "server/train/allocator.h"
 #include "server/train/intra_op.h"
 #include "server/train/collective.h"
 #include "server/train/trainer.h"
 #include "traind/internal/v1/ranks.grpc.pb.h"
 
-namespace traind::dist {
+namespace traind::worker {
 namespace {
+
+namespace pb = ::traind::internal::v1;
+using launch::RankMessage;
 
 namespace fs = std::filesystem;
 
@@ -127,7 +130,7 @@ class Link {
   }
   pb::Ranks::Stub* stub() { return stub_.get(); }
 
-  absl::StatusOr<pb::RunConfig> Join(int rank, int world) {
+  absl::StatusOr<pb::JoinResponse> Join(int rank, int world) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
     ctx.set_wait_for_ready(true);
@@ -139,7 +142,7 @@ class Link {
     pb::JoinResponse resp;
     auto st = stub_->Join(&ctx, req, &resp);
     if (!st.ok()) return FromGrpc(st, "joining the control plane");
-    return resp.config();
+    return resp;
   }
 
   absl::Status Fetch(pb::FileKind kind, const std::string& path) {
@@ -219,7 +222,7 @@ class Link {
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(m ? 30 : 10));
     pb::ReportRequest req;
     *req.mutable_key() = key_;
-    if (m) *req.add_progress() = ToProto(*m);
+    if (m) *req.add_progress() = launch::EncodeProgress(*m);
     pb::ReportResponse resp;
     auto st = stub_->Report(&ctx, req, &resp);
     if (!st.ok()) return FromGrpc(st, "reporting to the control plane");
@@ -406,7 +409,7 @@ int RunWorker() {
 
   auto joined = link.Join(*rank, *world);
   if (!joined.ok()) return Fail(joined.status());
-  train::TrainConfig config = FromProto(*joined);
+  train::TrainConfig config = launch::DecodeRunConfig(joined->config());
 
   // Files of this attempt, removed when the rank ends.
   std::string tmpl = (fs::temp_directory_path() / "traind-rank-XXXXXX").string();
@@ -431,9 +434,6 @@ int RunWorker() {
   // Half the collective's timeout: the other ranks wait in the next
   // allreduce while rank 0 waits for the control plane.
   link.set_patience(absl::Seconds(info.timeout_seconds / 2));
-  config.distributed.world_size = *world;
-  config.distributed.backend = joined->backend();
-  config.distributed.timeout_seconds = info.timeout_seconds;
 
   train::CancelToken cancel;
   RemoteSink remote(&link, &cancel);
@@ -446,19 +446,19 @@ int RunWorker() {
           "dataset: ", config.data.dir, " is not a folder on host ", HostName(),
           " (rank ", *rank, "); every rank needs the dataset at the control plane's path"));
     }
-    if (joined->has_initial_weights()) {
+    // The control plane's paths name files; the rank reads and writes its
+    // own copies, and only rank 0 writes any.
+    if (!config.initial_weights.empty()) {
       config.initial_weights = (dir / "initial-weights").string();
       if (auto st = link.Fetch(pb::INITIAL_WEIGHTS, config.initial_weights); !st.ok()) return st;
     }
-    if (joined->has_resume()) {
+    if (!config.resume_from.empty()) {
       config.resume_from = (dir / "resume.safetensors").string();
       if (auto st = link.Fetch(pb::RESUME_CHECKPOINT, config.resume_from); !st.ok()) return st;
     }
-    if (*rank == 0) {
-      config.checkpoint_dir = (dir / "checkpoints").string();
-      config.output_pth = (dir / "weights.pth").string();
-      config.output_safetensors = (dir / "weights.safetensors").string();
-    }
+    config.checkpoint_dir = *rank == 0 ? (dir / "checkpoints").string() : "";
+    config.output_pth = *rank == 0 ? (dir / "weights.pth").string() : "";
+    config.output_safetensors = *rank == 0 ? (dir / "weights.safetensors").string() : "";
     auto collective = train::ConnectGloo(info);
     if (!collective.ok()) return collective.status();
     auto hosts = (*collective)->AllGatherStrings(
@@ -470,7 +470,7 @@ int RunWorker() {
     }
     if (*rank == 0) remote.OnHosts(*hosts);
     sink->OnInfo(absl::StrCat("distributed: world size ", *world, " over ",
-                              config.distributed.backend, ", ", config.batch_size / *world,
+                              joined->backend(), ", ", config.batch_size / *world,
                               " images per rank per step; ", absl::StrJoin(where, ", ")));
     std::optional<StopPoller> poller;
     if (*rank == 0) poller.emplace(&link, &cancel);
@@ -503,4 +503,4 @@ int RunWorker() {
   return 0;
 }
 
-}  // namespace traind::dist
+}  // namespace traind::worker
