@@ -21,7 +21,7 @@ using Clock = std::chrono::steady_clock;
 
 // KEY=VALUE fields of `scontrol show job -o`.
 std::string Field(const std::string& line, const std::string& key) {
-  for (absl::string_view f : absl::StrSplit(line, ' ', absl::SkipEmpty())) {
+  for (absl::string_view f : absl::StrSplit(line, absl::ByAnyChar(" \t\n"), absl::SkipEmpty())) {
     if (absl::ConsumePrefix(&f, key + "=")) return std::string(f);
   }
   return "";

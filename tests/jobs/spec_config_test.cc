@@ -89,5 +89,24 @@ TEST(SpecConfigTest, FcNamesTheClassifierWhichIsAlwaysTrained) {
   EXPECT_EQ(ToConfig(spec, "/d").trainable_blocks, std::vector<std::string>{"layer4"});
 }
 
+
+double SettingDefault(const char* name) {
+  const Setting* setting = FindSetting(name);
+  EXPECT_NE(setting, nullptr) << name;
+  return setting ? setting->default_value : -1;
+}
+
+// The distributed block reaches the launchers as the spec holds it, so its
+// defaults are the settings table's alone (no engine-side copy to drift).
+TEST(SpecConfigTest, DistributedDefaultsAreTheSettingsTables) {
+  const trainer::v1::Distributed d = Defaulted().distributed();
+  EXPECT_EQ(d.world_size(), SettingDefault("distributed.world_size"));
+  EXPECT_EQ(d.rendezvous_timeout_seconds(),
+            SettingDefault("distributed.rendezvous_timeout_seconds"));
+  EXPECT_EQ(d.slurm().nodes(), SettingDefault("distributed.slurm.nodes"));
+  EXPECT_EQ(d.backend(), trainer::v1::GLOO);
+  EXPECT_EQ(d.launcher(), trainer::v1::LOCAL_PROCESSES);
+}
+
 }  // namespace
 }  // namespace traind::jobs

@@ -6,7 +6,11 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <cstdlib>
 #include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
 
 #include "server/launch/attempts.h"
 #include "server/launch/distributed_engine.h"
@@ -141,6 +145,175 @@ TEST_F(LocalRanksTest, KilledRanksAreLostBySignal) {
   const GroupState state = WaitEnded(**group);
   EXPECT_EQ(state.trouble, GroupTrouble::kRankLost);
   EXPECT_NE(state.reason.find("was killed by signal 9"), std::string::npos) << state.reason;
+}
+
+}  // namespace
+}  // namespace traind::launch
+
+namespace traind::launch {
+namespace {
+
+// Slurm's replies mapped to group states, with stand-ins for sbatch,
+// scontrol and scancel on PATH: scontrol prints what the test wrote in
+// $FAKE_SLURM_STATE, as `scontrol show job -o` would.
+class SlurmRanksTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = testing_util::FreshTestDir("slurm_ranks_test");
+    const fs::path bin = dir_ / "bin";
+    fs::create_directories(bin);
+    Script(bin / "sbatch", "echo 4242");
+    Script(bin / "scontrol", "cat \"$FAKE_SLURM_STATE\"");
+    Script(bin / "scancel", "touch \"$FAKE_SLURM_STATE.cancelled\"");
+    path_ = std::getenv("PATH") ? std::getenv("PATH") : "";
+    setenv("PATH", (bin.string() + ":" + path_).c_str(), 1);
+    state_ = (dir_ / "state").string();
+    Reply("PENDING", "Resources");
+  }
+  void TearDown() override { setenv("PATH", path_.c_str(), 1); }
+
+  static void Script(const fs::path& path, const std::string& body) {
+    std::ofstream(path) << "#!/bin/sh\n" << body << "\n";
+    chmod(path.c_str(), 0755);
+  }
+  void Reply(const std::string& job_state, const std::string& reason) {
+    std::ofstream(state_) << "JobId=4242 JobName=x JobState=" << job_state
+                          << " Reason=" << reason << " NodeList=node1\n";
+  }
+  LaunchRequest Request() {
+    LaunchRequest request;
+    request.job_name = "traind-job-000001-a1";
+    request.world_size = 2;
+    request.dist.mutable_slurm()->set_nodes(1);
+    request.worker_binary = "/usr/bin/traind";
+    request.work_dir = (dir_ / "job").string();
+    request.env = {"PATH=" + std::string(std::getenv("PATH")), "FAKE_SLURM_STATE=" + state_};
+    return request;
+  }
+  // Polls (Slurm is asked at most once a second) until `done` holds.
+  static GroupState PollUntil(RankGroup& group, const std::function<bool(const GroupState&)>& done) {
+    GroupState state = group.Poll();
+    while (!done(state)) {
+      usleep(20000);
+      state = group.Poll();
+    }
+    return state;
+  }
+
+  fs::path dir_;
+  std::string path_, state_;
+};
+
+TEST_F(SlurmRanksTest, PendingRunningAndCompletedAsPhases) {
+  auto group = StartSlurmRanks(Request());
+  ASSERT_TRUE(group.ok()) << group.status();
+  EXPECT_EQ((*group)->scheduler_job(), "4242");
+  GroupState state = (*group)->Poll();
+  EXPECT_EQ(state.phase, GroupPhase::kWaiting);
+  EXPECT_EQ(state.waiting(), "waiting in Slurm: Resources (Slurm job 4242)");
+  EXPECT_EQ(state.note, "Slurm job 4242 is pending (Resources)");
+  Reply("RUNNING", "None");
+  state = PollUntil(**group, [](const GroupState& s) { return s.phase == GroupPhase::kRunning; });
+  EXPECT_EQ(state.waiting(), "");
+  EXPECT_EQ(state.note, "Slurm job 4242 runs on node1");
+  Reply("COMPLETED", "None");
+  state = PollUntil(**group, [](const GroupState& s) { return s.ended(); });
+  EXPECT_EQ(state.trouble, GroupTrouble::kNone);
+}
+
+TEST_F(SlurmRanksTest, ANodeFailureIsALostAttemptAndAnOutsideCancelACancel) {
+  auto group = StartSlurmRanks(Request());
+  ASSERT_TRUE(group.ok());
+  Reply("NODE_FAIL", "NodeDown");
+  GroupState state = PollUntil(**group, [](const GroupState& s) { return s.ended(); });
+  EXPECT_EQ(state.trouble, GroupTrouble::kRankLost);
+  EXPECT_EQ(state.reason, "Slurm job 4242 ended NODE_FAIL (NodeDown)");
+
+  Reply("PENDING", "Priority");
+  auto second = StartSlurmRanks(Request());
+  ASSERT_TRUE(second.ok());
+  Reply("CANCELLED", "None");
+  state = PollUntil(**second, [](const GroupState& s) { return s.ended(); });
+  EXPECT_EQ(state.trouble, GroupTrouble::kCancelledOutside);
+  EXPECT_EQ(state.reason, "Slurm job 4242 was cancelled outside traind");
+}
+
+TEST_F(SlurmRanksTest, OurOwnCancelIsNoTroubleAndAMissingBinaryFailsTheJob) {
+  auto group = StartSlurmRanks(Request());
+  ASSERT_TRUE(group.ok());
+  (*group)->Kill();
+  EXPECT_TRUE(fs::exists(state_ + ".cancelled"));
+  Reply("CANCELLED", "None");
+  GroupState state = PollUntil(**group, [](const GroupState& s) { return s.ended(); });
+  EXPECT_EQ(state.trouble, GroupTrouble::kNone);
+
+  auto again = StartSlurmRanks(Request());
+  ASSERT_TRUE(again.ok());
+  std::ofstream(dir_ / "job" / "slurm-4242.out")
+      << "traind: /usr/bin/traind is not on node2: every node needs the traind binary at "
+         "that path\n";
+  Reply("FAILED", "NonZeroExitCode");
+  state = PollUntil(**again, [](const GroupState& s) { return s.ended(); });
+  EXPECT_EQ(state.trouble, GroupTrouble::kFailed);
+  EXPECT_EQ(state.reason.rfind("/usr/bin/traind is not on node2", 0), 0u) << state.reason;
+}
+
+TEST_F(SlurmRanksTest, AKeptAttemptIsTakenUpWhileItsJobRunsAndForgottenAfter) {
+  const AttemptKeeper& keeper = *FindLauncher(trainer::v1::SLURM)->keeper;
+  const std::string work = (dir_ / "job").string();
+  fs::create_directories(work);
+  const std::vector<std::string> env = Request().env;
+  ASSERT_TRUE(keeper.save(work, {"a1", "s3cret", "4242", "10.0.0.1:50051"}).ok());
+  Reply("RUNNING", "None");
+  auto peeked = keeper.peek(work, env);
+  ASSERT_TRUE(peeked.has_value());
+  EXPECT_EQ(peeked->attempt, "a1");
+  EXPECT_EQ(peeked->secret, "s3cret");
+  EXPECT_EQ(peeked->control, "10.0.0.1:50051");
+  auto taken = keeper.take_up(work, env);
+  ASSERT_TRUE(taken.has_value());
+  EXPECT_EQ(taken->group->scheduler_job(), "4242");
+  taken->group.reset();
+  Reply("COMPLETED", "None");
+  EXPECT_FALSE(keeper.peek(work, env).has_value());
+  EXPECT_FALSE(keeper.take_up(work, env).has_value());
+  EXPECT_FALSE(fs::exists(SlurmAttemptPath(work)));  // the stale record is gone
+}
+
+TEST(AttemptRegistryTest, AnAttemptIsFoundOnlyWithItsSecretAndRelaysInOrder) {
+  AttemptRegistry registry;
+  train::TrainConfig config;
+  auto attempt = registry.Create(config, 2, 60, "gloo");
+  EXPECT_EQ(registry.Find(attempt->id(), attempt->secret_for_launcher()), attempt);
+  EXPECT_EQ(registry.Find(attempt->id(), "wrong"), nullptr);
+  EXPECT_EQ(registry.Find("nope", attempt->secret_for_launcher()), nullptr);
+  auto other = registry.Create(config, 2, 60, "gloo");
+  EXPECT_NE(other->id(), attempt->id());
+  EXPECT_NE(other->secret_for_launcher(), attempt->secret_for_launcher());
+  RankMessage a, b;
+  a.kind = RankMessage::kInfo;
+  a.text = "first";
+  b.kind = RankMessage::kInfo;
+  b.text = "second";
+  attempt->Post({a});
+  attempt->Post({b});
+  auto taken = attempt->Take(absl::ZeroDuration());
+  ASSERT_EQ(taken.size(), 2u);
+  EXPECT_EQ(taken[0].text, "first");
+  EXPECT_EQ(taken[1].text, "second");
+  EXPECT_FALSE(attempt->stop_requested());
+  train::CancelToken cancel;
+  attempt->AttachCancel(&cancel);
+  cancel.Cancel();
+  EXPECT_TRUE(attempt->stop_requested());  // the job's cancel reaches rank 0 at once
+  attempt->DetachCancel();
+  attempt->SetOutcome(absl::InternalError("rank 0 failed"));
+  EXPECT_EQ(attempt->outcome()->message(), "rank 0 failed");
+  registry.Remove(attempt->id());
+  EXPECT_EQ(registry.Find(attempt->id(), attempt->secret_for_launcher()), nullptr);
+  // Taken up after a restart: the kept id and secret.
+  auto again = registry.Create(config, 2, 60, "gloo", "kept", "s3cret");
+  EXPECT_EQ(registry.Find("kept", "s3cret"), again);
 }
 
 }  // namespace
