@@ -110,9 +110,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
   if (!manager.ok()) return manager.status();
   s->manager_ = std::move(*manager);
   s->classify_ = std::make_unique<jobs::ClassifyService>(s->manager_.get(), engine.get());
-  s->service_ = std::make_unique<rpc::TrainingServiceImpl>(s->manager_.get(), s->classify_.get(),
-                                                           s->tokens_.get(),
-                                                      options.limits);
+  s->service_ = std::make_unique<rpc::TrainingServiceImpl>(
+      s->manager_.get(), s->classify_.get(), s->tokens_.get(), options.limits);
 
   s->metrics_ = std::make_unique<rpc::RpcMetrics>();
   grpc::EnableDefaultHealthCheckService(true);

@@ -3,6 +3,7 @@
 #ifndef TRAIND_SERVER_JOBS_JOB_ENTRY_H_
 #define TRAIND_SERVER_JOBS_JOB_ENTRY_H_
 
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <string>
@@ -18,6 +19,13 @@
 #include "server/train/sweep.h"
 
 namespace traind::jobs {
+
+// The names the manager's files (job_*.cc) share.
+namespace fs = std::filesystem;
+using trainer::v1::Job;
+using trainer::v1::JobEvent;
+using trainer::v1::JobSpec;
+using trainer::v1::JobState;
 
 inline int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
 

@@ -12,12 +12,6 @@
 #include "common/spec.h"
 
 namespace traind::jobs {
-namespace fs = std::filesystem;
-
-using trainer::v1::Job;
-using trainer::v1::JobEvent;
-using trainer::v1::JobSpec;
-using trainer::v1::JobState;
 
 absl::StatusOr<std::string> JobManager::WeightsPath(const std::string& id,
                                                     trainer::v1::WeightsFormat format, int trial,

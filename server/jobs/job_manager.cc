@@ -23,12 +23,6 @@
 #include "server/train/config.h"
 
 namespace traind::jobs {
-namespace fs = std::filesystem;
-
-using trainer::v1::Job;
-using trainer::v1::JobEvent;
-using trainer::v1::JobSpec;
-using trainer::v1::JobState;
 
 absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(Options options) {
   if (options.workers < 1) return absl::InvalidArgumentError("workers must be >= 1");

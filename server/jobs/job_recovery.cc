@@ -12,12 +12,6 @@
 #include "server/jobs/job_entry.h"
 
 namespace traind::jobs {
-namespace fs = std::filesystem;
-
-using trainer::v1::Job;
-using trainer::v1::JobEvent;
-using trainer::v1::JobSpec;
-using trainer::v1::JobState;
 
 absl::Status JobManager::Recover() {
   auto stored = store_->LoadJobs();

@@ -14,12 +14,6 @@
 #include "server/jobs/spec_config.h"
 
 namespace traind::jobs {
-namespace fs = std::filesystem;
-
-using trainer::v1::Job;
-using trainer::v1::JobEvent;
-using trainer::v1::JobSpec;
-using trainer::v1::JobState;
 
 void JobManager::WorkerLoop() {
   while (true) {

@@ -9,9 +9,6 @@
 namespace traind::jobs {
 namespace {
 
-using trainer::v1::Job;
-using trainer::v1::JobEvent;
-
 void ToProto(const train::EpochResult& r, trainer::v1::EpochMetrics* m) {
   m->set_trial(r.trial);
   m->set_epoch(r.epoch);
