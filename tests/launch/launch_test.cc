@@ -1,16 +1,21 @@
 // The launch room without a cluster: the launcher table, what the
-// distributed engine refuses at submit, and local ranks' exits mapped to
-// group states. No LibTorch is linked here (link_check keeps the room so).
-#include <gtest/gtest.h>
+// distributed engine refuses at submit, and local ranks' exits, Slurm's and
+// Kubernetes' replies (stand-ins) mapped to group states. No LibTorch is linked here (link_check keeps the room so).
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <filesystem>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <functional>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include <gtest/gtest.h>
+#include <httplib.h>
 
 #include "server/launch/attempts.h"
 #include "server/launch/distributed_engine.h"
@@ -314,6 +319,165 @@ TEST(AttemptRegistryTest, AnAttemptIsFoundOnlyWithItsSecretAndRelaysInOrder) {
   // Taken up after a restart: the kept id and secret.
   auto again = registry.Create(config, 2, 60, "gloo", "kept", "s3cret");
   EXPECT_EQ(registry.Find("kept", "s3cret"), again);
+}
+
+}  // namespace
+}  // namespace traind::launch
+
+namespace traind::launch {
+namespace {
+
+// Kubernetes' replies mapped to group states, against a stand-in API server
+// (HTTPS with a certificate made for the test, a token file): the Job's
+// conditions and its pods, as the test sets them.
+class KubeRanksTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = testing_util::FreshTestDir("kube_ranks_test");
+    const std::string cert = (dir_ / "cert.pem").string(), key = (dir_ / "key.pem").string();
+    const std::string make_cert =
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 "
+        "-addext subjectAltName=IP:127.0.0.1 -keyout " + key + " -out " + cert + " 2>/dev/null";
+    ASSERT_EQ(std::system(make_cert.c_str()), 0);
+    std::ofstream(dir_ / "token") << "t0ken\n";
+    server_ = std::make_unique<httplib::SSLServer>(cert.c_str(), key.c_str());
+    ASSERT_TRUE(server_->is_valid());
+    server_->Post(".*", [this](const httplib::Request& req, httplib::Response& res) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (req.get_header_value("Authorization") != "Bearer t0ken") {
+        res.status = 401;
+        return;
+      }
+      ++created_;
+      res.status = 201;
+      res.set_content(req.body, "application/json");
+    });
+    server_->Get(".*", [this](const httplib::Request& req, httplib::Response& res) {
+      std::lock_guard<std::mutex> lock(mu_);
+      const bool pods = req.path.find("/pods") != std::string::npos;
+      if (!pods && job_status_.empty()) {
+        res.status = 404;
+        return;
+      }
+      res.status = 200;
+      res.set_content(pods ? pods_ : job_status_, "application/json");
+    });
+    server_->Delete(".*", [this](const httplib::Request&, httplib::Response& res) {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++deleted_;
+      res.status = 200;
+    });
+    port_ = server_->bind_to_any_port("127.0.0.1");
+    ASSERT_GT(port_, 0);
+    // Bound and listening: connections wait in the backlog until accepted.
+    thread_ = std::thread([this] { server_->listen_after_bind(); });
+  }
+  void TearDown() override {
+    server_->stop();
+    thread_.join();
+  }
+
+  void Set(const std::string& job_status, const std::string& pods) {
+    std::lock_guard<std::mutex> lock(mu_);
+    job_status_ = job_status;
+    pods_ = pods;
+  }
+  LaunchRequest Request() {
+    LaunchRequest request;
+    request.job_name = "traind-job-000001-a1";
+    request.world_size = 2;
+    request.kube.api = "https://127.0.0.1:" + std::to_string(port_);
+    request.kube.token_file = (dir_ / "token").string();
+    request.kube.ca_file = (dir_ / "cert.pem").string();
+    request.kube.namespace_ = "ml";
+    request.kube.image = "traind:test";
+    request.kube.worker_command = "/usr/bin/traind";
+    return request;
+  }
+  // Polls (the API is asked at most once a second) until `done` holds.
+  static GroupState PollUntil(RankGroup& group,
+                              const std::function<bool(const GroupState&)>& done) {
+    GroupState state = group.Poll();
+    while (!done(state)) {
+      usleep(20000);
+      state = group.Poll();
+    }
+    return state;
+  }
+
+  fs::path dir_;
+  std::unique_ptr<httplib::SSLServer> server_;
+  std::thread thread_;
+  int port_ = 0;
+  std::mutex mu_;
+  std::string job_status_ = R"({"status": {}})";
+  std::string pods_ = R"({"items": []})";
+  int created_ = 0;
+  int deleted_ = 0;
+};
+
+constexpr char kPendingPod[] = R"({"items": [{"metadata": {"name": "p-0"}, "status": {
+    "phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+    "reason": "Unschedulable"}]}}]})";
+constexpr char kRunningPod[] = R"({"items": [{"metadata": {"name": "p-0"},
+    "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}}]})";
+
+TEST_F(KubeRanksTest, PendingRunningAndCompleteAsPhasesAndNotes) {
+  auto group = StartKubernetesRanks(Request());
+  ASSERT_TRUE(group.ok()) << group.status();
+  EXPECT_EQ(created_, 3);  // Secret, Service, Job
+  EXPECT_EQ((*group)->scheduler_job(), "traind-job-000001-a1");
+  Set(R"({"status": {}})", kPendingPod);
+  GroupState state = PollUntil(**group, [](const GroupState& s) { return !s.note.empty(); });
+  EXPECT_EQ(state.phase, GroupPhase::kRunning);
+  EXPECT_EQ(state.note, "Kubernetes Job traind-job-000001-a1: p-0 pending (Unschedulable)");
+  Set(R"({"status": {}})", kRunningPod);
+  state = PollUntil(**group, [](const GroupState& s) { return !s.note.empty(); });
+  EXPECT_EQ(state.note, "Kubernetes Job traind-job-000001-a1 runs: p-0 on n1");
+  Set(R"({"status": {"conditions": [{"type": "Complete", "status": "True"}]}})", kRunningPod);
+  state = PollUntil(**group, [](const GroupState& s) { return s.ended(); });
+  EXPECT_EQ(state.trouble, GroupTrouble::kNone);
+  group->reset();
+  EXPECT_EQ(deleted_, 3);  // the group removes what it created
+}
+
+TEST_F(KubeRanksTest, AnImageThatCannotBePulledFailsAndAFailedJobIsALostAttempt) {
+  auto group = StartKubernetesRanks(Request());
+  ASSERT_TRUE(group.ok()) << group.status();
+  Set(R"({"status": {}})", R"({"items": [{"metadata": {"name": "p-1"}, "status": {
+      "phase": "Pending", "containerStatuses": [{"state": {"waiting": {
+      "reason": "ImagePullBackOff", "message": "no such image"}}}]}}]})");
+  GroupState state = PollUntil(**group, [](const GroupState& s) {
+    return s.trouble != GroupTrouble::kNone;
+  });
+  EXPECT_EQ(state.trouble, GroupTrouble::kFailed);
+  EXPECT_EQ(state.reason, "pod p-1 cannot pull its image (ImagePullBackOff: no such image)");
+  Set(R"({"status": {"conditions": [{"type": "Failed", "status": "True",
+      "reason": "BackoffLimitExceeded", "message": "a pod failed"}]}})", R"({"items": []})");
+  state = PollUntil(**group, [](const GroupState& s) { return s.ended(); });
+  EXPECT_EQ(state.trouble, GroupTrouble::kRankLost);
+  EXPECT_EQ(state.reason,
+            "Kubernetes Job traind-job-000001-a1 failed (BackoffLimitExceeded: a pod failed)");
+}
+
+TEST_F(KubeRanksTest, AJobDeletedOutsideTraindIsACancel) {
+  auto group = StartKubernetesRanks(Request());
+  ASSERT_TRUE(group.ok()) << group.status();
+  Set("", R"({"items": []})");  // the Job is gone: 404
+  const GroupState state = PollUntil(**group, [](const GroupState& s) { return s.ended(); });
+  EXPECT_EQ(state.trouble, GroupTrouble::kCancelledOutside);
+  EXPECT_EQ(state.reason, "Kubernetes Job traind-job-000001-a1 was deleted outside traind");
+}
+
+TEST_F(KubeRanksTest, AWrongTokenIsRefusedNamingTheObject) {
+  std::ofstream(dir_ / "token") << "wrong\n";
+  auto group = StartKubernetesRanks(Request());
+  ASSERT_FALSE(group.ok());
+  EXPECT_EQ(group.status().message().rfind("Kubernetes refused the Secret traind-job-000001-a1: "
+                                           "HTTP 401",
+                                           0),
+            0u)
+      << group.status();
 }
 
 }  // namespace
