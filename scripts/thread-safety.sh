@@ -45,13 +45,22 @@ def wanted(f):
     return not rel.startswith("build") and closure_has_locks(f, set())
 def check(c):
     args = shlex.split(c["command"])
+    # The compiler follows its launcher (cmake -E env ... ccache).
+    first = next(i for i, a in enumerate(args)
+                 if os.path.basename(a) in ("c++", "g++", "clang++") or re.fullmatch(r".*[gc]\+\+(-\d+)?", a))
+    args = args[first:]
     keep, skip = [], False
-    for a in args[1:]:
+    for i, a in enumerate(args[1:], 1):
         if skip:
             skip = False
             continue
         if a in ("-o", "-c"):
             skip = a == "-o"
+            continue
+        # GCC's precompiled LibTorch header (CMakeLists.txt): clang cannot
+        # read it, and each source includes what it uses itself.
+        if a == "-include" and i + 1 < len(args) and args[i + 1].endswith("cmake_pch.hxx"):
+            skip = True
             continue
         keep.append(a)
     # Only the thread-safety findings: the build itself checks the rest.

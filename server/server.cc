@@ -15,7 +15,7 @@
 #include "common/file_util.h"
 #include "server/launch/distributed_engine.h"
 #include "server/launch/rank_service.h"
-#include "server/train/collective.h"
+#include "server/train/backend.h"
 #include "server/worker/local_engine.h"
 
 namespace traind {

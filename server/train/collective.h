@@ -15,6 +15,7 @@
 #include <torch/torch.h>
 
 #include "absl/status/statusor.h"
+#include "server/train/backend.h"
 
 namespace traind::train {
 
@@ -50,9 +51,6 @@ class Collective {
 // master_port (0: a free port, see BoundPort); the others connect to it,
 // retrying until the timeout.
 absl::StatusOr<std::unique_ptr<Collective>> ConnectGloo(const RankInfo& info);
-
-// Whether this LibTorch can run `backend` ("gloo", "nccl").
-bool BackendAvailable(const std::string& backend);
 
 }  // namespace traind::train
 
