@@ -21,6 +21,10 @@ absl::Status Status(Connection& c, const std::string& id);
 absl::Status List(Connection& c);
 absl::Status Cancel(Connection& c, const std::string& id);
 absl::Status Delete(Connection& c, const std::string& id);
+absl::Status Pause(Connection& c, const std::string& id);
+absl::Status Resume(Connection& c, const std::string& id);
+// trainctl priority JOB LOW|NORMAL|HIGH|URGENT (any case).
+absl::Status SetPriority(Connection& c, const std::string& id, const std::string& priority);
 
 // What jobs produce (artifact_commands.cc).
 // Downloads to -o FILE via FILE.part, verified, continuing an interrupted

@@ -26,6 +26,12 @@ ABSL_FLAG(std::string, device, "", "submit: auto, cpu or cuda (default auto)");
 ABSL_FLAG(std::string, threads, "", "submit: intra-op threads (default: the daemon's)");
 ABSL_FLAG(std::string, loader_threads, "", "submit: image-loading threads (default 2)");
 ABSL_FLAG(std::string, precision, "", "submit: fp32 or bf16 (default fp32)");
+ABSL_FLAG(std::string, priority, "",
+          "submit: low, normal, high or urgent (default normal; above normal as the daemon's "
+          "policy allows)");
+ABSL_FLAG(std::string, preemptible, "",
+          "submit: false keeps a more urgent job from preempting this one (as the daemon's "
+          "policy allows; default true)");
 ABSL_FLAG(std::string, world_size, "",
           "submit: ranks of a data-parallel job, each a `traind worker` process (default 1)");
 ABSL_FLAG(std::string, backend, "", "submit: collective backend of a distributed job: gloo or nccl");

@@ -28,6 +28,8 @@ ABSL_DECLARE_FLAG(std::string, device);
 ABSL_DECLARE_FLAG(std::string, threads);
 ABSL_DECLARE_FLAG(std::string, loader_threads);
 ABSL_DECLARE_FLAG(std::string, precision);
+ABSL_DECLARE_FLAG(std::string, priority);
+ABSL_DECLARE_FLAG(std::string, preemptible);
 ABSL_DECLARE_FLAG(std::string, world_size);
 ABSL_DECLARE_FLAG(std::string, backend);
 ABSL_DECLARE_FLAG(std::string, launcher);

@@ -158,6 +158,55 @@ absl::Status Cancel(Connection& c, const std::string& id) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// The job after a call that changed it: its state and, while it waits, why.
+void PrintChanged(const std::string& id, const trainer::v1::Job& job) {
+  if (JsonOutput()) {
+    PrintJson(job);
+    return;
+  }
+  std::printf("%s: %s (priority %s)%s%s\n", id.c_str(), StateName(job.state()).c_str(),
+              trainer::v1::Priority_Name(job.spec().priority()).c_str(),
+              job.waiting_reason().empty() ? "" : "; ", job.waiting_reason().c_str());
+}
+
+}  // namespace
+
+absl::Status Pause(Connection& c, const std::string& id) {
+  trainer::v1::PauseJobRequest request;
+  request.set_job_id(id);
+  auto response = c.Call(&Stub::PauseJob, request, "pause " + id);
+  if (!response.ok()) return response.status();
+  PrintChanged(id, response->job());
+  return absl::OkStatus();
+}
+
+absl::Status Resume(Connection& c, const std::string& id) {
+  trainer::v1::ResumeJobRequest request;
+  request.set_job_id(id);
+  auto response = c.Call(&Stub::ResumeJob, request, "resume " + id);
+  if (!response.ok()) return response.status();
+  PrintChanged(id, response->job());
+  return absl::OkStatus();
+}
+
+absl::Status SetPriority(Connection& c, const std::string& id, const std::string& priority) {
+  trainer::v1::Priority p;
+  if (!trainer::v1::Priority_Parse(absl::AsciiStrToUpper(priority), &p) ||
+      p == trainer::v1::PRIORITY_UNSPECIFIED) {
+    return UsageError(absl::StrCat("priority: \"", priority,
+                                   "\" is not a priority; use low, normal, high or urgent"));
+  }
+  trainer::v1::SetJobPriorityRequest request;
+  request.set_job_id(id);
+  request.set_priority(p);
+  auto response = c.Call(&Stub::SetJobPriority, request, "priority " + id);
+  if (!response.ok()) return response.status();
+  PrintChanged(id, response->job());
+  return absl::OkStatus();
+}
+
 absl::Status Delete(Connection& c, const std::string& id) {
   trainer::v1::DeleteJobRequest request;
   request.set_job_id(id);

@@ -13,6 +13,8 @@ int main(int argc, char** argv) {
       "  trainctl submit --dataset=NAME [--kind=scratch|finetune|sweep] [...] [--watch]\n"
       "  trainctl submit -f job.json [--watch]\n"
       "  trainctl watch JOB | status JOB | list | cancel JOB\n"
+      "  trainctl pause JOB | resume JOB   (stops at a checkpoint, frees its slots; continues)\n"
+      "  trainctl priority JOB low|normal|high|urgent\n"
       "  trainctl weights JOB -o FILE [--format=pth|safetensors] [--trial=T]\n"
       "                   (continues an interrupted download; a sweep's best trial by default)\n"
       "  trainctl delete JOB    (a finished job: its events, checkpoints and weights)\n"

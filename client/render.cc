@@ -212,6 +212,11 @@ void PrintJob(const trainer::v1::Job& j) {
   std::printf("kind       %s\n", KindName(j.spec().kind()).c_str());
   std::printf("state      %s%s%s\n", StateName(j.state()).c_str(), j.error().empty() ? "" : ": ",
               j.error().c_str());
+  std::printf("priority   %s%s\n", trainer::v1::Priority_Name(j.spec().priority()).c_str(),
+              j.spec().has_preemptible() && !j.spec().preemptible() ? " (not preemptible)" : "");
+  if (j.queue_position() > 0) {
+    std::printf("queue      position %d; %s\n", j.queue_position(), j.waiting_reason().c_str());
+  }
   std::printf("dataset    %s (%d classes, %d train / %d validation images)\n",
               j.spec().dataset().c_str(), j.num_classes(), j.train_images(),
               j.validation_images());
@@ -300,14 +305,15 @@ std::string Progress(const trainer::v1::Job& j) {
 }
 
 void PrintJobTable(const std::vector<trainer::v1::Job>& jobs) {
-  std::printf("%-12s %-9s %-11s %-20s %-12s %-9s %s\n", "JOB", "KIND", "STATE", "DATASET",
-              "PROGRESS", "VAL ACC", "CREATED");
+  std::printf("%-12s %-9s %-11s %-8s %-20s %-12s %-9s %s\n", "JOB", "KIND", "STATE", "PRIORITY",
+              "DATASET", "PROGRESS", "VAL ACC", "CREATED");
   for (const auto& j : jobs) {
     const std::string created = absl::FormatTime(
         "%Y-%m-%d %H:%M:%S", absl::FromUnixMillis(j.create_time_ms()), absl::LocalTimeZone());
-    std::printf("%-12s %-9s %-11s %-20s %-12s %-9s %s\n", j.id().c_str(),
+    std::printf("%-12s %-9s %-11s %-8s %-20s %-12s %-9s %s\n", j.id().c_str(),
                 KindName(j.spec().kind()).c_str(), StateName(j.state()).c_str(),
-                j.spec().dataset().c_str(), Progress(j).c_str(),
+                trainer::v1::Priority_Name(j.spec().priority()).c_str(), j.spec().dataset().c_str(),
+                Progress(j).c_str(),
                 j.has_latest() ? Pct(j.latest().validation_accuracy()).c_str() : "-",
                 created.c_str());
   }

@@ -103,6 +103,21 @@ absl::StatusOr<JobSpec> SpecFromFlags() {
     }
     spec.set_precision(precision);
   }
+  if (auto v = absl::GetFlag(FLAGS_priority); !v.empty()) {
+    trainer::v1::Priority priority;
+    if (!trainer::v1::Priority_Parse(absl::AsciiStrToUpper(v), &priority) ||
+        priority == trainer::v1::PRIORITY_UNSPECIFIED) {
+      return UsageError("--priority: must be low, normal, high or urgent, got " + v);
+    }
+    spec.set_priority(priority);
+  }
+  if (auto v = absl::GetFlag(FLAGS_preemptible); !v.empty()) {
+    bool preemptible;
+    if (!absl::SimpleAtob(v, &preemptible)) {
+      return UsageError("--preemptible: must be true or false, got " + v);
+    }
+    spec.set_preemptible(preemptible);
+  }
   if (auto v = absl::GetFlag(FLAGS_world_size); !v.empty()) {
     int n;
     if (!absl::SimpleAtoi(v, &n)) return UsageError("--world_size: not a 32-bit integer: " + v);

@@ -27,8 +27,8 @@ absl::Status Dispatch(const std::vector<std::string>& args) {
   };
   using JobCommand = absl::Status (*)(Connection&, const std::string&);
   const std::pair<const char*, JobCommand> job_commands[] = {
-      {"status", Status},   {"cancel", Cancel}, {"weights", Weights},
-      {"delete", Delete},   {"plot", Plot},     {"report", Report},
+      {"status", Status}, {"cancel", Cancel}, {"weights", Weights}, {"delete", Delete},
+      {"plot", Plot},     {"report", Report}, {"pause", Pause},     {"resume", Resume},
   };
   if (cmd == "demo-data") {
     auto dir = one_arg("DIR");
@@ -42,6 +42,10 @@ absl::Status Dispatch(const std::vector<std::string>& args) {
     return Submit(c);
   }
   if (cmd == "list") return List(c);
+  if (cmd == "priority") {
+    if (args.size() != 4) return UsageError("priority: usage: trainctl priority JOB LEVEL");
+    return SetPriority(c, args[2], args[3]);
+  }
   if (cmd == "tensorboard") return Tensorboard(c, args);
   if (cmd == "classify") return Classify(c, args);
   if (cmd == "watch") {

@@ -151,6 +151,9 @@ void ApplyDefaults(JobSpec* spec) {
   if (sweep->learning_rates().empty()) {
     for (double lr : {1e-3, 2e-3}) sweep->add_learning_rates(lr);
   }
+  if (spec->priority() == trainer::v1::PRIORITY_UNSPECIFIED)
+    spec->set_priority(trainer::v1::NORMAL);
+  if (!spec->has_preemptible()) spec->set_preemptible(true);
   if (spec->device() == trainer::v1::DEVICE_UNSPECIFIED) spec->set_device(trainer::v1::auto_);
   if (spec->precision() == trainer::v1::PRECISION_UNSPECIFIED) {
     spec->set_precision(trainer::v1::fp32);
@@ -168,6 +171,10 @@ absl::Status ValidateSpec(const JobSpec& spec) {
     return Invalid("kind", "must be FINETUNE, SCRATCH or SWEEP");
   }
   if (spec.dataset().empty()) return Invalid("dataset", "is required");
+  if (!trainer::v1::Priority_IsValid(spec.priority())) {
+    return Invalid("priority", absl::StrCat(static_cast<int>(spec.priority()),
+                                            " is not a priority; use LOW, NORMAL, HIGH or URGENT"));
+  }
   for (const Field& f : kFields) {
     // Unset settings without a default (threads: the daemon's; Slurm's own
     // defaults) are not checked.

@@ -68,6 +68,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(Options options) {
   if (!options.tls_client_ca.empty() && !tls) {
     return absl::InvalidArgumentError("--tls-client-ca needs --tls-cert and --tls-key");
   }
+  if (!options.policy_file.empty()) {
+    auto policy = jobs::Policy::Load(options.policy_file);
+    if (!policy.ok()) return policy.status();
+    options.jobs.policy = *std::move(policy);
+    s->policy_file_ = options.policy_file;
+  }
   if (!options.tokens_file.empty()) {
     auto tokens = auth::TokenStore::Load(options.tokens_file);
     if (!tokens.ok()) return tokens.status();
@@ -198,6 +204,14 @@ Server::~Server() { Shutdown(absl::Seconds(5)); }
 absl::Status Server::ReloadTokens() {
   if (!tokens_) return absl::FailedPreconditionError("no --tokens-file to reload");
   return tokens_->Reload();
+}
+
+absl::Status Server::ReloadPolicy() {
+  if (policy_file_.empty()) return absl::FailedPreconditionError("no --policy-file to reload");
+  auto policy = jobs::Policy::Load(policy_file_);
+  if (!policy.ok()) return policy.status();
+  manager_->SetPolicy(*std::move(policy));
+  return absl::OkStatus();
 }
 
 void Server::Shutdown(absl::Duration grace) {

@@ -59,6 +59,9 @@ class Server {
     // Bearer tokens (see auth/tokens.h). Unset: one implicit local user, which
     // is allowed only on a loopback address (or with `insecure`).
     std::string tokens_file;
+    // Quotas and priority rights (jobs/scheduler.h's Policy, JSON); empty:
+    // no quotas, and only admins raise priorities above NORMAL.
+    std::string policy_file;
     // Serve plaintext and/or without tokens on a non-loopback address.
     bool insecure = false;
     rpc::TrainingServiceImpl::Limits limits;
@@ -81,6 +84,8 @@ class Server {
   int port() const { return port_; }
   // Re-reads the tokens file (SIGHUP); the old tokens stay on error.
   absl::Status ReloadTokens();
+  // Re-reads the policy file (SIGHUP); the old policy stays on error.
+  absl::Status ReloadPolicy();
   // The metrics port actually bound; 0 when not serving metrics.
   int metrics_port() const { return metrics_port_; }
   // The HTTP front end's port; 0 when not serving HTTP.
@@ -102,6 +107,7 @@ class Server {
   int port_ = 0;
   std::unique_ptr<rpc::RpcMetrics> metrics_;
   std::unique_ptr<auth::TokenStore> tokens_;
+  std::string policy_file_;
   std::unique_ptr<http::HttpService> api_;
   std::unique_ptr<httplib::Server> http_;
   std::thread http_thread_;

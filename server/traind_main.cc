@@ -46,6 +46,9 @@ ABSL_FLAG(std::string, tls_client_ca, "",
           "require client certificates signed by this CA (PEM): mutual TLS");
 ABSL_FLAG(std::string, tokens_file, "",
           "bearer tokens: lines of '<sha256 hex of token> <user> [admin]'; re-read on SIGHUP");
+ABSL_FLAG(std::string, policy_file, "",
+          "quotas and priority rights per user (JSON: {\"default\": {...}, \"users\": "
+          "{\"alice\": {...}}}, see the README); re-read on SIGHUP");
 ABSL_FLAG(int, max_queued_per_user, 100, "queued jobs allowed per user");
 ABSL_FLAG(int, max_queued, 1000, "queued jobs allowed in all");
 ABSL_FLAG(int, max_streams_per_user, 16, "open StreamMetrics calls allowed per user");
@@ -80,7 +83,9 @@ ABSL_FLAG(std::string, data_root, "",
 ABSL_FLAG(std::string, weights_root, "",
           "pretrained weights are named relative to this folder "
           "(default: <state_dir>/weights)");
-ABSL_FLAG(int, workers, 1, "jobs trained at the same time");
+ABSL_FLAG(int, workers, 1,
+          "slots: jobs trained at the same time; a LOCAL_PROCESSES job of world size N takes N "
+          "(all of them when N is larger)");
 ABSL_FLAG(int, threads_per_job, 0,
           "intra-op threads of a job whose spec does not say (0: all cores / workers)");
 ABSL_FLAG(int, grace_seconds, 10, "how long shutdown waits for open calls");
@@ -151,6 +156,7 @@ int main(int argc, char** argv) {
   options.tls_key = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   options.tokens_file = absl::GetFlag(FLAGS_tokens_file);
+  options.policy_file = absl::GetFlag(FLAGS_policy_file);
   options.insecure = absl::GetFlag(FLAGS_insecure);
   options.limits.max_streams_per_user = std::max(1, absl::GetFlag(FLAGS_max_streams_per_user));
   options.limits.max_stream_seconds = std::max(1, absl::GetFlag(FLAGS_max_stream_seconds));
@@ -231,9 +237,16 @@ int main(int argc, char** argv) {
 
   int sig = 0;
   while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
-    const absl::Status st = (*server)->ReloadTokens();
-    std::printf("traind: SIGHUP: %s\n",
-                st.ok() ? "tokens reloaded" : std::string(st.message()).c_str());
+    if (!options.tokens_file.empty()) {
+      const absl::Status st = (*server)->ReloadTokens();
+      std::printf("traind: SIGHUP: %s\n",
+                  st.ok() ? "tokens reloaded" : std::string(st.message()).c_str());
+    }
+    if (!options.policy_file.empty()) {
+      const absl::Status st = (*server)->ReloadPolicy();
+      std::printf("traind: SIGHUP: %s\n",
+                  st.ok() ? "policy reloaded" : std::string(st.message()).c_str());
+    }
     std::fflush(stdout);
   }
   std::printf("traind: %s received, shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");

@@ -180,6 +180,49 @@ class HttpServiceRoutes {
     });
   }
 
+  // POST /v1/jobs/ID:pause and :resume: the job after the call, as
+  // PauseJobResponse and ResumeJobResponse carry it.
+  void Pause(const Request& req, Response& res) const {
+    Serve(req, res, [&](const jobs::Caller& caller) -> absl::Status {
+      auto job = manager_->Pause(req.matches[1], caller);
+      if (!job.ok()) return job.status();
+      trainer::v1::PauseJobResponse out;
+      *out.mutable_job() = std::move(*job);
+      Reply(res, out);
+      return absl::OkStatus();
+    });
+  }
+
+  void Resume(const Request& req, Response& res) const {
+    Serve(req, res, [&](const jobs::Caller& caller) -> absl::Status {
+      auto job = manager_->Resume(req.matches[1], caller);
+      if (!job.ok()) return job.status();
+      trainer::v1::ResumeJobResponse out;
+      *out.mutable_job() = std::move(*job);
+      Reply(res, out);
+      return absl::OkStatus();
+    });
+  }
+
+  // POST /v1/jobs/ID:setPriority {"priority": "HIGH"}.
+  void SetPriority(const Request& req, Response& res) const {
+    Serve(req, res, [&](const jobs::Caller& caller) -> absl::Status {
+      trainer::v1::SetJobPriorityRequest in;
+      if (auto st = google::protobuf::util::JsonStringToMessage(req.body, &in); !st.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "body: not a SetJobPriorityRequest in protobuf's JSON mapping ({\"priority\": "
+            "\"HIGH\"}): ",
+            std::string(st.message())));
+      }
+      auto job = manager_->SetPriority(req.matches[1], in.priority(), caller);
+      if (!job.ok()) return job.status();
+      trainer::v1::SetJobPriorityResponse out;
+      *out.mutable_job() = std::move(*job);
+      Reply(res, out);
+      return absl::OkStatus();
+    });
+  }
+
   void Report(const Request& req, Response& res) const {
     Serve(req, res, [&](const jobs::Caller& caller) -> absl::Status {
       auto job = manager_->GetJob(req.matches[1], caller);
@@ -517,6 +560,10 @@ void HttpService::Route() {
   s.Get(id, [routes](const Request& q, Response& r) { routes->GetJob(q, r); });
   s.Delete(id, [routes](const Request& q, Response& r) { routes->Delete(q, r); });
   s.Post(id + ":cancel", [routes](const Request& q, Response& r) { routes->Cancel(q, r); });
+  s.Post(id + ":pause", [routes](const Request& q, Response& r) { routes->Pause(q, r); });
+  s.Post(id + ":resume", [routes](const Request& q, Response& r) { routes->Resume(q, r); });
+  s.Post(id + ":setPriority",
+         [routes](const Request& q, Response& r) { routes->SetPriority(q, r); });
   s.Post(id + ":classify", [routes](const Request& q, Response& r) { routes->Classify(q, r); });
   s.Get(id + "/events", [routes](const Request& q, Response& r) { routes->Events(q, r); });
   s.Get(id + "/weights", [routes](const Request& q, Response& r) { routes->Weights(q, r); });

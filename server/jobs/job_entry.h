@@ -46,6 +46,15 @@ struct JobManager::EntryState {
   bool on_worker = false;
   absl::Status store_error;      // a failed write, sticky
   double images_per_second = 0;  // latest batch
+  // Scheduling (scheduler.h). While on_worker: the slots it holds, when it
+  // got them, and why it is stopping at its next checkpoint (paused, or
+  // preempted by another job). While waiting: its place and reason.
+  int slots = 0;
+  int64_t started = 0;
+  bool pause_requested = false;
+  std::string preempted_by;
+  int queue_position = 0;
+  std::string waiting_reason;
 };
 
 struct JobManager::Entry {

@@ -77,10 +77,12 @@ absl::StatusOr<int64_t> JobManager::Delete(const std::string& id, const Caller& 
   absl::MutexLock io(&entry->io_mu);
   {
     absl::MutexLock lock(&mu_);
-    if (!IsTerminal(Held(*entry).job.state())) {
+    // A paused job holds nothing but its files.
+    const JobState state = Held(*entry).job.state();
+    if (!IsTerminal(state) && state != trainer::v1::PAUSED) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "job ", id, " is ", trainer::v1::JobState_Name(Held(*entry).job.state()),
-          "; only a finished job can be deleted (cancel it first)"));
+          "job ", id, " is ", trainer::v1::JobState_Name(state),
+          "; only a finished or paused job can be deleted (cancel or pause it first)"));
     }
     for (const auto& [other_id, other] : jobs_) {
       if (!IsTerminal(Held(*other).job.state()) && Held(*other).job.spec().from_job() == id) {

@@ -55,6 +55,10 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(Options options) 
   std::unique_ptr<JobManager> m(new JobManager(std::move(options), std::move(*store)));
   m->lock_fd_ = lock_fd;
   if (auto st = m->Recover(); !st.ok()) return st;
+  {
+    absl::MutexLock lock(&m->mu_);
+    m->Reschedule();
+  }
   for (int i = 0; i < m->options_.workers; ++i) {
     m->workers_.emplace_back([mp = m.get()] { mp->WorkerLoop(); });
   }
@@ -66,7 +70,8 @@ JobManager::JobManager(Options options, std::unique_ptr<Store> store)
       layout_(options_.state_dir),
       store_(std::move(store)),
       engine_(options_.engine),
-      events_(store_.get()) {}
+      events_(store_.get()),
+      policy_(options_.policy) {}
 
 JobManager::~JobManager() {
   Shutdown();
@@ -107,6 +112,10 @@ Job JobManager::View(Entry& entry, bool full) {
   }
   // The log's, so that a reader who saw an event never gets a smaller one.
   job.set_last_seq(events_.LastSeq(entry.id));
+  if (job.state() == trainer::v1::QUEUED && !Held(entry).on_worker) {
+    job.set_queue_position(Held(entry).queue_position);
+    job.set_waiting_reason(Held(entry).waiting_reason);
+  }
   return job;
 }
 
@@ -253,6 +262,20 @@ absl::StatusOr<std::string> JobManager::Submit(JobSpec spec,
   ApplyDefaults(&spec);
   if (!spec.has_threads()) spec.set_threads(options_.threads_per_job);
   if (auto st = ValidateSpec(spec); !st.ok()) return st;
+  {
+    // The admin's policy (scheduler.h), before what the engine checks.
+    absl::MutexLock lock(&mu_);
+    if (auto st = CheckPriorityRights(caller, spec.priority(), spec.preemptible()); !st.ok()) {
+      return st;
+    }
+    const Limits& limits = policy_.For(caller.user);
+    const int world = std::max(1, spec.distributed().world_size());
+    if (!caller.admin && limits.max_world_size >= 0 && world > limits.max_world_size) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "quota max_world_size: user ", caller.user, " may run ranks up to world size ",
+          limits.max_world_size, "; this job asks for ", world));
+    }
+  }
   if (spec.kind() == trainer::v1::SWEEP) {
     if (auto trials = engine_->PlanSweep(ToPlan(spec.sweep())); !trials.ok()) {
       return trials.status();
@@ -288,6 +311,19 @@ absl::StatusOr<std::string> JobManager::Submit(JobSpec spec,
   {
     absl::MutexLock lock(&mu_);
     if (stopping_) return absl::UnavailableError("traind is shutting down");
+    const Limits& limits = policy_.For(caller.user);
+    if (!caller.admin && limits.max_queued_jobs >= 0) {
+      int waiting = 0;
+      for (const auto& [id, e] : jobs_) {
+        waiting += Held(*e).job.owner() == caller.user &&
+                   Held(*e).job.state() == trainer::v1::QUEUED && !Held(*e).on_worker;
+      }
+      if (waiting >= limits.max_queued_jobs) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "quota max_queued_jobs: user ", caller.user, " has ", waiting, " of ",
+            limits.max_queued_jobs, " jobs waiting; wait for some to start or cancel them"));
+      }
+    }
     if (static_cast<int>(queue_.size()) >= options_.max_queued) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "the queue is full (", queue_.size(), " jobs waiting); try again later"));
@@ -326,6 +362,7 @@ absl::StatusOr<std::string> JobManager::Submit(JobSpec spec,
   Emit(*entry, std::move(ev));
   absl::MutexLock lock(&mu_);
   queue_.push_back(entry);
+  Reschedule();
   return entry->id;
 }
 
@@ -385,10 +422,13 @@ absl::StatusOr<Job> JobManager::Cancel(const std::string& id, const Caller& call
       on_worker = Held(*entry).on_worker;
       if (state == trainer::v1::QUEUED && !on_worker) {
         queue_.erase(std::remove(queue_.begin(), queue_.end(), entry), queue_.end());
+        Reschedule();
       }
     }
     if (state == trainer::v1::QUEUED && !on_worker) {
       SetState(*entry, trainer::v1::CANCELLED, "cancelled before it started");
+    } else if (state == trainer::v1::PAUSED) {
+      SetState(*entry, trainer::v1::CANCELLED, "cancelled while paused");
     } else if (state == trainer::v1::RUNNING || state == trainer::v1::QUEUED) {
       SetState(*entry, trainer::v1::CANCELLING, "cancel requested");
       entry->cancel.Cancel();

@@ -36,6 +36,7 @@
 #include "server/jobs/event_log.h"
 #include "server/jobs/follow.h"
 #include "server/jobs/layout.h"
+#include "server/jobs/scheduler.h"
 #include "server/jobs/store.h"
 #include "trainer/v1/training_service.pb.h"
 
@@ -50,7 +51,8 @@ class JobManager {
     std::string data_root;
     // pretrained_file names resolve inside this folder.
     std::string weights_root;
-    // Jobs trained at the same time.
+    // Slots: jobs trained at the same time, or local ranks (a
+    // LOCAL_PROCESSES job of world size N takes N; see JobSlots).
     int workers = 1;
     // Intra-op threads of a job whose spec does not say.
     int threads_per_job = 2;
@@ -64,6 +66,8 @@ class JobManager {
     int max_queued = 1000;
     // Open followers (watch streams) per user; more are RESOURCE_EXHAUSTED.
     int max_streams_per_user = 16;
+    // Quotas and who may raise priorities (SetPolicy replaces it).
+    Policy policy;
     // What trains the jobs (required).
     std::shared_ptr<Engine> engine;
   };
@@ -97,6 +101,21 @@ class JobManager {
   // CANCELLING and stops at its next batch boundary.
   absl::StatusOr<trainer::v1::Job> Cancel(const std::string& id,
                                           const Caller& caller = Caller());
+
+  // A queued job is PAUSED at once; a running one writes a checkpoint at
+  // its next batch boundary, gives its slots back and is PAUSED then. A
+  // paused job stays paused across restarts. FAILED_PRECONDITION for a job
+  // that has ended.
+  absl::StatusOr<trainer::v1::Job> Pause(const std::string& id, const Caller& caller = Caller());
+  // Queues a PAUSED job again; it continues from its checkpoint.
+  absl::StatusOr<trainer::v1::Job> Resume(const std::string& id, const Caller& caller = Caller());
+  // Changes the priority of a job that has not ended and reschedules
+  // (which may preempt). PERMISSION_DENIED above the caller's max_priority.
+  absl::StatusOr<trainer::v1::Job> SetPriority(const std::string& id,
+                                               trainer::v1::Priority priority,
+                                               const Caller& caller = Caller());
+  // Replaces the quotas and priority rights; the queue is reconsidered.
+  void SetPolicy(Policy policy) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Up to `limit` events of job `id` with seq > after_seq.
   absl::StatusOr<std::vector<trainer::v1::JobEvent>> ReadEvents(
@@ -200,6 +219,14 @@ class JobManager {
   int64_t FurthestStep(Entry& entry) ABSL_LOCKS_EXCLUDED(mu_);
   // Records a failed write; the job stops at its next batch.
   void StoreFailed(Entry& entry, const absl::Status& status) ABSL_LOCKS_EXCLUDED(mu_);
+  // Starts, preempts and places waiting jobs as the scheduler decides
+  // (scheduler.h). Called whenever its inputs change.
+  void Reschedule() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `entry` gives its slots back (it left its worker).
+  void ReleaseSlots(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether `caller` may give a job `priority` and `preemptible`.
+  absl::Status CheckPriorityRights(const Caller& caller, trainer::v1::Priority priority,
+                                   bool preemptible) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The job, if `caller` may see it.
   std::shared_ptr<Entry> Find(const std::string& id, const Caller& caller = Caller())
       ABSL_LOCKS_EXCLUDED(mu_);
@@ -224,7 +251,12 @@ class JobManager {
   std::map<std::string, std::shared_ptr<Entry>> jobs_ ABSL_GUARDED_BY(mu_);
   std::vector<std::shared_ptr<Entry>> by_index_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> request_ids_ ABSL_GUARDED_BY(mu_);
+  // QUEUED jobs without slots, in no order (the scheduler orders them).
   std::deque<std::shared_ptr<Entry>> queue_ ABSL_GUARDED_BY(mu_);
+  // Jobs given slots, waiting for a worker thread to take them.
+  std::deque<std::shared_ptr<Entry>> ready_ ABSL_GUARDED_BY(mu_);
+  int64_t starts_ ABSL_GUARDED_BY(mu_) = 0;
+  Policy policy_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, int> open_streams_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 

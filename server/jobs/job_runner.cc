@@ -21,25 +21,46 @@ void JobManager::WorkerLoop() {
     {
       absl::MutexLock lock(&mu_);
       auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stopping_ || !queue_.empty();
+        return stopping_ || !ready_.empty();
       };
       mu_.Await(absl::Condition(&has_work));
       if (stopping_) return;
-      entry = queue_.front();
+      entry = ready_.front();
+      ready_.pop_front();
     }
-    // Taken only if still first in the queue once its io_mu is held: a
-    // Cancel or another worker may have got there first.
+    // The scheduler gave it slots (Reschedule); between that and now it may
+    // have been cancelled, paused or picked to make room for another job.
     absl::ReleasableMutexLock io(&entry->io_mu);
+    JobState state;
+    bool paused, preempted;
     {
       absl::MutexLock lock(&mu_);
-      if (stopping_) return;
-      if (queue_.empty() || queue_.front() != entry) continue;
-      queue_.pop_front();
-      Held(*entry).job.set_start_time_ms(NowMs());
-      Held(*entry).job.set_attempt(Held(*entry).job.attempt() + 1);
-      // Reset by the attempt's first checkpoint; counts crashes without one.
-      Held(*entry).job.set_attempts_without_progress(Held(*entry).job.attempts_without_progress() + 1);
-      Held(*entry).on_worker = true;
+      if (stopping_) return;  // still QUEUED in the store: it runs after the restart
+      state = Held(*entry).job.state();
+      paused = Held(*entry).pause_requested;
+      preempted = !Held(*entry).preempted_by.empty();
+      if (state == trainer::v1::QUEUED && !paused) {
+        if (preempted) {
+          queue_.push_back(entry);
+          ReleaseSlots(*entry);
+          continue;
+        }
+        Held(*entry).job.set_start_time_ms(NowMs());
+        Held(*entry).job.set_attempt(Held(*entry).job.attempt() + 1);
+        // Reset by the attempt's first checkpoint; counts crashes without one.
+        Held(*entry).job.set_attempts_without_progress(
+            Held(*entry).job.attempts_without_progress() + 1);
+      }
+    }
+    if (state == trainer::v1::CANCELLING || paused) {
+      if (state == trainer::v1::CANCELLING) {
+        SetState(*entry, trainer::v1::CANCELLED, "cancelled before it started");
+      } else {
+        SetState(*entry, trainer::v1::PAUSED, "paused before it started");
+      }
+      absl::MutexLock lock(&mu_);
+      ReleaseSlots(*entry);
+      continue;
     }
     SetState(*entry, trainer::v1::RUNNING, "");
     io.Release();
@@ -166,7 +187,9 @@ void JobManager::RunJob(const std::shared_ptr<Entry>& entry) {
   }
 
   absl::MutexLock io(&entry->io_mu);
-  bool interrupted;
+  bool interrupted, cancelling;
+  bool paused = false;
+  std::string preempted_by;
   int epochs;
   int64_t step;
   int attempt = 0;
@@ -189,16 +212,44 @@ void JobManager::RunJob(const std::shared_ptr<Entry>& entry) {
       job.set_weights_size(size);
     }
     interrupted = Held(*entry).interrupted;
-    Held(*entry).on_worker = false;
+    cancelling = job.state() == trainer::v1::CANCELLING;
+    if ((absl::IsCancelled(status) || lost) && !cancelling) {
+      paused = Held(*entry).pause_requested;
+      preempted_by = Held(*entry).preempted_by;
+    }
+    // Its slots are given back once its state says so (below).
     epochs = job.checkpoint_epochs();
     step = job.checkpoint_global_step();
   }
-  if (lost && lost_in_a_row < options_.max_attempts_without_progress) {
+  const std::string at = absl::StrCat(epochs, " epochs (global step ", step, ", checkpointed)");
+  bool queue_again = false;
+  if (paused) {
+    // Before the shutdown case: a job paused while the daemon stops stays
+    // paused after the restart.
+    SetState(*entry, trainer::v1::PAUSED,
+             lost ? absl::StrCat("paused; its attempt ", attempt, " was lost (", status.message(),
+                                 "): ResumeJob continues it from its last checkpoint")
+                  : absl::StrCat("paused at ", at, "; ResumeJob continues it from there"));
+  } else if (lost && lost_in_a_row < options_.max_attempts_without_progress) {
     SetState(*entry, trainer::v1::QUEUED,
              absl::StrCat("attempt ", attempt, " was lost (", status.message(),
                           "); it runs again from its last checkpoint"));
-    absl::MutexLock lock(&mu_);
-    queue_.push_front(entry);
+    queue_again = true;
+  } else if (!preempted_by.empty() && !interrupted) {
+    std::string by = preempted_by;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = jobs_.find(preempted_by);
+      if (it != jobs_.end()) {
+        by = absl::StrCat(
+            preempted_by, " (",
+            trainer::v1::Priority_Name(EffectivePriority(Held(*it->second).job.spec())), ")");
+      }
+    }
+    SetState(
+        *entry, trainer::v1::QUEUED,
+        absl::StrCat("preempted by ", by, " at ", at, "; it continues from there when slots free"));
+    queue_again = true;
   } else if (lost) {
     SetState(*entry, trainer::v1::FAILED,
              absl::StrCat(lost_in_a_row, " attempts in a row were lost without a new checkpoint; "
@@ -218,6 +269,9 @@ void JobManager::RunJob(const std::shared_ptr<Entry>& entry) {
   } else {
     SetState(*entry, trainer::v1::FAILED, std::string(status.message()));
   }
+  absl::MutexLock lock(&mu_);
+  if (queue_again) queue_.push_back(entry);
+  ReleaseSlots(*entry);
 }
 
 }  // namespace traind::jobs

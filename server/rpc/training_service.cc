@@ -121,6 +121,36 @@ Status TrainingServiceImpl::CancelJob(ServerContext* context,
   });
 }
 
+Status TrainingServiceImpl::PauseJob(ServerContext* context,
+                                     const trainer::v1::PauseJobRequest* request,
+                                     trainer::v1::PauseJobResponse* response) {
+  return Serve(*context, tokens_, limits_.serving_nice, [&](const jobs::Caller& caller) {
+    auto job = manager_->Pause(request->job_id(), caller);
+    if (job.ok()) *response->mutable_job() = std::move(*job);
+    return job.status();
+  });
+}
+
+Status TrainingServiceImpl::ResumeJob(ServerContext* context,
+                                      const trainer::v1::ResumeJobRequest* request,
+                                      trainer::v1::ResumeJobResponse* response) {
+  return Serve(*context, tokens_, limits_.serving_nice, [&](const jobs::Caller& caller) {
+    auto job = manager_->Resume(request->job_id(), caller);
+    if (job.ok()) *response->mutable_job() = std::move(*job);
+    return job.status();
+  });
+}
+
+Status TrainingServiceImpl::SetJobPriority(ServerContext* context,
+                                           const trainer::v1::SetJobPriorityRequest* request,
+                                           trainer::v1::SetJobPriorityResponse* response) {
+  return Serve(*context, tokens_, limits_.serving_nice, [&](const jobs::Caller& caller) {
+    auto job = manager_->SetPriority(request->job_id(), request->priority(), caller);
+    if (job.ok()) *response->mutable_job() = std::move(*job);
+    return job.status();
+  });
+}
+
 grpc::ServerWriteReactor<trainer::v1::StreamMetricsResponse>* TrainingServiceImpl::StreamMetrics(
     grpc::CallbackServerContext* context, const trainer::v1::StreamMetricsRequest* request) {
   SetServingPriority(limits_.serving_nice);

@@ -2,7 +2,8 @@
 // translates the request, delegates to the JobManager and converts the
 // result. No job logic here. The two streaming calls are callback-API
 // reactors (streams.h); unary calls run on gRPC's sync threads, because some
-// of them write to disk (SubmitJob, CancelJob, DeleteJob).
+// of them write to disk (SubmitJob, CancelJob, DeleteJob, PauseJob, ResumeJob,
+// SetJobPriority).
 //
 // Thread-safety: handlers run concurrently on gRPC's threads; the manager is
 // thread-safe. Streams wait on the manager's event log, never on training.
@@ -72,6 +73,13 @@ class TrainingServiceImpl final : public TrainingServiceBase {
   grpc::Status DeleteJob(grpc::ServerContext* context,
                          const trainer::v1::DeleteJobRequest* request,
                          trainer::v1::DeleteJobResponse* response) override;
+  grpc::Status PauseJob(grpc::ServerContext* context, const trainer::v1::PauseJobRequest* request,
+                        trainer::v1::PauseJobResponse* response) override;
+  grpc::Status ResumeJob(grpc::ServerContext* context, const trainer::v1::ResumeJobRequest* request,
+                         trainer::v1::ResumeJobResponse* response) override;
+  grpc::Status SetJobPriority(grpc::ServerContext* context,
+                              const trainer::v1::SetJobPriorityRequest* request,
+                              trainer::v1::SetJobPriorityResponse* response) override;
 
  private:
   jobs::JobManager* const manager_;

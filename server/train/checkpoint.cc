@@ -52,7 +52,9 @@ absl::StatusOr<std::string> SerializeCheckpoint(ResNet& model, torch::optim::Ada
   out.emplace_back("state/step_seconds", Real(pos.step_seconds));
   out.emplace_back("state/data_seconds", Real(pos.data_seconds));
   out.emplace_back("state/order_rng", cpu(pos.order_rng));
-  if (pos.next_batch > 0) {
+  // The epoch's order, once drawn: mid-epoch, or interrupted before its
+  // first batch (the generator's state is then past the draw).
+  if (!pos.order.empty()) {
     out.emplace_back("state/order",
                      torch::tensor(at::ArrayRef<int64_t>(pos.order), torch::kLong));
   }
@@ -162,7 +164,9 @@ absl::StatusOr<RunPosition> RestoreCheckpoint(const std::string& bytes, ResNet& 
   if (!rng.ok()) return rng.status();
   pos.order_rng = *rng;
   if (pos.epoch < 1 || pos.next_batch < 0) return Damaged("position out of range");
-  if (pos.next_batch > 0) {
+  // Required mid-epoch; at batch 0 only when the epoch's order was drawn
+  // (checkpoints from the end of an epoch have none).
+  if (pos.next_batch > 0 || named.count("state/order")) {
     auto order = take("state/order", torch::kLong, -1);
     if (!order.ok()) return order.status();
     pos.order.assign(order->data_ptr<int64_t>(), order->data_ptr<int64_t>() + order->numel());

@@ -25,7 +25,8 @@ struct RunPosition {
   int epoch = 1;         // the epoch in progress, from 1
   int next_batch = 0;    // first batch of `epoch` not yet trained; 0: not started
   int64_t global_step = 0;
-  // The data order of `epoch`; present when next_batch > 0.
+  // The data order of `epoch`; present when next_batch > 0, and at batch 0
+  // when the run stopped after drawing it (an interrupt before its first batch).
   std::vector<int64_t> order;
   // Training totals of `epoch` so far, and where its time went.
   double loss_sum = 0;

@@ -158,8 +158,8 @@ class ProgressSink {
 };
 
 // Set from any thread; the run stops at the next batch boundary. After
-// Interrupt() (a daemon shutting down) it first writes a checkpoint there,
-// when the run has a checkpoint folder.
+// Interrupt() (a daemon shutting down, a job paused or preempted) it first
+// writes a checkpoint there, when the run has a checkpoint folder.
 class CancelToken {
  public:
   CancelToken() = default;
@@ -176,6 +176,12 @@ class CancelToken {
   }
   bool interrupted() const {
     return interrupted_.load(std::memory_order_relaxed) || (parent_ && parent_->interrupted());
+  }
+  // Unset again, for a job's next attempt; only while no run uses the token
+  // and nothing else can set it.
+  void Reset() {
+    cancelled_.store(false, std::memory_order_relaxed);
+    interrupted_.store(false, std::memory_order_relaxed);
   }
 
  private:

@@ -167,6 +167,14 @@ absl::Status Run::SyncFromRankZero(bool parameters) {
 
 absl::StatusOr<Run::SharedStep> Run::DistributedStep(const torch::Tensor& x,
                                                      const torch::Tensor& y) {
+  // A stop arrives with this step's allreduce, after its forward pass moved
+  // BatchNorm's running statistics: they are put back then, so that the
+  // checkpoint written at the stop holds the model as it was before this
+  // batch, which the resumed run trains again.
+  std::vector<torch::Tensor> buffers = model_->buffers();
+  std::vector<torch::Tensor> before;
+  before.reserve(buffers.size());
+  for (const auto& b : buffers) before.push_back(b.clone());
   StepResult step = ForwardBackward(model_, *optimizer_, x, y, config_.bf16);
   const int64_t n = y.size(0);
   torch::NoGradGuard no_grad;
@@ -198,7 +206,11 @@ absl::StatusOr<Run::SharedStep> Run::DistributedStep(const torch::Tensor& x,
   shared.count = static_cast<int64_t>(std::llround(tail[2]));
   shared.stop = tail[3] > 0;
   shared.interrupt = tail[4] > 0;
-  if (shared.stop || !std::isfinite(shared.loss_sum)) return shared;
+  if (shared.stop) {
+    for (size_t i = 0; i < buffers.size(); ++i) buffers[i].copy_(before[i]);
+    return shared;
+  }
+  if (!std::isfinite(shared.loss_sum)) return shared;
   // The mean of the ranks' mean-loss gradients: equal shares, so the mean
   // over the global batch as each rank normalised its own share.
   const float scale = 1.f / static_cast<float>(collective_->world_size());
@@ -225,7 +237,7 @@ absl::StatusOr<RunPosition> Run::Resume(const LoadedData& data) {
   auto restored = RestoreCheckpoint(*bytes, model_, *optimizer_);
   if (!restored.ok()) return restored.status();
   pos = std::move(*restored);
-  if (pos.next_batch > 0 && pos.order.size() != data.train.images.size()) {
+  if (!pos.order.empty() && pos.order.size() != data.train.images.size()) {
     return absl::DataLossError(absl::StrCat(
         "checkpoint: its data order has ", pos.order.size(), " images, the training split ",
         data.train.images.size(), "; the dataset changed since it was written"));
@@ -294,7 +306,10 @@ absl::StatusOr<EpochResult> Run::TrainEpoch(const LoadedData& data, int epoch,
                                             RunPosition* pos) {
   EpochState e;
   e.epoch = epoch;
-  if (epoch == pos->epoch && pos->next_batch > 0) {  // resumed mid-epoch
+  // Resumed inside an epoch: its order was drawn before the checkpoint (an
+  // interrupt before the epoch's first batch too: then next_batch is 0 and
+  // the generator is already past this epoch's draw).
+  if (epoch == pos->epoch && !pos->order.empty()) {
     e.order = pos->order;
     e.first_batch = pos->next_batch;
     e.train.loss_sum = pos->loss_sum;

@@ -220,6 +220,50 @@ class DashboardTest(unittest.TestCase):
         self.assertEqual(web.call("GET", f"/v1/jobs/{self.done}/weights")[0], 404)
         self.assertEqual(json.loads(web.call("GET", "/v1/whoami")[2])["user"], "bob")
 
+    def test_5_waiting_reason_priority_pause_and_resume(self):
+        running = self.submit(dict(SMALL, epochs=400))
+        self.wait(running, states=("RUNNING",))
+        waiting = self.submit(dict(SMALL, epochs=400, priority="LOW"))
+        self.login("alice")
+        b = self.browser
+        b.get(f"{self.d.http_url}/#/")
+        reason = self.until(f"document.querySelector('tr[data-job=\"{waiting}\"] .waiting') && "
+                            f"document.querySelector('tr[data-job=\"{waiting}\"] .waiting').textContent",
+                            what="the waiting job's place and reason")
+        self.assertIn("#1 waiting: the only slot is in use", reason)
+        priority = b.execute_script(
+            f"return document.querySelector('tr[data-job=\"{waiting}\"] td.priority').textContent")
+        self.assertEqual(priority, "LOW")
+        self.shot("list-waiting")
+        b.get(f"{self.d.http_url}/#/job/{running}")
+        self.until("document.getElementById('pause')", what="the Pause button")
+        b.find_element("id", "pause").click()
+        self.until("document.querySelector('#job-state [data-state=\"PAUSED\"]')",
+                   what="the page showing PAUSED")
+        # Its slot went to the waiting job.
+        self.wait(waiting, states=("RUNNING",))
+        self.shot("job-paused")
+        self.until("document.getElementById('resume')", what="the Resume button")
+        b.find_element("css selector", "#priority option[value='LOW']").click()
+        self.until("document.querySelector('#priority') && !document.querySelector('#priority').disabled"
+                   " && document.querySelector('#priority').value === 'LOW'", what="the priority change")
+        deadline = time.time() + 30
+        while self.api.json("GET", f"/v1/jobs/{running}")[1]["job"]["spec"].get("priority") != "LOW":
+            self.assertLess(time.time(), deadline, "the priority never changed")
+            time.sleep(0.2)
+        b.find_element("id", "resume").click()
+        state = self.until("document.querySelector('#job-state [data-state]') && "
+                           "document.querySelector('#job-state [data-state]').dataset.state",
+                           what="the state after resuming")
+        self.assertIn(state, ("QUEUED", "RUNNING"))
+        self.assertIn(self.api.json("GET", f"/v1/jobs/{running}")[1]["job"]["state"],
+                      ("QUEUED", "RUNNING"))
+        self.shot("job-resumed")
+        for job in (running, waiting):
+            self.api.json("POST", f"/v1/jobs/{job}:cancel", {})
+            self.wait(job)
+        self.assertEqual(self.console_errors(), [])
+
 
 if __name__ == "__main__":
     unittest.main()

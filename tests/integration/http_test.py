@@ -266,6 +266,39 @@ class HttpApiTest(unittest.TestCase):
         self.assertEqual(lower[0], 200)
         self.assertEqual(json.loads(lower[2])["user"], "bob")
 
+    def test_pause_resume_and_priority(self):
+        w = self.web["alice"]
+        _, body = w.json("POST", "/v1/jobs", dict(SMALL, epochs=300, priority="LOW"))
+        job = body["jobId"]
+        status, body = w.json("POST", f"/v1/jobs/{job}:setPriority", {"priority": "NORMAL"})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["job"]["spec"]["priority"], "NORMAL")
+        status, body = w.json("POST", f"/v1/jobs/{job}:setPriority", {"priority": "URGENT"})
+        self.assertEqual((status, body["error"]["status"]), (403, "PERMISSION_DENIED"))
+        self.assertIn("may give jobs at most NORMAL", body["error"]["message"])
+        status, body = w.json("POST", f"/v1/jobs/{job}:setPriority", {"priority": "SOON"})
+        self.assertEqual((status, body["error"]["status"]), (400, "INVALID_ARGUMENT"))
+        status, body = w.json("POST", f"/v1/jobs/{job}:pause")
+        self.assertEqual(status, 200, body)
+        # The stream shows PAUSED (at once when it was queued, at its next
+        # batch boundary when it ran).
+        response = w.open("GET", f"/v1/jobs/{job}/events")
+        seen = []
+        while "PAUSED" not in seen:
+            line = response.readline()
+            self.assertTrue(line, "the stream ended before PAUSED")
+            line = line.decode() if isinstance(line, bytes) else line
+            if line.startswith("data: ") and '"state"' in line:
+                seen.append(json.loads(line[6:])["state"]["state"])
+        response.close()
+        status, body = w.json("POST", f"/v1/jobs/{job}:resume")
+        self.assertEqual(status, 200, body)
+        self.assertIn(body["job"]["state"], ("QUEUED", "RUNNING"))
+        status, body = w.json("POST", f"/v1/jobs/{job}:resume")
+        self.assertEqual((status, body["error"]["status"]), (400, "FAILED_PRECONDITION"))
+        self.assertEqual(self.web["bob"].call("POST", f"/v1/jobs/{job}:pause")[0], 404)
+        w.json("POST", f"/v1/jobs/{job}:cancel")
+
     def test_cancel_report_classify_and_delete(self):
         w = self.web["alice"]
         _, body = w.json("POST", "/v1/jobs", dict(SMALL, epochs=300))
@@ -357,6 +390,8 @@ class HttpHostTest(unittest.TestCase):
               ("POST", "/v1/logout"), ("GET", "/v1/jobs"), ("POST", "/v1/jobs"),
               ("GET", "/v1/jobs/job-000999"), ("DELETE", "/v1/jobs/job-000999"),
               ("POST", "/v1/jobs/job-000999:cancel"), ("POST", "/v1/jobs/job-000999:classify"),
+              ("POST", "/v1/jobs/job-000999:pause"), ("POST", "/v1/jobs/job-000999:resume"),
+              ("POST", "/v1/jobs/job-000999:setPriority"),
               ("GET", "/v1/jobs/job-000999/events"), ("GET", "/v1/jobs/job-000999/weights"),
               ("GET", "/v1/jobs/job-000999/report"), ("GET", "/"), ("GET", "/static/app.js"),
               ("GET", "/no/such/route")]

@@ -1,7 +1,8 @@
 """The Python client (client/python) against the real traind: installed with
 pip into a virtual environment, its stubs current with proto/, and its API
 (submit, watch with resume, wait, weights with resume and digest check,
-state_dict into torchvision, classify, list, cancel, tokens)."""
+state_dict into torchvision, classify, list, cancel, pause, resume,
+priority, tokens)."""
 import filecmp
 import hashlib
 import os
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import unittest
 
 from harness import start_with_users
@@ -177,6 +179,28 @@ class PythonClientTest(unittest.TestCase):
         with self.assertRaises(TraindError) as err:
             Client(self.d.address, token="wrong").list_jobs()
         self.assertEqual(err.exception.code, "UNAUTHENTICATED")
+
+    def test_pause_resume_and_priority(self):
+        job = self.alice.submit(epochs=500, priority="LOW", **SMALL)
+        self.assertEqual(pb.Priority.Name(job.get().spec.priority), "LOW")
+        self.assertIn(pb.JobState.Name(job.pause().state), ("PAUSED", "QUEUED", "RUNNING"))
+        deadline = time.monotonic() + 300
+        while job.get().state != pb.PAUSED and time.monotonic() < deadline:
+            time.sleep(0.1)  # a running job pauses at its next batch boundary
+        self.assertEqual(job.get().state, pb.PAUSED)
+        self.assertEqual(job.set_priority("normal").spec.priority, pb.NORMAL)
+        with self.assertRaises(TraindError) as err:
+            job.set_priority("HIGH")  # above NORMAL: the admin's to allow
+        self.assertEqual(err.exception.code, "PERMISSION_DENIED")
+        with self.assertRaises(TraindError) as err:
+            job.set_priority("soon")
+        self.assertEqual(err.exception.code, "INVALID_ARGUMENT")
+        self.assertIn(pb.JobState.Name(job.resume().state), ("QUEUED", "RUNNING"))
+        with self.assertRaises(TraindError) as err:
+            job.resume()
+        self.assertEqual(err.exception.code, "FAILED_PRECONDITION")
+        job.cancel()
+        self.assertEqual(job.wait(timeout=300).state, pb.CANCELLED)
 
 
 if __name__ == "__main__":

@@ -199,6 +199,38 @@ class SlurmTest(unittest.TestCase):
         # Slurm's own record says what the user did.
         self.assertIn("JobState=CANCELLED", self.cluster.scontrol("show", "job", "-o", slurm_id))
 
+    def test_pause_ends_the_slurm_job_and_resume_finishes_exactly(self):
+        reference = self.submit("local_processes", epochs=3)
+        self.daemon.watch(reference)
+        job = self.submit("slurm", epochs=3)
+        self.cancel_on_failure(job)
+        watcher, events, slurm_id = self.watch_training(self.daemon, job)
+        self.daemon.trainctl("pause", job)
+        for line in watcher.stdout:
+            events.append(json.loads(line))
+            if events[-1].get("state", {}).get("state") == "PAUSED":
+                break
+        self.assertIn("checkpointed", events[-1]["state"]["reason"])
+        # Its slots went back: the Slurm job ended.
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            shown = self.cluster.scontrol("show", "job", "-o", slurm_id)
+            if "JobState=RUNNING" not in shown and "JobState=COMPLETING" not in shown:
+                break
+            time.sleep(0.5)
+        self.assertNotIn("JobState=RUNNING", self.cluster.scontrol("show", "job", "-o", slurm_id))
+        self.daemon.trainctl("resume", job)
+        events = self.daemon.finish_watch(watcher, events)
+        self.assertEqual([int(e["seq"]) for e in events], list(range(1, len(events) + 1)))
+        names = [s["state"] for s in of_kind(events, "state")]
+        at = names.index("PAUSED")
+        self.assertEqual((names[at + 1], names[-1]), ("QUEUED", "SUCCEEDED"), names)
+        self.assertIn("RUNNING", names[at:])
+        started = {l["text"].split()[2] for l in of_kind(events, "log")
+                   if l["text"].startswith("Slurm job ") and " runs on " in l["text"]}
+        self.assertEqual(len(started), 2, started)  # a new Slurm job for the resumed attempt
+        self.assertEqual(self.weights_sha(job), self.weights_sha(reference))
+
     def test_a_restarted_control_plane_takes_up_the_running_slurm_job(self):
         from slurm_cluster import free_port
         clean = self.submit("slurm", epochs=3)

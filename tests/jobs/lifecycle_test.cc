@@ -610,5 +610,234 @@ TEST_F(LifecycleTest, AnOldClientsStringPrecisionIsReadAtSubmit) {
             "precision: must be fp32 or bf16, got \"fp8\"");
 }
 
+// ---- scheduling: priorities, preemption, pause and resume, quotas ----------
+
+JobSpec WithPriority(JobSpec spec, trainer::v1::Priority p) {
+  spec.set_priority(p);
+  return spec;
+}
+
+// The reasons of the job's state changes, in order.
+std::vector<std::string> StateReasons(const std::vector<JobEvent>& events) {
+  std::vector<std::string> reasons;
+  for (const auto& e : events) {
+    if (e.has_state()) {
+      reasons.push_back(
+          absl::StrCat(trainer::v1::JobState_Name(e.state().state()), ": ", e.state().reason()));
+    }
+  }
+  return reasons;
+}
+
+TEST_F(LifecycleTest, AHigherPriorityJobPreemptsAtACheckpointAndTheVictimResumesFromIt) {
+  engine_->Hold();
+  auto m = Start();
+  auto low = m->Submit(WithPriority(Scratch(2), trainer::v1::LOW), "");
+  ASSERT_TRUE(low.ok()) << low.status();
+  engine_->Allow(2);
+  WaitForBatches(*engine_, 2);
+  // Queued behind it, an equal priority waits and says why.
+  auto normal = m->Submit(WithPriority(Scratch(1), trainer::v1::LOW), "");
+  ASSERT_TRUE(normal.ok());
+  EXPECT_EQ(m->GetJob(*normal)->queue_position(), 1);
+  EXPECT_EQ(m->GetJob(*normal)->waiting_reason(), "waiting: the only slot is in use; next in line");
+  EXPECT_EQ(m->GetJob(*low)->state(), trainer::v1::RUNNING);
+
+  auto high = m->Submit(WithPriority(Scratch(1), trainer::v1::HIGH), "");
+  ASSERT_TRUE(high.ok());
+  WaitFor(*m, *low, trainer::v1::QUEUED);
+  engine_->Release();
+  auto [high_events, high_end] = Follow(*m, *high);
+  ASSERT_TRUE(high_end.ok()) << high_end;
+  EXPECT_EQ(high_events.back().state().state(), trainer::v1::SUCCEEDED);
+  auto [events, end] = Follow(*m, *low);
+  ASSERT_TRUE(end.ok()) << end;
+  for (size_t i = 0; i < events.size(); ++i) EXPECT_EQ(events[i].seq(), int64_t(i + 1));
+  const auto reasons = StateReasons(events);
+  ASSERT_GE(reasons.size(), 5u);
+  EXPECT_EQ(reasons[2], absl::StrCat("QUEUED: preempted by ", *high,
+                                     " (HIGH) at 0 epochs (global step 2, checkpointed); it "
+                                     "continues from there when slots free"));
+  EXPECT_EQ(reasons.back(), "SUCCEEDED: ");
+  // The second attempt continued from the interrupt's checkpoint: every
+  // step trained once.
+  std::set<int64_t> steps;
+  int resumed = 0;
+  for (const auto& e : events) {
+    if (e.has_batch()) {
+      EXPECT_TRUE(steps.insert(e.batch().global_step()).second);
+    }
+    if (e.has_resumed()) {
+      ++resumed;
+      EXPECT_EQ(e.resumed().global_step(), 2);
+    }
+  }
+  EXPECT_EQ(resumed, 1);
+  EXPECT_EQ(steps.size(), 6u);
+  // The LOW job queued before it did not jump the preempted one: it went
+  // after (submission order within a priority).
+  EXPECT_LT(m->GetJob(*low)->end_time_ms(), m->GetJob(*normal)->start_time_ms() + 1);
+  WaitFor(*m, *normal, trainer::v1::SUCCEEDED);
+}
+
+TEST_F(LifecycleTest, EqualPrioritiesAndNonPreemptibleJobsAreNotPreempted) {
+  engine_->Hold();
+  auto m = Start();
+  JobSpec sticky = WithPriority(Scratch(1), trainer::v1::LOW);
+  sticky.set_preemptible(false);
+  auto first = m->Submit(sticky, "");
+  ASSERT_TRUE(first.ok()) << first.status();
+  engine_->Allow(1);
+  WaitForBatches(*engine_, 1);
+  auto urgent = m->Submit(WithPriority(Scratch(1), trainer::v1::URGENT), "");
+  ASSERT_TRUE(urgent.ok());
+  EXPECT_EQ(m->GetJob(*urgent)->waiting_reason(), "waiting: the only slot is in use; next in line");
+  EXPECT_EQ(m->GetJob(*first)->state(), trainer::v1::RUNNING);
+  engine_->Release();
+  WaitFor(*m, *urgent, trainer::v1::SUCCEEDED);
+  EXPECT_EQ(m->GetJob(*first)->attempt(), 1);
+}
+
+TEST_F(LifecycleTest, PauseCheckpointsSurvivesARestartAndResumesWhereItStopped) {
+  engine_->Hold();
+  std::string id;
+  {
+    auto m = Start();
+    auto submitted = m->Submit(Scratch(2), "");
+    ASSERT_TRUE(submitted.ok());
+    id = *submitted;
+    engine_->Allow(4);
+    WaitForBatches(*engine_, 4);
+    auto paused = m->Pause(id);
+    ASSERT_TRUE(paused.ok()) << paused.status();
+    WaitFor(*m, id, trainer::v1::PAUSED);
+    // Pausing again is a no-op; resuming a running or ended job is refused.
+    EXPECT_EQ(m->Pause(id)->state(), trainer::v1::PAUSED);
+    EXPECT_EQ(m->GetJob(id)->checkpoint_global_step(), 4);
+    m->Shutdown();
+  }
+  auto m = Start();
+  EXPECT_EQ(m->GetJob(id)->state(), trainer::v1::PAUSED);
+  // Nothing runs it while paused.
+  EXPECT_EQ(engine_->runs(), 1);
+  engine_->Release();
+  auto resumed = m->Resume(id);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  auto [events, end] = Follow(*m, id);
+  ASSERT_TRUE(end.ok()) << end;
+  for (size_t i = 0; i < events.size(); ++i) EXPECT_EQ(events[i].seq(), int64_t(i + 1));
+  const auto reasons = StateReasons(events);
+  EXPECT_NE(std::find(reasons.begin(), reasons.end(),
+                      "PAUSED: paused at 1 epochs (global step 4, checkpointed); ResumeJob "
+                      "continues it from there"),
+            reasons.end());
+  EXPECT_NE(std::find(reasons.begin(), reasons.end(),
+                      "QUEUED: resumed by local; it continues from its checkpoint"),
+            reasons.end());
+  std::set<int64_t> steps;
+  for (const auto& e : events) {
+    if (e.has_batch()) {
+      EXPECT_TRUE(steps.insert(e.batch().global_step()).second);
+    }
+  }
+  EXPECT_EQ(steps.size(), 6u);
+  EXPECT_EQ(m->Resume(id).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(m->Pause(id).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(LifecycleTest, AQueuedJobPausesAtOnceAndAPausedJobCanBeCancelledOrDeleted) {
+  engine_->Hold();
+  auto m = Start();
+  auto running = m->Submit(Scratch(1), "");
+  auto waiting = m->Submit(Scratch(1), "");
+  auto other = m->Submit(Scratch(1), "");
+  ASSERT_TRUE(running.ok() && waiting.ok() && other.ok());
+  EXPECT_EQ(m->GetJob(*other)->queue_position(), 2);
+  EXPECT_EQ(m->Pause(*waiting)->state(), trainer::v1::PAUSED);
+  EXPECT_EQ(m->GetJob(*other)->queue_position(), 1);
+  EXPECT_EQ(m->Cancel(*waiting)->state(), trainer::v1::CANCELLED);
+  EXPECT_EQ(m->Pause(*other)->state(), trainer::v1::PAUSED);
+  EXPECT_TRUE(m->Delete(*other).ok());
+  EXPECT_EQ(m->GetJob(*other).status().code(), absl::StatusCode::kNotFound);
+  engine_->Release();
+  WaitFor(*m, *running, trainer::v1::SUCCEEDED);
+}
+
+TEST_F(LifecycleTest, APriorityChangeReordersTheQueueAndRightsAreTheAdmins) {
+  engine_->Hold();
+  const Caller alice{"alice", false}, root{"root", true};
+  auto m = Start();
+  auto running = m->Submit(Scratch(1), "", alice);
+  auto a = m->Submit(Scratch(1), "", alice);
+  auto b = m->Submit(Scratch(1), "", alice);
+  ASSERT_TRUE(running.ok() && a.ok() && b.ok());
+  EXPECT_EQ(m->GetJob(*b, alice)->queue_position(), 2);
+  // alice may not raise above NORMAL; lowering is hers.
+  auto denied = m->SetPriority(*b, trainer::v1::HIGH, alice);
+  EXPECT_EQ(denied.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(denied.status().message(),
+            "priority HIGH: user alice may give jobs at most NORMAL (the admin's policy file, "
+            "max_priority)");
+  auto lowered = m->SetPriority(*a, trainer::v1::LOW, alice);
+  ASSERT_TRUE(lowered.ok()) << lowered.status();
+  EXPECT_EQ(m->GetJob(*b, alice)->queue_position(), 1);
+  EXPECT_EQ(m->GetJob(*a, alice)->queue_position(), 2);
+  // Submitting above NORMAL, or not preemptible, is refused the same way.
+  EXPECT_EQ(m->Submit(WithPriority(Scratch(1), trainer::v1::URGENT), "", alice).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  // An admin may; the queue and the running LOW... NORMAL job reorder.
+  auto raised = m->SetPriority(*a, trainer::v1::URGENT, root);
+  ASSERT_TRUE(raised.ok()) << raised.status();
+  // URGENT preempts the running NORMAL job.
+  WaitFor(*m, *running, trainer::v1::QUEUED);
+  engine_->Release();
+  WaitFor(*m, *a, trainer::v1::SUCCEEDED);
+  WaitFor(*m, *running, trainer::v1::SUCCEEDED);
+  WaitFor(*m, *b, trainer::v1::SUCCEEDED);
+  EXPECT_LT(m->GetJob(*running)->end_time_ms(), m->GetJob(*b)->start_time_ms() + 1);
+  // The change is in the job's events and survives in its stored spec.
+  EXPECT_EQ(m->GetJob(*a)->spec().priority(), trainer::v1::URGENT);
+  EXPECT_EQ(m->SetPriority(*a, trainer::v1::LOW).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(LifecycleTest, QuotasRefuseSubmissionsAndHoldBackRunningWork) {
+  auto policy = Policy::Parse(R"({"default": {"max_queued_jobs": 2, "max_world_size": 2},
+                                  "users": {"alice": {"max_running_jobs": 1}}})");
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  options_.policy = *policy;
+  options_.workers = 3;
+  engine_->Hold();
+  const Caller alice{"alice", false}, bob{"bob", false};
+  auto m = Start();
+  auto a1 = m->Submit(Scratch(1), "", alice);
+  auto a2 = m->Submit(Scratch(1), "", alice);
+  auto a3 = m->Submit(Scratch(1), "", alice);
+  ASSERT_TRUE(a1.ok() && a2.ok() && a3.ok());
+  // One running (alice's running-jobs quota), two waiting: the queue quota.
+  auto a4 = m->Submit(Scratch(1), "", alice);
+  EXPECT_EQ(a4.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(a4.status().message(),
+            "quota max_queued_jobs: user alice has 2 of 2 jobs waiting; wait for some to start "
+            "or cancel them");
+  EXPECT_EQ(m->GetJob(*a2, alice)->waiting_reason(), "waiting: 1 of alice's 1 running jobs in use");
+  // bob is not held back by alice's quota: his job starts on a free slot.
+  auto b1 = m->Submit(Scratch(1), "", bob);
+  ASSERT_TRUE(b1.ok());
+  WaitFor(*m, *b1, trainer::v1::RUNNING);
+  JobSpec wide = Scratch(1);
+  wide.set_batch_size(4);
+  wide.mutable_distributed()->set_world_size(4);
+  auto too_wide = m->Submit(wide, "", bob);
+  EXPECT_EQ(too_wide.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(too_wide.status().message(),
+            "quota max_world_size: user bob may run ranks up to world size 2; this job asks for 4");
+  // A reloaded policy applies at once.
+  m->SetPolicy(Policy());
+  WaitFor(*m, *a2, trainer::v1::RUNNING);
+  engine_->Release();
+  for (const auto& id : {*a1, *a2, *a3, *b1}) WaitFor(*m, id, trainer::v1::SUCCEEDED);
+}
+
 }  // namespace
 }  // namespace traind::jobs

@@ -30,7 +30,10 @@ class RecordingSink : public ProgressSink {
     checkpoints.push_back(c);
     return absl::OkStatus();
   }
-  void OnEpoch(const EpochResult& e) override { epochs.push_back(e); }
+  void OnEpoch(const EpochResult& e) override {
+    epochs.push_back(e);
+    if (interrupt && e.epoch == interrupt_after_epoch) interrupt->Interrupt();
+  }
   void OnInfo(const std::string&) override {}
   void OnWarning(const std::string& w) override { warnings.push_back(w); }
 
@@ -44,6 +47,8 @@ class RecordingSink : public ProgressSink {
   CancelToken* interrupt = nullptr;
   int interrupt_epoch = 0;
   int interrupt_batch = 0;
+  // Or after this epoch ended, before the next one's first batch.
+  int interrupt_after_epoch = 0;
 };
 
 std::string Slurp(const fs::path& p) {
@@ -217,6 +222,25 @@ TEST_P(ResumeTest, ResumedRunsEndBitIdenticalToAnUninterruptedRun) {
   ASSERT_TRUE(Train(from_epoch, &third, none).ok());
   EXPECT_EQ(third.losses.size(), 10u);
   EXPECT_EQ(Slurp(from_epoch.output_safetensors), Slurp(straight.output_safetensors));
+
+  // Interrupted between epochs (a pause that arrives during validation):
+  // the checkpoint before epoch 2's first batch already holds epoch 2's
+  // order, and the resumed run trains that order, not a second draw.
+  TrainConfig between = variant("between");
+  CancelToken stop_between;
+  RecordingSink fourth;
+  fourth.interrupt = &stop_between;
+  fourth.interrupt_after_epoch = 1;
+  EXPECT_EQ(Train(between, &fourth, stop_between).status().code(), absl::StatusCode::kCancelled);
+  ASSERT_EQ(fourth.checkpoints.size(), 2u);
+  EXPECT_EQ(fourth.checkpoints[1].epoch, 2);
+  EXPECT_EQ(fourth.checkpoints[1].next_batch, 0);
+  TrainConfig after_between = between;
+  after_between.resume_from = fourth.checkpoints[1].path;
+  RecordingSink fifth;
+  ASSERT_TRUE(Train(after_between, &fifth, none).ok());
+  EXPECT_TRUE(std::equal(fifth.losses.begin(), fifth.losses.end(), full.losses.begin() + 5));
+  EXPECT_EQ(Slurp(after_between.output_safetensors), Slurp(straight.output_safetensors));
 }
 
 INSTANTIATE_TEST_SUITE_P(Precisions, ResumeTest, testing::Bool(),

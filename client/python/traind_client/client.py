@@ -179,7 +179,8 @@ class Job:
 
     def wait(self, timeout=None):
         """Waits until the job ends; returns the final Job message.
-        TimeoutError after `timeout` seconds."""
+        TimeoutError after `timeout` seconds (a PAUSED job waits for its
+        resume)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             job = self.get()
@@ -191,6 +192,27 @@ class Job:
 
     def cancel(self):
         return self.client.call("CancelJob", pb.CancelJobRequest(job_id=self.id)).job
+
+    def pause(self):
+        """Stops the job at a checkpoint and holds it PAUSED, freeing its
+        slots (a running job: at its next batch boundary). The Job message."""
+        return self.client.call("PauseJob", pb.PauseJobRequest(job_id=self.id)).job
+
+    def resume(self):
+        """Queues a PAUSED job again; it continues from its checkpoint."""
+        return self.client.call("ResumeJob", pb.ResumeJobRequest(job_id=self.id)).job
+
+    def set_priority(self, priority):
+        """Changes the priority ("LOW", "NORMAL", "HIGH", "URGENT", any case,
+        or pb.Priority values) of a job that has not ended."""
+        if isinstance(priority, str):
+            try:
+                priority = pb.Priority.Value(priority.upper())
+            except ValueError:
+                raise TraindError("INVALID_ARGUMENT",
+                                  f"priority: {priority!r} is not LOW, NORMAL, HIGH or URGENT") from None
+        return self.client.call(
+            "SetJobPriority", pb.SetJobPriorityRequest(job_id=self.id, priority=priority)).job
 
     def delete(self):
         """Removes a finished job; returns the bytes freed."""

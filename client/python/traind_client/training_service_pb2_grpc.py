@@ -56,6 +56,21 @@ class TrainingServiceStub(object):
                 request_serializer=trainer_dot_v1_dot_training__service__pb2.ClassifyRequest.SerializeToString,
                 response_deserializer=trainer_dot_v1_dot_training__service__pb2.ClassifyResponse.FromString,
                 )
+        self.PauseJob = channel.unary_unary(
+                '/trainer.v1.TrainingService/PauseJob',
+                request_serializer=trainer_dot_v1_dot_training__service__pb2.PauseJobRequest.SerializeToString,
+                response_deserializer=trainer_dot_v1_dot_training__service__pb2.PauseJobResponse.FromString,
+                )
+        self.ResumeJob = channel.unary_unary(
+                '/trainer.v1.TrainingService/ResumeJob',
+                request_serializer=trainer_dot_v1_dot_training__service__pb2.ResumeJobRequest.SerializeToString,
+                response_deserializer=trainer_dot_v1_dot_training__service__pb2.ResumeJobResponse.FromString,
+                )
+        self.SetJobPriority = channel.unary_unary(
+                '/trainer.v1.TrainingService/SetJobPriority',
+                request_serializer=trainer_dot_v1_dot_training__service__pb2.SetJobPriorityRequest.SerializeToString,
+                response_deserializer=trainer_dot_v1_dot_training__service__pb2.SetJobPriorityResponse.FromString,
+                )
 
 
 class TrainingServiceServicer(object):
@@ -125,6 +140,31 @@ class TrainingServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseJob(self, request, context):
+        """Stops a job at a checkpoint and holds it PAUSED, freeing its slots: a
+        queued job at once, a running one at its next batch boundary (it stays
+        RUNNING until then). FAILED_PRECONDITION for a job that has ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeJob(self, request, context):
+        """Queues a PAUSED job again; it continues from its checkpoint.
+        FAILED_PRECONDITION for a job that is not PAUSED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetJobPriority(self, request, context):
+        """Changes the priority of a job that has not ended; the queue reorders at
+        once and may preempt. PERMISSION_DENIED above what the caller may set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -167,6 +207,21 @@ def add_TrainingServiceServicer_to_server(servicer, server):
                     servicer.Classify,
                     request_deserializer=trainer_dot_v1_dot_training__service__pb2.ClassifyRequest.FromString,
                     response_serializer=trainer_dot_v1_dot_training__service__pb2.ClassifyResponse.SerializeToString,
+            ),
+            'PauseJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseJob,
+                    request_deserializer=trainer_dot_v1_dot_training__service__pb2.PauseJobRequest.FromString,
+                    response_serializer=trainer_dot_v1_dot_training__service__pb2.PauseJobResponse.SerializeToString,
+            ),
+            'ResumeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeJob,
+                    request_deserializer=trainer_dot_v1_dot_training__service__pb2.ResumeJobRequest.FromString,
+                    response_serializer=trainer_dot_v1_dot_training__service__pb2.ResumeJobResponse.SerializeToString,
+            ),
+            'SetJobPriority': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetJobPriority,
+                    request_deserializer=trainer_dot_v1_dot_training__service__pb2.SetJobPriorityRequest.FromString,
+                    response_serializer=trainer_dot_v1_dot_training__service__pb2.SetJobPriorityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,5 +368,56 @@ class TrainingService(object):
         return grpc.experimental.unary_unary(request, target, '/trainer.v1.TrainingService/Classify',
             trainer_dot_v1_dot_training__service__pb2.ClassifyRequest.SerializeToString,
             trainer_dot_v1_dot_training__service__pb2.ClassifyResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def PauseJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/trainer.v1.TrainingService/PauseJob',
+            trainer_dot_v1_dot_training__service__pb2.PauseJobRequest.SerializeToString,
+            trainer_dot_v1_dot_training__service__pb2.PauseJobResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ResumeJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/trainer.v1.TrainingService/ResumeJob',
+            trainer_dot_v1_dot_training__service__pb2.ResumeJobRequest.SerializeToString,
+            trainer_dot_v1_dot_training__service__pb2.ResumeJobResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def SetJobPriority(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/trainer.v1.TrainingService/SetJobPriority',
+            trainer_dot_v1_dot_training__service__pb2.SetJobPriorityRequest.SerializeToString,
+            trainer_dot_v1_dot_training__service__pb2.SetJobPriorityResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

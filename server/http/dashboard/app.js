@@ -115,9 +115,9 @@ function listPage() {
   main.replaceChildren(
     el("h1", {}, "Jobs"),
     el("table", { id: "jobs" },
-       el("thead", {}, el("tr", {}, ["Job", "Kind", "Dataset", "Owner", "State", "Progress",
-                                     "Val. accuracy", "Submitted"].map((h, i) =>
-         el("th", { class: i === 6 ? "num" : "" }, h)))),
+       el("thead", {}, el("tr", {}, ["Job", "Kind", "Dataset", "Owner", "State", "Priority",
+                                     "Progress", "Val. accuracy", "Submitted"].map((h, i) =>
+         el("th", { class: i === 7 ? "num" : "" }, h)))),
        body),
     status);
   const refresh = async () => {
@@ -135,7 +135,9 @@ function listPage() {
         el("td", {}, kindName(j.spec.kind)),
         el("td", {}, j.spec.dataset),
         el("td", {}, j.owner),
-        el("td", {}, stateBadge(j.state)),
+        el("td", {}, stateBadge(j.state),
+           j.waitingReason ? el("div", { class: "muted waiting" }, `#${j.queuePosition} ${j.waitingReason}`) : ""),
+        el("td", { class: "priority" }, j.spec.priority || "NORMAL"),
         el("td", {}, progress(j)),
         el("td", { class: "num" }, j.latest ? pct(j.latest.validationAccuracy) : "–"),
         el("td", {}, when(j.createTimeMs)))));
@@ -239,7 +241,7 @@ function jobPage(id) {
     } else if (e.state) {
       document.getElementById("job-state").replaceChildren(stateBadge(e.state.state));
       log.append(el("li", {}, `${new Date(num(e.timeMs)).toLocaleTimeString()} ${e.state.state}${e.state.reason ? ": " + e.state.reason : ""}`));
-      if (ended(e.state.state) || e.state.state === "RUNNING") loadJob();
+      loadJob();
     } else if (e.log) {
       log.append(el("li", {}, `${new Date(num(e.timeMs)).toLocaleTimeString()} ${e.log.text}`));
     } else if (e.resumed) {
@@ -255,8 +257,37 @@ function jobPage(id) {
     if (acc) acc.update("none");
   }, 500);
 
+  // A call that changes the job (pause, resume, priority), then its facts.
+  const change = (path, body) => async (ev) => {
+    ev.target.disabled = true;
+    try {
+      const r = await api(`/v1/jobs/${id}:${path}`, body ? { method: "POST", body: JSON.stringify(body) } : { method: "POST" });
+      job = r.job;
+      renderFacts();
+    } catch (err) { showError(message, err); ev.target.disabled = false; }
+  };
   const renderActions = () => {
     const buttons = [];
+    if (job.state === "QUEUED" || job.state === "RUNNING") {
+      buttons.push(el("button", { id: "pause", onclick: change("pause") }, "Pause"));
+    }
+    if (job.state === "PAUSED") {
+      buttons.push(el("button", { id: "resume", onclick: change("resume") }, "Resume"));
+    }
+    if (!ended(job.state) && job.state !== "CANCELLING") {
+      const select = el("select", { id: "priority", "aria-label": "priority" },
+        ...["LOW", "NORMAL", "HIGH", "URGENT"].map((p) => el("option", { value: p }, p)));
+      select.value = job.spec.priority || "NORMAL";
+      select.onchange = async () => {
+        select.disabled = true;
+        try {
+          const r = await api(`/v1/jobs/${id}:setPriority`, { method: "POST", body: JSON.stringify({ priority: select.value }) });
+          job = r.job;
+          renderFacts();
+        } catch (err) { showError(message, err); select.value = job.spec.priority || "NORMAL"; select.disabled = false; }
+      };
+      buttons.push(el("label", { class: "priority-picker" }, "Priority ", select));
+    }
     if (!ended(job.state)) {
       buttons.push(el("button", { class: "danger", id: "cancel", onclick: async (ev) => {
         ev.target.disabled = true;
@@ -280,10 +311,12 @@ function jobPage(id) {
     const rows = [
       ["Kind", kindName(s.kind)], ["Dataset", `${s.dataset} (${job.numClasses} classes: ${job.trainImages} train / ${job.validationImages} validation images)`],
       ["Owner", job.owner], ["Progress", progress(job)],
+      ["Priority", `${s.priority || "NORMAL"}${s.preemptible === false ? " (not preemptible)" : ""}`],
       ["Settings", `batch ${s.batchSize}, image ${s.imageSize} px, lr ${s.learningRate}, ${s.precision}, ${s.device}`],
       ["Submitted", when(job.createTimeMs)], ["Started", when(job.startTimeMs)], ["Ended", when(job.endTimeMs)],
     ];
     if (job.latest) rows.push(["Latest epoch", `${job.latest.epoch}: validation ${pct(job.latest.validationAccuracy)}, loss ${Number(job.latest.validationLoss).toFixed(4)}`]);
+    if (job.waitingReason) rows.push(["Queue", `position ${job.queuePosition}: ${job.waitingReason}`]);
     if (job.error) rows.push(["Error", job.error]);
     if (job.weightsSha256) rows.push(["Weights SHA-256", job.weightsSha256]);
     if (job.placement && job.placement.launcher) rows.push(["Placement", `${job.placement.launcher}, ${job.placement.worldSize} ranks ${job.placement.schedulerJob || ""}`]);

@@ -1,0 +1,127 @@
+// Which waiting jobs start, which running job makes room for a more urgent
+// one, and why every other job waits. Pure: Decide sees the jobs, the slots
+// and the policy and returns a decision; the job manager carries it out
+// (job_manager.cc) and calls it again whenever something changes (a
+// submission, a job ending, a priority change, a resume, a policy reload).
+//
+// The rules, in order:
+// - A higher priority goes first. Among equal priorities the next slot goes
+//   to the user with the fewest slots in use (counting the jobs ordered
+//   ahead in this decision as if started), then to the job that has waited
+//   longest. So a user with 18 queued trials and a user with one job
+//   alternate; neither waits for the other's whole queue.
+// - A user's running quotas (jobs, slots) hold that user's job back without
+//   holding back anyone else's.
+// - A job that does not fit takes the slots about to free (jobs already
+//   checkpointing to stop) or else preempts: the cheapest set of running,
+//   preemptible jobs of strictly lower priority (lowest priority first, a
+//   single job that frees enough before several, the most recently started
+//   first). Equal priorities never preempt each other, so nothing thrashes.
+// - No backfill: once a job waits for capacity, the jobs after it wait too,
+//   so a large job is not starved by a stream of small ones.
+//
+// Thread-safety: Decide is a pure function; Policy is immutable once built.
+#ifndef TRAIND_SERVER_JOBS_SCHEDULER_H_
+#define TRAIND_SERVER_JOBS_SCHEDULER_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "trainer/v1/training_service.pb.h"
+
+namespace traind::jobs {
+
+// What one user may do. -1: no limit.
+struct Limits {
+  int max_running_jobs = -1;
+  // Slots in use at once (see JobSlots).
+  int max_slots = -1;
+  // Jobs waiting (QUEUED) at once; a submission over it is refused.
+  int max_queued_jobs = -1;
+  // World size of one distributed job; a submission over it is refused.
+  int max_world_size = -1;
+  // The highest priority the user may give a job. Admins may give any.
+  trainer::v1::Priority max_priority = trainer::v1::NORMAL;
+  // Whether the user may submit non-preemptible jobs. Admins may.
+  bool may_opt_out_of_preemption = false;
+};
+
+// The admin's policy: a default and per-user limits. The file is JSON:
+//
+//   {"default": {"max_running_jobs": 4, "max_slots": 4, "max_queued_jobs": 50,
+//                "max_world_size": 8, "max_priority": "NORMAL",
+//                "may_opt_out_of_preemption": false},
+//    "users": {"alice": {"max_slots": 3}, "ops": {"max_priority": "URGENT"}}}
+//
+// A user's entry overrides the default's fields it names.
+class Policy {
+ public:
+  Policy() = default;
+  // INVALID_ARGUMENT naming the field that is wrong.
+  static absl::StatusOr<Policy> Parse(std::string_view json);
+  static absl::StatusOr<Policy> Load(const std::string& path);
+
+  const Limits& For(const std::string& user) const;
+
+ private:
+  Limits default_;
+  std::map<std::string, Limits> users_;
+};
+
+// The slots a job takes: the ranks it runs on this machine (a
+// LOCAL_PROCESSES job of world size N takes N, at most `capacity`, so a job
+// larger than the daemon takes all of it), else 1: the in-daemon worker of
+// a world-size-1 job, a sweep (its trials share the job's threads), or a
+// Slurm or Kubernetes job, whose ranks the cluster places.
+int JobSlots(const trainer::v1::JobSpec& spec, int capacity);
+
+// NORMAL for PRIORITY_UNSPECIFIED.
+trainer::v1::Priority EffectivePriority(const trainer::v1::JobSpec& spec);
+
+struct WaitingJob {
+  std::string id;
+  std::string user;
+  trainer::v1::Priority priority = trainer::v1::NORMAL;
+  int64_t order = 0;  // submission order: smaller waited longer
+  int slots = 1;
+};
+
+struct RunningJob {
+  std::string id;
+  std::string user;
+  trainer::v1::Priority priority = trainer::v1::NORMAL;
+  int slots = 1;
+  bool preemptible = true;
+  int64_t started = 0;  // when its attempt started: larger is more recent
+  // Already asked to stop (preempted, pausing, cancelling): its slots are
+  // about to free and it is no one's victim again.
+  bool stopping = false;
+};
+
+struct Decision {
+  // Jobs to start now, in order.
+  std::vector<std::string> start;
+  struct Preemption {
+    std::string victim;
+    std::string for_job;
+  };
+  std::vector<Preemption> preempt;
+  struct Place {
+    std::string id;
+    int position = 0;  // 1: the next to start
+    std::string reason;
+  };
+  // Every waiting job that does not start, in the order they will.
+  std::vector<Place> waiting;
+};
+
+Decision Decide(std::vector<WaitingJob> waiting, const std::vector<RunningJob>& running,
+                int capacity, const Policy& policy);
+
+}  // namespace traind::jobs
+
+#endif  // TRAIND_SERVER_JOBS_SCHEDULER_H_

@@ -1,0 +1,247 @@
+// The scheduler's decisions, one rule at a time (scheduler.h). The job
+// manager's use of them, with the fake engine, is in lifecycle_test.cc.
+#include "server/jobs/scheduler.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+
+namespace traind::jobs {
+namespace {
+
+using trainer::v1::HIGH;
+using trainer::v1::LOW;
+using trainer::v1::NORMAL;
+using trainer::v1::URGENT;
+
+WaitingJob W(std::string id, std::string user, trainer::v1::Priority p, int64_t order,
+             int slots = 1) {
+  return {std::move(id), std::move(user), p, order, slots};
+}
+
+RunningJob R(std::string id, std::string user, trainer::v1::Priority p, int slots = 1,
+             int64_t started = 0, bool preemptible = true) {
+  RunningJob r;
+  r.id = std::move(id);
+  r.user = std::move(user);
+  r.priority = p;
+  r.slots = slots;
+  r.started = started;
+  r.preemptible = preemptible;
+  return r;
+}
+
+std::vector<std::string> Order(const Decision& d) {
+  std::vector<std::string> ids = d.start;
+  for (const auto& w : d.waiting) ids.push_back(w.id);
+  return ids;
+}
+
+const Decision::Place& PlaceOf(const Decision& d, const std::string& id) {
+  for (const auto& w : d.waiting) {
+    if (w.id == id) return w;
+  }
+  static const Decision::Place none;
+  ADD_FAILURE() << id << " is not waiting";
+  return none;
+}
+
+TEST(SchedulerTest, HigherPriorityFirstAndFifoWithinAPriority) {
+  const Decision d = Decide({W("a", "u", LOW, 1), W("b", "u", NORMAL, 2), W("c", "u", URGENT, 3),
+                             W("d", "u", NORMAL, 4), W("e", "u", HIGH, 5)},
+                            {}, 1, Policy());
+  EXPECT_EQ(d.start, std::vector<std::string>{"c"});
+  EXPECT_EQ(Order(d), (std::vector<std::string>{"c", "e", "b", "d", "a"}));
+  EXPECT_EQ(PlaceOf(d, "e").position, 1);
+  EXPECT_EQ(PlaceOf(d, "a").position, 4);
+  EXPECT_TRUE(d.preempt.empty());
+}
+
+TEST(SchedulerTest, FillsEveryFreeSlotAndNoMore) {
+  const Decision d =
+      Decide({W("a", "u", NORMAL, 1), W("b", "u", NORMAL, 2), W("c", "u", NORMAL, 3)},
+             {R("x", "v", NORMAL)}, 3, Policy());
+  EXPECT_EQ(d.start, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(PlaceOf(d, "c").reason, "waiting: all 3 slots in use; next in line");
+}
+
+TEST(SchedulerTest, FairShareGivesTheNextSlotToTheUserWithTheLeastRunning) {
+  // alice queued 4 trials first, bob 2 jobs, carol 1; alice already runs one.
+  std::vector<WaitingJob> queue = {W("a1", "alice", NORMAL, 1), W("a2", "alice", NORMAL, 2),
+                                   W("a3", "alice", NORMAL, 3), W("a4", "alice", NORMAL, 4),
+                                   W("b1", "bob", NORMAL, 5),   W("b2", "bob", NORMAL, 6),
+                                   W("c1", "carol", NORMAL, 7)};
+  std::vector<RunningJob> running = {R("a0", "alice", NORMAL)};
+  // Step by step: one slot frees at a time, and the job it goes to runs.
+  const std::vector<std::string> expected = {"b1", "c1", "a1", "b2", "a2", "a3", "a4"};
+  for (const std::string& next : expected) {
+    const Decision d = Decide(queue, running, static_cast<int>(running.size()) + 1, Policy());
+    ASSERT_EQ(d.start.size(), 1u);
+    EXPECT_EQ(d.start[0], next);
+    for (auto it = queue.begin(); it != queue.end(); ++it) {
+      if (it->id == next) {
+        running.push_back(R(it->id, it->user, NORMAL));
+        queue.erase(it);
+        break;
+      }
+    }
+  }
+  // The whole order is visible in one decision, as positions.
+  const Decision all = Decide({W("a1", "alice", NORMAL, 1), W("a2", "alice", NORMAL, 2),
+                               W("b1", "bob", NORMAL, 3), W("c1", "carol", NORMAL, 4)},
+                              {R("a0", "alice", NORMAL)}, 1, Policy());
+  EXPECT_EQ(Order(all), (std::vector<std::string>{"b1", "c1", "a1", "a2"}));
+  EXPECT_EQ(PlaceOf(all, "c1").position, 2);
+}
+
+TEST(SchedulerTest, PriorityBeatsFairShare) {
+  const Decision d = Decide({W("b1", "bob", NORMAL, 1), W("a1", "alice", HIGH, 2)},
+                            {R("a0", "alice", NORMAL)}, 2, Policy());
+  EXPECT_EQ(d.start, std::vector<std::string>{"a1"});
+}
+
+TEST(SchedulerTest, PreemptsTheCheapestLowerPriorityJob) {
+  // Two slots, both busy: a HIGH job preempts, and the victim is the LOW
+  // one (not the NORMAL one); of two LOW ones, the most recently started.
+  const Decision d =
+      Decide({W("h", "u", HIGH, 9)},
+             {R("n", "u", NORMAL, 1, 1), R("l_old", "u", LOW, 1, 2), R("l_new", "u", LOW, 1, 3)}, 3,
+             Policy());
+  EXPECT_TRUE(d.start.empty());
+  ASSERT_EQ(d.preempt.size(), 1u);
+  EXPECT_EQ(d.preempt[0].victim, "l_new");
+  EXPECT_EQ(d.preempt[0].for_job, "h");
+  EXPECT_EQ(PlaceOf(d, "h").reason, "waiting: preempting l_new (LOW) to make room");
+}
+
+TEST(SchedulerTest, PrefersOneVictimThatFreesEnoughOverSeveral) {
+  const Decision d = Decide(
+      {W("h", "u", HIGH, 9, 2)},
+      {R("l1", "u", LOW, 1, 5), R("l2", "u", LOW, 2, 1), R("l3", "u", LOW, 1, 6)}, 4, Policy());
+  ASSERT_EQ(d.preempt.size(), 1u);
+  EXPECT_EQ(d.preempt[0].victim, "l2");
+}
+
+TEST(SchedulerTest, TakesSeveralVictimsOnlyWhenTogetherTheyFreeEnough) {
+  Decision d = Decide({W("h", "u", HIGH, 9, 2)}, {R("l1", "u", LOW, 1, 1), R("l2", "u", LOW, 1, 2)},
+                      2, Policy());
+  ASSERT_EQ(d.preempt.size(), 2u);
+  // One LOW job of one slot cannot make room for two: nothing is preempted.
+  d = Decide({W("h", "u", HIGH, 9, 2)}, {R("l1", "u", LOW, 1, 1), R("n", "u", HIGH, 1, 2)}, 2,
+             Policy());
+  EXPECT_TRUE(d.preempt.empty());
+  EXPECT_EQ(PlaceOf(d, "h").reason, "waiting: all 2 slots in use; next in line");
+}
+
+TEST(SchedulerTest, EqualPrioritiesNeverPreemptAndNonPreemptibleJobsAreSpared) {
+  Decision d = Decide({W("n2", "u", NORMAL, 9)}, {R("n1", "u", NORMAL)}, 1, Policy());
+  EXPECT_TRUE(d.preempt.empty());
+  d = Decide({W("u1", "u", URGENT, 9)}, {R("l", "u", LOW, 1, 0, /*preemptible=*/false)}, 1,
+             Policy());
+  EXPECT_TRUE(d.preempt.empty());
+}
+
+TEST(SchedulerTest, DoesNotThrash) {
+  // A preempted LOW job back in the queue does not start while the HIGH one
+  // holds the slot, and a HIGH job that arrives later does not preempt the
+  // running HIGH one.
+  Decision d =
+      Decide({W("l", "u", LOW, 1), W("h2", "u", HIGH, 5)}, {R("h", "u", HIGH)}, 1, Policy());
+  EXPECT_TRUE(d.start.empty());
+  EXPECT_TRUE(d.preempt.empty());
+  // While a victim is checkpointing, the job it makes room for waits for its
+  // slots and nothing else is preempted for it.
+  RunningJob stopping = R("l1", "u", LOW);
+  stopping.stopping = true;
+  d = Decide({W("h", "u", HIGH, 9)}, {stopping, R("l2", "u", LOW)}, 2, Policy());
+  EXPECT_TRUE(d.preempt.empty());
+  EXPECT_EQ(PlaceOf(d, "h").reason, "waiting: l1 is stopping at a checkpoint to free slots");
+  // Two URGENT jobs and two LOW ones running: each preempts one.
+  d = Decide({W("u1", "u", URGENT, 1), W("u2", "u", URGENT, 2)},
+             {R("l1", "u", LOW, 1, 1), R("l2", "u", LOW, 1, 2)}, 2, Policy());
+  ASSERT_EQ(d.preempt.size(), 2u);
+  EXPECT_EQ(d.preempt[0].victim, "l2");
+  EXPECT_EQ(d.preempt[1].victim, "l1");
+}
+
+TEST(SchedulerTest, NoBackfillPastAJobWaitingForCapacity) {
+  // The 3-slot job waits for capacity; the 1-slot job behind it does not
+  // take the free slot.
+  const Decision d = Decide({W("big", "u", NORMAL, 1, 3), W("small", "u", NORMAL, 2)},
+                            {R("x", "v", NORMAL)}, 3, Policy());
+  EXPECT_TRUE(d.start.empty());
+  EXPECT_EQ(PlaceOf(d, "big").reason, "waiting: takes 3 slots, 2 of 3 free; next in line");
+  EXPECT_EQ(PlaceOf(d, "small").reason, "waiting: 1 job ahead in the queue");
+}
+
+TEST(SchedulerTest, QuotasHoldBackTheirUserOnly) {
+  auto policy = Policy::Parse(R"({"default": {"max_running_jobs": 2},
+                                  "users": {"alice": {"max_slots": 3}}})");
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  // alice runs 3 slots: her next job waits with the reason, bob's starts.
+  Decision d = Decide({W("a", "alice", NORMAL, 1), W("b", "bob", NORMAL, 2)},
+                      {R("a0", "alice", NORMAL, 3)}, 8, *policy);
+  EXPECT_EQ(d.start, std::vector<std::string>{"b"});
+  EXPECT_EQ(PlaceOf(d, "a").reason, "waiting: 3 of alice's 3 running slots in use");
+  // bob may run two jobs at once (the default), not three.
+  d = Decide({W("b3", "bob", NORMAL, 3)}, {R("b1", "bob", NORMAL), R("b2", "bob", NORMAL)}, 8,
+             *policy);
+  EXPECT_TRUE(d.start.empty());
+  EXPECT_EQ(PlaceOf(d, "b3").reason, "waiting: 2 of bob's 2 running jobs in use");
+  // Starting counts against the quota within one decision too.
+  d = Decide({W("b1", "bob", NORMAL, 1), W("b2", "bob", NORMAL, 2), W("b3", "bob", NORMAL, 3)}, {},
+             8, *policy);
+  EXPECT_EQ(d.start, (std::vector<std::string>{"b1", "b2"}));
+}
+
+TEST(SchedulerTest, APriorityChangeReordersTheQueue) {
+  std::vector<WaitingJob> queue = {W("a", "u", NORMAL, 1), W("b", "u", NORMAL, 2),
+                                   W("c", "u", NORMAL, 3)};
+  EXPECT_EQ(Order(Decide(queue, {R("x", "u", NORMAL)}, 1, Policy())),
+            (std::vector<std::string>{"a", "b", "c"}));
+  queue[2].priority = HIGH;
+  queue[0].priority = LOW;
+  EXPECT_EQ(Order(Decide(queue, {R("x", "u", NORMAL)}, 1, Policy())),
+            (std::vector<std::string>{"c", "b", "a"}));
+}
+
+TEST(SchedulerTest, PolicyParsesAndNamesWhatIsWrong) {
+  auto p = Policy::Parse(R"({"default": {"max_queued_jobs": 5, "max_priority": "HIGH"},
+                             "users": {"ops": {"max_priority": "URGENT",
+                                               "may_opt_out_of_preemption": true}}})");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->For("anyone").max_queued_jobs, 5);
+  EXPECT_EQ(p->For("anyone").max_priority, HIGH);
+  EXPECT_FALSE(p->For("anyone").may_opt_out_of_preemption);
+  EXPECT_EQ(p->For("ops").max_queued_jobs, 5);  // the default's, not overridden
+  EXPECT_EQ(p->For("ops").max_priority, URGENT);
+  EXPECT_TRUE(p->For("ops").may_opt_out_of_preemption);
+  EXPECT_EQ(Policy().For("x").max_priority, NORMAL);
+
+  auto bad = Policy::Parse(R"({"users": {"bob": {"max_slots": "many"}}})");
+  EXPECT_EQ(bad.status().message(),
+            "users.bob.max_slots: must be an integer in [-1, 1000000] (-1: no limit)");
+  bad = Policy::Parse(R"({"default": {"max_priority": "SUPER"}})");
+  EXPECT_EQ(bad.status().message(),
+            "default.max_priority: must be one of LOW, NORMAL, HIGH, URGENT");
+  bad = Policy::Parse(R"({"default": {"max_slot": 3}})");
+  EXPECT_TRUE(absl::StrContains(bad.status().message(), "default.max_slot: unknown"));
+  EXPECT_EQ(Policy::Parse("{").status().message(), "policy: not valid JSON");
+}
+
+TEST(SchedulerTest, SlotsFollowTheRanksThisMachineRuns) {
+  trainer::v1::JobSpec spec;
+  EXPECT_EQ(JobSlots(spec, 4), 1);
+  spec.mutable_distributed()->set_world_size(3);
+  EXPECT_EQ(JobSlots(spec, 4), 3);
+  EXPECT_EQ(JobSlots(spec, 2), 2);  // larger than the daemon: all of it
+  spec.mutable_distributed()->set_launcher(trainer::v1::SLURM);
+  EXPECT_EQ(JobSlots(spec, 4), 1);  // the cluster places its ranks
+  EXPECT_EQ(EffectivePriority(spec), NORMAL);
+}
+
+}  // namespace
+}  // namespace traind::jobs
