@@ -89,6 +89,11 @@ absl::Status JobManager::RunEngine(const std::shared_ptr<Entry>& entry, const Jo
     RunRequest run;
     run.config = std::move(config);
     run.distributed = spec.distributed();
+    {
+      // The cluster's own priority for this attempt (the admin's mapping).
+      absl::MutexLock lock(&mu_);
+      policy_.MapPriority(EffectivePriority(spec), &run.distributed);
+    }
     run.config.checkpoint_dir = layout_.CheckpointDir(id);
     const CheckpointRecord resume = PickCheckpoint(entry);
     run.config.resume_from = resume.path;

@@ -57,6 +57,10 @@ std::string Name(Priority p) { return trainer::v1::Priority_Name(p); }
 
 }  // namespace
 
+struct Policy::Parser {
+  static absl::Status Clusters(const nlohmann::json& j, Policy* policy);
+};
+
 absl::StatusOr<Policy> Policy::Parse(std::string_view text) {
   const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return absl::InvalidArgumentError("policy: not valid JSON");
@@ -65,9 +69,11 @@ absl::StatusOr<Policy> Policy::Parse(std::string_view text) {
   for (const auto& [key, value] : j.items()) {
     if (key == "default") {
       if (auto st = ParseLimits(value, "default", &policy.default_); !st.ok()) return st;
+    } else if (key == "clusters") {
+      if (auto st = Parser::Clusters(value, &policy); !st.ok()) return st;
     } else if (key != "users") {
       return absl::InvalidArgumentError(
-          absl::StrCat("policy: unknown field \"", key, "\" (known: default, users)"));
+          absl::StrCat("policy: unknown field \"", key, "\" (known: default, users, clusters)"));
     }
   }
   if (j.contains("users")) {
@@ -94,6 +100,61 @@ absl::StatusOr<Policy> Policy::Load(const std::string& path) {
         absl::StrCat("policy file ", path, ": ", policy.status().message()));
   }
   return policy;
+}
+
+absl::Status Policy::Parser::Clusters(const nlohmann::json& j, Policy* policy) {
+  if (!j.is_object()) return absl::InvalidArgumentError("clusters: not an object");
+  for (const auto& [key, value] : j.items()) {
+    const bool nice = key == "slurm_nice";
+    if (key != "slurm_qos" && !nice && key != "kubernetes_priority_class") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "clusters.", key, ": unknown (known: slurm_qos, slurm_nice, kubernetes_priority_class)"));
+    }
+    if (!value.is_object()) {
+      return absl::InvalidArgumentError(absl::StrCat("clusters.", key, ": not an object"));
+    }
+    for (const auto& [name, mapped] : value.items()) {
+      const std::string field = absl::StrCat("clusters.", key, ".", name);
+      Priority p;
+      if (!trainer::v1::Priority_Parse(name, &p) || p == trainer::v1::PRIORITY_UNSPECIFIED) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ": not a priority (LOW, NORMAL, HIGH, URGENT)"));
+      }
+      if (nice) {
+        if (!mapped.is_number_integer() || mapped.get<int64_t>() < -10000 ||
+            mapped.get<int64_t>() > 10000) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(field, ": must be an integer in [-10000, 10000]"));
+        }
+        policy->slurm_nice_[p] = mapped.get<int>();
+      } else {
+        if (!mapped.is_string() || mapped.get<std::string>().empty()) {
+          return absl::InvalidArgumentError(absl::StrCat(field, ": must be a non-empty name"));
+        }
+        (key == "slurm_qos" ? policy->slurm_qos_ : policy->kube_priority_class_)[p] =
+            mapped.get<std::string>();
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+void Policy::MapPriority(Priority priority, trainer::v1::Distributed* dist) const {
+  if (dist->launcher() == trainer::v1::SLURM) {
+    auto* slurm = dist->mutable_slurm();
+    if (auto it = slurm_qos_.find(priority); it != slurm_qos_.end() && slurm->qos().empty()) {
+      slurm->set_qos(it->second);
+    }
+    if (auto it = slurm_nice_.find(priority); it != slurm_nice_.end() && !slurm->has_nice()) {
+      slurm->set_nice(it->second);
+    }
+  } else if (dist->launcher() == trainer::v1::KUBERNETES) {
+    auto* kube = dist->mutable_kubernetes();
+    if (auto it = kube_priority_class_.find(priority);
+        it != kube_priority_class_.end() && kube->priority_class().empty()) {
+      kube->set_priority_class(it->second);
+    }
+  }
 }
 
 const Limits& Policy::For(const std::string& user) const {

@@ -57,7 +57,12 @@ struct Limits {
 //                "may_opt_out_of_preemption": false},
 //    "users": {"alice": {"max_slots": 3}, "ops": {"max_priority": "URGENT"}}}
 //
-// A user's entry overrides the default's fields it names.
+// A user's entry overrides the default's fields it names. "clusters" maps
+// priorities onto the cluster schedulers' own mechanisms, for jobs whose
+// spec does not set them:
+//
+//   "clusters": {"slurm_qos": {"HIGH": "high"}, "slurm_nice": {"LOW": 1000},
+//                "kubernetes_priority_class": {"URGENT": "traind-urgent"}}
 class Policy {
  public:
   Policy() = default;
@@ -66,10 +71,18 @@ class Policy {
   static absl::StatusOr<Policy> Load(const std::string& path);
 
   const Limits& For(const std::string& user) const;
+  // Fills `dist`'s Slurm qos and nice, or Kubernetes priority_class, from
+  // the mapping of `priority`, where the job's spec left them unset.
+  void MapPriority(trainer::v1::Priority priority, trainer::v1::Distributed* dist) const;
 
  private:
+  struct Parser;  // scheduler.cc, with the JSON library
+
   Limits default_;
   std::map<std::string, Limits> users_;
+  std::map<trainer::v1::Priority, std::string> slurm_qos_;
+  std::map<trainer::v1::Priority, int> slurm_nice_;
+  std::map<trainer::v1::Priority, std::string> kube_priority_class_;
 };
 
 // The slots a job takes: the ranks it runs on this machine (a

@@ -232,6 +232,8 @@ absl::StatusOr<std::unique_ptr<RankGroup>> StartSlurmRanks(const LaunchRequest& 
   }
   if (!s.partition().empty()) argv.push_back(absl::StrCat("--partition=", s.partition()));
   if (!s.account().empty()) argv.push_back(absl::StrCat("--account=", s.account()));
+  if (!s.qos().empty()) argv.push_back(absl::StrCat("--qos=", s.qos()));
+  if (s.has_nice()) argv.push_back(absl::StrCat("--nice=", s.nice()));
   argv.push_back(path);
   auto submitted = RunCommand(argv, request.env);
   if (!submitted.ok()) return submitted.status();

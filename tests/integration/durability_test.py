@@ -274,7 +274,7 @@ class DurabilityTest(unittest.TestCase):
 
         p = d.trainctl("delete", running, check=False)
         self.assertEqual(p.returncode, 2)
-        self.assertIn("only a finished job can be deleted", p.stderr)
+        self.assertIn("only a finished or paused job can be deleted", p.stderr)
         p = d.trainctl("delete", job)
         self.assertIn("deleted", p.stdout)
         self.assertFalse(os.path.exists(os.path.join(self.state, "jobs", job)))

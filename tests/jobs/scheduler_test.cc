@@ -232,6 +232,36 @@ TEST(SchedulerTest, PolicyParsesAndNamesWhatIsWrong) {
   EXPECT_EQ(Policy::Parse("{").status().message(), "policy: not valid JSON");
 }
 
+TEST(SchedulerTest, PrioritiesMapOntoTheClustersOwnMechanisms) {
+  auto p = Policy::Parse(R"({"clusters": {"slurm_qos": {"HIGH": "high"},
+                                          "slurm_nice": {"LOW": 1000},
+                                          "kubernetes_priority_class": {"URGENT": "urgent"}}})");
+  ASSERT_TRUE(p.ok()) << p.status();
+  trainer::v1::Distributed slurm;
+  slurm.set_launcher(trainer::v1::SLURM);
+  trainer::v1::Distributed high = slurm, low = slurm, mine = slurm;
+  p->MapPriority(HIGH, &high);
+  EXPECT_EQ(high.slurm().qos(), "high");
+  EXPECT_FALSE(high.slurm().has_nice());
+  p->MapPriority(LOW, &low);
+  EXPECT_EQ(low.slurm().nice(), 1000);
+  EXPECT_EQ(low.slurm().qos(), "");
+  mine.mutable_slurm()->set_qos("debug");  // the spec's own choice stays
+  p->MapPriority(HIGH, &mine);
+  EXPECT_EQ(mine.slurm().qos(), "debug");
+  trainer::v1::Distributed kube;
+  kube.set_launcher(trainer::v1::KUBERNETES);
+  p->MapPriority(URGENT, &kube);
+  EXPECT_EQ(kube.kubernetes().priority_class(), "urgent");
+  trainer::v1::Distributed local;
+  p->MapPriority(HIGH, &local);
+  EXPECT_FALSE(local.has_slurm());
+  EXPECT_EQ(Policy::Parse(R"({"clusters": {"slurm_nice": {"LOW": "x"}}})").status().message(),
+            "clusters.slurm_nice.LOW: must be an integer in [-10000, 10000]");
+  EXPECT_EQ(Policy::Parse(R"({"clusters": {"slurm_qos": {"SOON": "x"}}})").status().message(),
+            "clusters.slurm_qos.SOON: not a priority (LOW, NORMAL, HIGH, URGENT)");
+}
+
 TEST(SchedulerTest, SlotsFollowTheRanksThisMachineRuns) {
   trainer::v1::JobSpec spec;
   EXPECT_EQ(JobSlots(spec, 4), 1);

@@ -17,6 +17,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include "absl/strings/match.h"
 #include "server/launch/attempts.h"
 #include "server/launch/distributed_engine.h"
 #include "server/launch/launchers.h"
@@ -167,7 +168,7 @@ class SlurmRanksTest : public testing::Test {
     dir_ = testing_util::FreshTestDir("slurm_ranks_test");
     const fs::path bin = dir_ / "bin";
     fs::create_directories(bin);
-    Script(bin / "sbatch", "echo 4242");
+    Script(bin / "sbatch", "echo \"$@\" > \"$FAKE_SLURM_STATE.sbatch\"; echo 4242");
     Script(bin / "scontrol", "cat \"$FAKE_SLURM_STATE\"");
     Script(bin / "scancel", "touch \"$FAKE_SLURM_STATE.cancelled\"");
     path_ = std::getenv("PATH") ? std::getenv("PATH") : "";
@@ -208,6 +209,23 @@ class SlurmRanksTest : public testing::Test {
   fs::path dir_;
   std::string path_, state_;
 };
+
+TEST_F(SlurmRanksTest, QosAndNiceGoToSbatch) {
+  LaunchRequest request = Request();
+  request.dist.mutable_slurm()->set_qos("high");
+  request.dist.mutable_slurm()->set_nice(1000);
+  auto group = StartSlurmRanks(request);
+  ASSERT_TRUE(group.ok()) << group.status();
+  std::ifstream in(state_ + ".sbatch");
+  std::string args((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_TRUE(absl::StrContains(args, " --qos=high --nice=1000 ")) << args;
+  auto plain = StartSlurmRanks(Request());
+  ASSERT_TRUE(plain.ok());
+  std::ifstream again(state_ + ".sbatch");
+  args.assign((std::istreambuf_iterator<char>(again)), std::istreambuf_iterator<char>());
+  EXPECT_FALSE(absl::StrContains(args, "--qos")) << args;
+  EXPECT_FALSE(absl::StrContains(args, "--nice")) << args;
+}
 
 TEST_F(SlurmRanksTest, PendingRunningAndCompletedAsPhases) {
   auto group = StartSlurmRanks(Request());

@@ -123,8 +123,9 @@ class TrainingServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def DeleteJob(self, request, context):
-        """Removes a finished (SUCCEEDED, FAILED or CANCELLED) job: its events,
-        checkpoints and weights. FAILED_PRECONDITION for a queued or running job.
+        """Removes a finished (SUCCEEDED, FAILED or CANCELLED) or PAUSED job: its
+        events, checkpoints and weights. FAILED_PRECONDITION for a queued or
+        running job.
         Nothing is ever deleted otherwise.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
