@@ -16,6 +16,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "common/cpu_budget.h"
 #include "common/file_util.h"
 #include "common/flags.h"
 #include "server/worker/rank.h"
@@ -87,7 +88,8 @@ ABSL_FLAG(int, workers, 1,
           "slots: jobs trained at the same time; a LOCAL_PROCESSES job of world size N takes N "
           "(all of them when N is larger)");
 ABSL_FLAG(int, threads_per_job, 0,
-          "intra-op threads of a job whose spec does not say (0: all cores / workers)");
+          "intra-op threads of a job whose spec does not say (0: the cores this process may "
+          "use, its CPUs capped by its cgroup's CPU quota, / workers)");
 ABSL_FLAG(int, grace_seconds, 10, "how long shutdown waits for open calls");
 ABSL_FLAG(int, keep_checkpoints, 2, "checkpoints kept per job, newest first (at least 1)");
 ABSL_FLAG(std::string, rank_wrapper, "",
@@ -173,7 +175,10 @@ int main(int argc, char** argv) {
   jobs.keep_checkpoints = std::max(1, absl::GetFlag(FLAGS_keep_checkpoints));
   jobs.max_attempts_without_progress =
       std::max(1, absl::GetFlag(FLAGS_max_attempts_without_progress));
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // Not the machine's core count: a container's CPU quota or a taskset
+  // leaves fewer, and threads beyond them only wait for each other.
+  const traind::CpuBudget budget = traind::ReadCpuBudget();
+  const int cores = budget.cores;
   jobs.threads_per_job = absl::GetFlag(FLAGS_threads_per_job);
   if (jobs.threads_per_job <= 0) jobs.threads_per_job = std::max(1, cores / std::max(1, jobs.workers));
 
@@ -220,6 +225,10 @@ int main(int argc, char** argv) {
       "%d thread(s) per job)\n",
       where.c_str(), jobs.state_dir.c_str(), jobs.data_root.c_str(),
       jobs.weights_root.c_str(), jobs.workers, jobs.threads_per_job);
+  if (budget.quota_cores > 0) {
+    std::printf("traind: CPU budget %d core(s): %d CPU(s), cgroup quota %.2f core(s)\n",
+                budget.cores, budget.affinity_cpus, budget.quota_cores);
+  }
   if ((*server)->metrics_port() > 0) {
     const std::string& m = options.metrics_listen;
     std::printf("traind: metrics on http://%s:%d/metrics\n", m.substr(0, m.rfind(':')).c_str(),
