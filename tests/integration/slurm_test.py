@@ -182,13 +182,9 @@ class SlurmTest(unittest.TestCase):
         self.assertEqual(last["state"], "CANCELLED")
         self.assertIn(f"Slurm job {slurm_id} was cancelled outside traind", last["reason"])
 
-    def test_trainctl_cancel_ends_the_slurm_job(self):
-        job = self.submit("slurm", epochs=200)
-        self.cancel_on_failure(job)
-        watcher, events, slurm_id = self.watch_training(self.daemon, job)
-        self.daemon.trainctl("cancel", job)
-        events = self.daemon.finish_watch(watcher, events)
-        self.assertEqual(of_kind(events, "state")[-1]["state"], "CANCELLED")
+    def assert_slurm_job_ended(self, slurm_id):
+        """Waits (Slurm's own state, polled) until the Slurm job has left
+        RUNNING and COMPLETING; fails if it has not within 30 s."""
         deadline = time.time() + 30
         while time.time() < deadline:
             shown = self.cluster.scontrol("show", "job", "-o", slurm_id)
@@ -196,6 +192,15 @@ class SlurmTest(unittest.TestCase):
                 break
             time.sleep(0.5)
         self.assertNotIn("JobState=RUNNING", self.cluster.scontrol("show", "job", "-o", slurm_id))
+
+    def test_trainctl_cancel_ends_the_slurm_job(self):
+        job = self.submit("slurm", epochs=200)
+        self.cancel_on_failure(job)
+        watcher, events, slurm_id = self.watch_training(self.daemon, job)
+        self.daemon.trainctl("cancel", job)
+        events = self.daemon.finish_watch(watcher, events)
+        self.assertEqual(of_kind(events, "state")[-1]["state"], "CANCELLED")
+        self.assert_slurm_job_ended(slurm_id)
         # Slurm's own record says what the user did.
         self.assertIn("JobState=CANCELLED", self.cluster.scontrol("show", "job", "-o", slurm_id))
 
@@ -212,13 +217,7 @@ class SlurmTest(unittest.TestCase):
                 break
         self.assertIn("checkpointed", events[-1]["state"]["reason"])
         # Its slots went back: the Slurm job ended.
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            shown = self.cluster.scontrol("show", "job", "-o", slurm_id)
-            if "JobState=RUNNING" not in shown and "JobState=COMPLETING" not in shown:
-                break
-            time.sleep(0.5)
-        self.assertNotIn("JobState=RUNNING", self.cluster.scontrol("show", "job", "-o", slurm_id))
+        self.assert_slurm_job_ended(slurm_id)
         self.daemon.trainctl("resume", job)
         events = self.daemon.finish_watch(watcher, events)
         self.assertEqual([int(e["seq"]) for e in events], list(range(1, len(events) + 1)))
