@@ -169,14 +169,21 @@ class HttpServiceRoutes {
     });
   }
 
+  // The job after a call that changed it, as `Out` (CancelJobResponse,
+  // PauseJobResponse, ...) carries it; the call's error otherwise.
+  template <typename Out>
+  static absl::Status ReplyJob(Response& res, absl::StatusOr<trainer::v1::Job> job) {
+    if (!job.ok()) return job.status();
+    Out out;
+    *out.mutable_job() = *std::move(job);
+    Reply(res, out);
+    return absl::OkStatus();
+  }
+
   void Cancel(const Request& req, Response& res) const {
     Serve(req, res, [&](const jobs::Caller& caller) -> absl::Status {
-      auto job = manager_->Cancel(req.matches[1], caller);
-      if (!job.ok()) return job.status();
-      trainer::v1::CancelJobResponse out;
-      *out.mutable_job() = std::move(*job);
-      Reply(res, out);
-      return absl::OkStatus();
+      return ReplyJob<trainer::v1::CancelJobResponse>(res,
+                                                      manager_->Cancel(req.matches[1], caller));
     });
   }
 
@@ -184,23 +191,15 @@ class HttpServiceRoutes {
   // PauseJobResponse and ResumeJobResponse carry it.
   void Pause(const Request& req, Response& res) const {
     Serve(req, res, [&](const jobs::Caller& caller) -> absl::Status {
-      auto job = manager_->Pause(req.matches[1], caller);
-      if (!job.ok()) return job.status();
-      trainer::v1::PauseJobResponse out;
-      *out.mutable_job() = std::move(*job);
-      Reply(res, out);
-      return absl::OkStatus();
+      return ReplyJob<trainer::v1::PauseJobResponse>(res,
+                                                     manager_->Pause(req.matches[1], caller));
     });
   }
 
   void Resume(const Request& req, Response& res) const {
     Serve(req, res, [&](const jobs::Caller& caller) -> absl::Status {
-      auto job = manager_->Resume(req.matches[1], caller);
-      if (!job.ok()) return job.status();
-      trainer::v1::ResumeJobResponse out;
-      *out.mutable_job() = std::move(*job);
-      Reply(res, out);
-      return absl::OkStatus();
+      return ReplyJob<trainer::v1::ResumeJobResponse>(res,
+                                                      manager_->Resume(req.matches[1], caller));
     });
   }
 
@@ -214,12 +213,8 @@ class HttpServiceRoutes {
             "\"HIGH\"}): ",
             std::string(st.message())));
       }
-      auto job = manager_->SetPriority(req.matches[1], in.priority(), caller);
-      if (!job.ok()) return job.status();
-      trainer::v1::SetJobPriorityResponse out;
-      *out.mutable_job() = std::move(*job);
-      Reply(res, out);
-      return absl::OkStatus();
+      return ReplyJob<trainer::v1::SetJobPriorityResponse>(
+          res, manager_->SetPriority(req.matches[1], in.priority(), caller));
     });
   }
 
