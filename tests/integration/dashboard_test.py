@@ -237,21 +237,24 @@ class DashboardTest(unittest.TestCase):
         self.shot("list-waiting")
         b.get(f"{self.d.http_url}/#/job/{running}")
         self.until("document.getElementById('pause')", what="the Pause button")
-        b.find_element("id", "pause").click()
+        # In one step in the page: each state event re-renders the buttons.
+        b.execute_script("document.getElementById('pause').click()")
         self.until("document.querySelector('#job-state [data-state=\"PAUSED\"]')",
                    what="the page showing PAUSED")
         # Its slot went to the waiting job.
         self.wait(waiting, states=("RUNNING",))
         self.shot("job-paused")
         self.until("document.getElementById('resume')", what="the Resume button")
-        b.find_element("css selector", "#priority option[value='LOW']").click()
+        # Choosing LOW, as the select does it: its value, then its change event.
+        b.execute_script("const s = document.getElementById('priority'); s.value = 'LOW';"
+                         " s.dispatchEvent(new Event('change'));")
         self.until("document.querySelector('#priority') && !document.querySelector('#priority').disabled"
                    " && document.querySelector('#priority').value === 'LOW'", what="the priority change")
         deadline = time.time() + 30
         while self.api.json("GET", f"/v1/jobs/{running}")[1]["job"]["spec"].get("priority") != "LOW":
             self.assertLess(time.time(), deadline, "the priority never changed")
             time.sleep(0.2)
-        b.find_element("id", "resume").click()
+        b.execute_script("document.getElementById('resume').click()")
         state = self.until("document.querySelector('#job-state [data-state]') && "
                            "document.querySelector('#job-state [data-state]').dataset.state",
                            what="the state after resuming")
