@@ -255,7 +255,9 @@ class DashboardTest(unittest.TestCase):
             self.assertLess(time.time(), deadline, "the priority never changed")
             time.sleep(0.2)
         b.execute_script("document.getElementById('resume').click()")
+        # The page shows PAUSED until the resume's state event arrives: wait for that event.
         state = self.until("document.querySelector('#job-state [data-state]') && "
+                           "document.querySelector('#job-state [data-state]').dataset.state !== 'PAUSED' && "
                            "document.querySelector('#job-state [data-state]').dataset.state",
                            what="the state after resuming")
         self.assertIn(state, ("QUEUED", "RUNNING"))
