@@ -1,7 +1,8 @@
 // engine_bench [--threads N] [--steps N] [--image_size S] [--batch B]
 //              [--bf16 0|1] [--device cpu|cuda] [--on main|worker]
 //              [--profile DIR] [--optimizer fused|torch] [--weights FILE]
-//              [--gemm_conv 0|1] [--fused_bn 0|1]
+//              [--gemm_conv 0|1] [--fused_bn 0|1] [--modes finetune,scratch,eval]
+//              [--adaptive 0|1]
 // Times the engine's training and evaluation steps on synthetic batches and
 // prints images/s per mode. The steps are the daemon's: the recipe's network,
 // frozen blocks and FusedAdam groups (recipe.h), starting weights read by the
@@ -15,7 +16,10 @@
 // GEMMs on any CPU (default: GEMMs where the CPU has AVX-512 BF16, as the
 // daemon does; gemm_conv.h), `--fused_bn 0` their BatchNorms, adds and ReLUs as
 // LibTorch's separate operators (fused_batch_norm.h), for side-by-side
-// figures.
+// figures. `--adaptive 1` lets the training steps' thread count follow
+// contention as a job with adaptive threads does (thread_governor.h), after
+// a warm-up long enough for the governor's first try, and prints the count
+// it ended with.
 // With -DTRAIND_ENGINE_ONLY=ON it needs LibTorch alone and builds the same
 // network and groups itself, so it also builds against a CUDA LibTorch
 // (bench/gpu_check.sh). Pair with reference_bench.py (run.sh does both and
@@ -40,6 +44,7 @@
 #include "server/train/recipe.h"
 #endif
 #include "server/train/step.h"
+#include "server/train/thread_governor.h"
 
 namespace {
 
@@ -57,6 +62,8 @@ bool g_torch_adam = false;
 // .pth or .safetensors, e.g. a trained job's weights); otherwise from the
 // network's random initialisation.
 std::string g_weights;
+// --adaptive 1: training steps under a ThreadGovernor.
+bool g_adaptive = false;
 
 #ifndef TRAIND_ENGINE_ONLY
 // What a job builds (server/train/recipe.h): the recipe's initialisation,
@@ -153,8 +160,20 @@ double MeasureOn(const char* mode, int steps, int batch, int size, bool bf16,
   torch::Tensor x = torch::randn({batch, 3, size, size}, device)
                       .contiguous(torch::MemoryFormat::ChannelsLast);
   torch::Tensor y = torch::randint(0, 101, {batch}, torch::TensorOptions(device).dtype(torch::kLong));
+  std::unique_ptr<traind::train::ThreadGovernor> governor;
+  if (g_adaptive && train) {
+    traind::train::ThreadGovernor::Options options;
+    options.max_threads = torch::get_num_threads();
+    governor = std::make_unique<traind::train::ThreadGovernor>(options);
+  }
   auto step = [&] {
-    if (train) {
+    if (governor) {
+      const auto start = std::chrono::steady_clock::now();
+      (void)traind::train::TrainStep(model, *opt, x, y, bf16).loss.item<float>();
+      const double s =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (governor->Record(s, batch)) torch::set_num_threads(governor->threads());
+    } else if (train) {
       (void)traind::train::TrainStep(model, *opt, x, y, bf16).loss.item<float>();
     } else {
       torch::NoGradGuard ng;
@@ -163,10 +182,16 @@ double MeasureOn(const char* mode, int steps, int batch, int size, bool bf16,
       (void)model->forward(x).sum().item<float>();
     }
   };
-  for (int i = 0; i < 3; ++i) step();  // warm-up
+  // Warm-up; with --adaptive also the governor's first window and try,
+  // which a job pays once (the timed steps measure the steady state).
+  for (int i = 0, n = governor ? 20 : 3; i < n; ++i) step();
   const auto start = std::chrono::steady_clock::now();
   for (int i = 0; i < steps; ++i) step();
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (governor) {
+    std::printf("engine: %s adaptive threads: %d at the end, %d tries, %d kept\n", mode,
+                governor->threads(), governor->tries(), governor->switches());
+  }
   if (!g_profile_dir.empty()) {  // after the timing, which it would distort
     torch::autograd::profiler::RecordProfile profile(
         g_profile_dir + "/" + mode + (bf16 ? "-bf16" : "") + ".json");
@@ -199,6 +224,7 @@ int main(int argc, char** argv) {
   g_profile_dir = StrArg(argc, argv, "--profile", "");
   g_torch_adam = std::strcmp(StrArg(argc, argv, "--optimizer", "fused"), "torch") == 0;
   g_weights = StrArg(argc, argv, "--weights", "");
+  g_adaptive = Arg(argc, argv, "--adaptive", 0) != 0;
   // Unset: the daemon's choice (GEMMs where the CPU has AVX-512 BF16).
   const int gemm_arg = Arg(argc, argv, "--gemm_conv", -1);
   traind::train::SetGemmConvMode(gemm_arg < 0    ? traind::train::GemmConvMode::kAuto
@@ -217,12 +243,20 @@ int main(int argc, char** argv) {
                                          : "as LibTorch's convolutions (no AVX-512 BF16)"));
   std::printf("engine: bf16 BatchNorm + add + ReLU %s\n",
               fused_bn ? "fused" : "as LibTorch's operators (--fused_bn 0)");
+  // --modes: which of the three to time (default all), e.g. `--modes scratch`.
+  const std::string modes =
+      std::string(",") + StrArg(argc, argv, "--modes", "finetune,scratch,eval") + ",";
+  const auto wanted = [&](const char* mode) {
+    return modes.find(std::string(",") + mode + ",") != std::string::npos;
+  };
   for (const char* mode : {"finetune", "scratch", "eval"}) {
+    if (!wanted(mode)) continue;
     std::printf("engine %-8s %7.1f img/s\n", mode, Measure(mode, steps, batch, size, false, device, on_main));
     std::fflush(stdout);
   }
   if (bf16) {
     for (const char* mode : {"finetune", "scratch", "eval"}) {
+      if (!wanted(mode)) continue;
       std::printf("engine-bf16 %-8s %7.1f img/s\n", mode, Measure(mode, steps, batch, size, true, device, on_main));
       std::fflush(stdout);
     }

@@ -6,7 +6,8 @@ timed the same way as engine_bench: images/s per mode on synthetic batches.
 run.sh starts it with traind's allocator settings in the environment; Adam's
 foreach=True is slower here on the CPU, 16.1 against 11.2 ms a fine-tune
 update, so it keeps the default); --bf16 adds
-torch.cpu.amp.autocast(bfloat16)."""
+torch.cpu.amp.autocast(bfloat16). --modes scratch,eval: which modes (default
+all three)."""
 import sys
 import time
 
@@ -68,7 +69,10 @@ def main():
     label = ("tuned" if TUNED else "reference") + ("-bf16" if BF16 else "")
     print(f"{label}: torchvision {torchvision.__version__}, {size}x{size}, batch {batch}, "
           f"{threads} threads, {steps} timed steps")
+    modes = sys.argv[sys.argv.index("--modes") + 1].split(",") if "--modes" in sys.argv else None
     for mode in ("finetune", "scratch", "eval"):
+        if modes and mode not in modes:
+            continue
         print(f"{label} {mode:<8} {measure(mode, steps, batch, size):7.1f} img/s", flush=True)
 
 

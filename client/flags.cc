@@ -32,6 +32,9 @@ ABSL_FLAG(std::string, priority, "",
 ABSL_FLAG(std::string, preemptible, "",
           "submit: false keeps a more urgent job from preempting this one (as the daemon's "
           "policy allows; default true)");
+ABSL_FLAG(std::string, adaptive_threads, "",
+          "submit: true lets the job's thread count follow contention (faster beside other "
+          "work, not bit-reproducible; default: the daemon's)");
 ABSL_FLAG(std::string, world_size, "",
           "submit: ranks of a data-parallel job, each a `traind worker` process (default 1)");
 ABSL_FLAG(std::string, backend, "", "submit: collective backend of a distributed job: gloo or nccl");

@@ -118,6 +118,13 @@ absl::StatusOr<JobSpec> SpecFromFlags() {
     }
     spec.set_preemptible(preemptible);
   }
+  if (auto v = absl::GetFlag(FLAGS_adaptive_threads); !v.empty()) {
+    bool adaptive;
+    if (!absl::SimpleAtob(v, &adaptive)) {
+      return UsageError("--adaptive_threads: must be true or false, got " + v);
+    }
+    spec.set_adaptive_threads(adaptive);
+  }
   if (auto v = absl::GetFlag(FLAGS_world_size); !v.empty()) {
     int n;
     if (!absl::SimpleAtoi(v, &n)) return UsageError("--world_size: not a 32-bit integer: " + v);

@@ -241,6 +241,12 @@ absl::Status ValidateSpec(const JobSpec& spec) {
                      "a SWEEP job trains its runs inside the daemon; submit world_size 1 "
                      "(distributed sweeps are not supported yet)");
     }
+    if (spec.adaptive_threads()) {
+      return Invalid("adaptive_threads",
+                     "only for jobs the daemon trains itself (world_size 1): the ranks of a "
+                     "data-parallel job wait for each other every step, so one rank's step time "
+                     "does not say what its thread count costs");
+    }
   }
   return absl::OkStatus();
 }

@@ -90,6 +90,10 @@ ABSL_FLAG(int, workers, 1,
 ABSL_FLAG(int, threads_per_job, 0,
           "intra-op threads of a job whose spec does not say (0: the cores this process may "
           "use, its CPUs capped by its cgroup's CPU quota, / workers)");
+ABSL_FLAG(bool, adaptive_threads, false,
+          "default of a job's adaptive_threads: its intra-op thread count follows contention "
+          "(fewer threads while other work shares the cores, probing back up); such jobs are "
+          "not bit-reproducible. For a shared node");
 ABSL_FLAG(int, grace_seconds, 10, "how long shutdown waits for open calls");
 ABSL_FLAG(int, keep_checkpoints, 2, "checkpoints kept per job, newest first (at least 1)");
 ABSL_FLAG(std::string, rank_wrapper, "",
@@ -180,6 +184,7 @@ int main(int argc, char** argv) {
   const traind::CpuBudget budget = traind::ReadCpuBudget();
   const int cores = budget.cores;
   jobs.threads_per_job = absl::GetFlag(FLAGS_threads_per_job);
+  jobs.adaptive_threads = absl::GetFlag(FLAGS_adaptive_threads);
   if (jobs.threads_per_job <= 0) jobs.threads_per_job = std::max(1, cores / std::max(1, jobs.workers));
 
   // Ranks run this very binary, found now (a wrapper would change /proc/self).

@@ -261,6 +261,10 @@ absl::StatusOr<std::string> JobManager::Submit(JobSpec spec,
   if (auto upgraded = UpgradeLegacySpec(&spec); !upgraded.ok()) return upgraded.status();
   ApplyDefaults(&spec);
   if (!spec.has_threads()) spec.set_threads(options_.threads_per_job);
+  // The daemon's default reaches the jobs it trains itself (spec.cc).
+  if (!spec.has_adaptive_threads()) {
+    spec.set_adaptive_threads(options_.adaptive_threads && spec.distributed().world_size() <= 1);
+  }
   if (auto st = ValidateSpec(spec); !st.ok()) return st;
   {
     // The admin's policy (scheduler.h), before what the engine checks.

@@ -56,6 +56,8 @@ class JobManager {
     int workers = 1;
     // Intra-op threads of a job whose spec does not say.
     int threads_per_job = 2;
+    // Default of a spec's adaptive_threads.
+    bool adaptive_threads = false;
     // Checkpoints kept per job (the newest ones); at least 1.
     int keep_checkpoints = 2;
     // A job whose runs end this many times in a row (daemon crashes) without

@@ -48,6 +48,9 @@ struct TrainConfig {
   std::vector<std::string> trainable_blocks = {"layer3", "layer4"};
   std::string device = "auto";  // "auto", "cpu" or "cuda"
   int threads = 2;              // intra-op threads
+  // The steps' thread count follows contention, up to `threads`
+  // (thread_governor.h); results are then not bit-reproducible.
+  bool adaptive_threads = false;
   bool bf16 = false;            // bfloat16 autocast of the forward pass
   // Starting weights (state_dict .pth or .safetensors); required for
   // kFinetune. A classifier whose shape does not fit the dataset is replaced.

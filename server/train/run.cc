@@ -103,6 +103,13 @@ absl::Status Run::Prepare(const LoadedData& data, TrainResult* result) {
   if (!device.ok()) return device.status();
   device_ = *device;
   UseIntraOpThreads(config_.threads);
+  // Data-parallel ranks wait for each other every step: their step time
+  // does not say what a thread count costs (spec.cc refuses the setting).
+  if (config_.adaptive_threads && config_.threads > 1 && !distributed()) {
+    ThreadGovernor::Options options;
+    options.max_threads = config_.threads;
+    governor_ = std::make_unique<ThreadGovernor>(options);
+  }
   result->dataset.class_names = data.index.classes;
   result->dataset.train_images = static_cast<int>(data.train.images.size());
   result->dataset.validation_images = static_cast<int>(data.validation.images.size());
@@ -115,12 +122,12 @@ absl::Status Run::Prepare(const LoadedData& data, TrainResult* result) {
   optimizer_ = BuildOptimizer(model_, config_);
   model_->to(device_);
   ToChannelsLast(*model_);
-  sink_->OnInfo(absl::StrCat("training on ", device_.str(), " (",
-                             config_.bf16 ? "bf16 autocast" : "fp32", ") with ",
-                             torch::get_num_threads(), " threads: ",
-                             result->dataset.train_images, " train / ",
-                             result->dataset.validation_images,
-                             " validation images, ", num_classes, " classes"));
+  sink_->OnInfo(
+      absl::StrCat("training on ", device_.str(), " (", config_.bf16 ? "bf16 autocast" : "fp32",
+                   ") with ", torch::get_num_threads(),
+                   governor_ ? " threads at most (adapting to contention): " : " threads: ",
+                   result->dataset.train_images, " train / ", result->dataset.validation_images,
+                   " validation images, ", num_classes, " classes"));
   order_gen_ = at::detail::createCPUGenerator(config_.data.seed);
   if (distributed()) {
     int64_t n = 0;
@@ -436,6 +443,10 @@ absl::Status Run::TrainBatches(const LoadedData& data, EpochState* e, RunPositio
     e->train.count += n;
     const double step_seconds = Seconds(step_start);
     e->train_seconds += step_seconds;
+    if (governor_) {
+      if (governor_->Record(step_seconds, n)) UseIntraOpThreads(governor_->threads());
+      if (std::string change = governor_->TakeChange(); !change.empty()) sink_->OnInfo(change);
+    }
     BatchProgress progress;
     progress.trial = config_.trial;
     progress.epoch = e->epoch;

@@ -21,6 +21,7 @@
 #include "server/train/config.h"
 #include "server/train/data.h"
 #include "server/train/model.h"
+#include "server/train/thread_governor.h"
 
 namespace traind::train {
 
@@ -107,6 +108,8 @@ class Run {
   std::unique_ptr<torch::optim::Adam> optimizer_;
   at::Generator order_gen_;
   bool warned_single_ = false;
+  // config_.adaptive_threads: the training steps' thread count.
+  std::unique_ptr<ThreadGovernor> governor_;
   Evaluation last_evaluation_;
   std::function<absl::StatusOr<bool>(const EpochResult&)> after_epoch_;
 };

@@ -80,6 +80,12 @@ TEST(SpecTest, BadValuesNameTheirField) {
       {"precision", [](JobSpec* s) { s->set_precision(static_cast<trainer::v1::Precision>(8)); }},
       {"threads", [](JobSpec* s) { s->set_threads(0); }},
       {"dataset", [](JobSpec* s) { s->clear_dataset(); }},
+      // Ranks wait for each other: their step times cannot steer threads.
+      {"adaptive_threads",
+       [](JobSpec* s) {
+         s->set_adaptive_threads(true);
+         s->mutable_distributed()->set_world_size(2);
+       }},
   };
   (void)nan;
   for (const auto& c : cases) {

@@ -143,6 +143,40 @@ TEST_F(JobManagerTest, ScratchJobRunsToSuccessWithGaplessEvents) {
   EXPECT_EQ(WaitDone(*m, *ft_id).back().state().state(), trainer::v1::SUCCEEDED);
 }
 
+TEST_F(JobManagerTest, AdaptiveThreadsFollowTheDaemonDefaultForItsOwnJobs) {
+  options_.threads_per_job = 2;
+  options_.adaptive_threads = true;
+  auto m = Start();
+  // A job that does not say takes the daemon's default, and its log says
+  // that its thread count adapts.
+  auto id = m->Submit(Scratch(1), "");
+  ASSERT_TRUE(id.ok()) << id.status();
+  auto events = WaitDone(*m, *id);
+  EXPECT_EQ(events.back().state().state(), trainer::v1::SUCCEEDED);
+  EXPECT_TRUE(m->GetJob(*id)->spec().adaptive_threads());
+  bool said = false;
+  for (const auto& e : events) {
+    said |= e.has_log() &&
+            e.log().text().find("2 threads at most (adapting to contention)") != std::string::npos;
+  }
+  EXPECT_TRUE(said);
+  // A job may say no.
+  JobSpec fixed = Scratch(1);
+  fixed.set_adaptive_threads(false);
+  auto fixed_id = m->Submit(fixed, "");
+  ASSERT_TRUE(fixed_id.ok()) << fixed_id.status();
+  EXPECT_FALSE(m->GetJob(*fixed_id)->spec().adaptive_threads());
+  // A data-parallel job may not ask for it (ranks wait for each other).
+  JobSpec ranks = Scratch(1);
+  ranks.mutable_distributed()->set_world_size(2);
+  ranks.set_adaptive_threads(true);
+  auto refused = m->Submit(ranks, "");
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(refused.status().message().substr(0, 17), "adaptive_threads:")
+      << refused.status().message();
+  EXPECT_EQ(WaitDone(*m, *fixed_id).back().state().state(), trainer::v1::SUCCEEDED);
+}
+
 TEST_F(JobManagerTest, InvalidSpecsAreRefusedAndNothingIsStored) {
   auto m = Start();
   JobSpec bad = Scratch(0);

@@ -38,6 +38,7 @@ train::TrainConfig Everything() {
   c.trainable_blocks = {"layer2", "layer3", "layer4"};
   c.device = "cpu";
   c.threads = 6;
+  c.adaptive_threads = true;
   c.bf16 = true;
   c.initial_weights = "/w/start.pth";
   c.output_pth = "/s/jobs/j/weights.pth";
