@@ -23,14 +23,16 @@ ThreadGovernor::ThreadGovernor(Options options) : options_(options) {
   options_.settle = std::max(0, options_.settle);
   options_.min_interval = std::max(1, options_.min_interval);
   options_.max_interval = std::max(options_.min_interval, options_.max_interval);
-  options_.max_interval_down = std::max(options_.min_interval, options_.max_interval_down);
+  options_.first_interval_down = std::max(1, options_.first_interval_down);
+  options_.max_interval_down = std::max(options_.first_interval_down, options_.max_interval_down);
   current_ = options_.max_threads;
   settle_left_ = options_.settle;
   best_.assign(options_.max_threads + 1, std::numeric_limits<double>::infinity());
-  interval_ = options_.min_interval;
+  interval_up_ = options_.min_interval;
+  interval_down_ = options_.first_interval_down;
   // A job that starts beside a neighbour has never seen its best: the first
   // window ends in a try.
-  since_try_ = interval_;
+  since_try_ = interval_down_;
 }
 
 bool ThreadGovernor::Record(double seconds, int64_t images) {
@@ -50,15 +52,17 @@ bool ThreadGovernor::Record(double seconds, int64_t images) {
     // core to whatever took it, tried at once. Otherwise a scheduled try,
     // upwards when below the budget (the neighbour may have left).
     const bool slowed = median > options_.slow * best_[current_];
+    const bool below = current_ < options_.max_threads;
     int next;
     if (slowed && current_ > 1) {
       next = current_ - 1;
-    } else if (since_try_ < interval_) {
+    } else if (since_try_ < (below ? interval_up_ : interval_down_)) {
       return false;
     } else {
-      next = current_ < options_.max_threads ? current_ + 1 : current_ - 1;
+      next = below ? current_ + 1 : current_ - 1;
     }
     base_ = median;
+    slowed_try_ = slowed && next < current_;
     trying_ = next;
     settle_left_ = options_.settle;
     return true;
@@ -79,14 +83,18 @@ bool ThreadGovernor::Record(double seconds, int64_t images) {
     change_ = text;
     current_ = tried;
     ++switches_;
-    interval_ = options_.min_interval;
+    interval_up_ = options_.min_interval;
+    interval_down_ = options_.first_interval_down;
     return false;  // the steps already run with `tried`
   }
   // Not the thread count: what this count does now is its new normal (a
   // slowdown tried once is not tried again until it worsens).
   best_[current_] = base_;
-  interval_ = std::min(2 * interval_, current_ == options_.max_threads ? options_.max_interval_down
-                                                                       : options_.max_interval);
+  if (tried > current_) {
+    interval_up_ = std::min(2 * interval_up_, options_.max_interval);
+  } else if (!slowed_try_) {
+    interval_down_ = std::min(2 * interval_down_, options_.max_interval_down);
+  }
   settle_left_ = options_.settle;
   return true;
 }

@@ -44,13 +44,15 @@ class ThreadGovernor {
     double slow = 1.15;
     // A tried count is kept when it is faster by this fraction.
     double better = 0.05;
-    // Steps between scheduled tries: from `min_interval`, doubling after
-    // each failed try up to `max_interval` for tries upwards (the neighbour
-    // may have left) and `max_interval_down` for tries below the budget
-    // while steps run at their best (for a job that started beside its
-    // neighbour and never saw its best).
+    // Steps between scheduled tries, doubling after each failed one: tries
+    // upwards (the neighbour may have left) from `min_interval` to
+    // `max_interval`; tries below the budget while the steps run at their
+    // best (a job that started beside its neighbour never saw its best)
+    // from `first_interval_down` to `max_interval_down`. The first window
+    // always ends in a try.
     int min_interval = 16;
     int max_interval = 256;
+    int first_interval_down = 256;
     int max_interval_down = 1024;
   };
 
@@ -78,8 +80,10 @@ class ThreadGovernor {
   int settle_left_;
   std::vector<double> samples_;  // seconds per image, this window or try
   double base_ = 0;              // the window's median before the try
+  bool slowed_try_ = false;      // the try answers a slowdown
   std::vector<double> best_;     // per count: the fastest window's median
-  int interval_;
+  int interval_up_;
+  int interval_down_;
   int since_try_ = 0;  // steps since the last try ended
   int tries_ = 0;
   int switches_ = 0;

@@ -50,7 +50,10 @@ TEST(ThreadGovernorTest, QuietMachineKeepsEveryThreadAndTriesRarely) {
   // Each try is a settle step and 4 timed ones; they back off to one in
   // 1024 steps: at most 1 % of the steps ran slower.
   EXPECT_LE(StepsAt(used, 1), 4000 * 0.01) << governor.tries() << " tries";
-  EXPECT_GE(governor.tries(), 5);  // it does keep looking
+  EXPECT_GE(governor.tries(), 4);  // it does keep looking
+  // A five-epoch Caltech-101 job at batch 32 is about 1,350 steps: three
+  // tries.
+  EXPECT_LE(StepsAt(used, 1, 0, 1350), 3 * 5);
 }
 
 TEST(ThreadGovernorTest, NeighbourArrivesThenLeaves) {
