@@ -9,6 +9,7 @@
 
 #include "common/file_util.h"
 #include "common/sha256.h"
+#include "server/train/gemm_conv.h"
 #include "tests/test_util.h"
 
 namespace traind::train {
@@ -104,6 +105,22 @@ TEST_F(TrainerTest, SameSeedSameMetricsWhateverTheLoaderThreads) {
     EXPECT_EQ(one.epochs[i].validation_accuracy, four.epochs[i].validation_accuracy);
   }
   EXPECT_EQ(one.dataset.class_names, (std::vector<std::string>{"c0", "c1", "c2"}));
+}
+
+// bf16 where the CPU only emulates it trains, and says why it is slow; on a
+// CPU with AVX-512 BF16 nothing is said.
+TEST_F(TrainerTest, Bf16IsWarnedAboutWhereTheCpuEmulatesIt) {
+  RecordingSink sink;
+  CancelToken cancel;
+  TrainConfig c = Config(1);
+  c.epochs = 1;
+  c.bf16 = true;
+  ASSERT_TRUE(Train(c, &sink, cancel).ok());
+  int said = 0;
+  for (const auto& w : sink.warnings) {
+    said += w.find("precision bf16: this CPU has no AVX-512 BF16") != std::string::npos;
+  }
+  EXPECT_EQ(said, CpuHasOneDnnBf16Gemms() ? 0 : 1);
 }
 
 // As PyTorch: a last batch of one image is trained on unless BatchNorm would
