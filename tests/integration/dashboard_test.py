@@ -131,7 +131,7 @@ class DashboardTest(unittest.TestCase):
                    "traindCharts.accuracy.data.datasets[1].data.length >= 1",
                    what="an epoch on the accuracy chart")
         self.shot("job-running")
-        b.find_element("id", "cancel").click()
+        b.execute_script("document.getElementById('cancel').click()")  # one step, as pause
         self.until("document.querySelector('#job-state [data-state=\"CANCELLED\"]')",
                    what="the page showing CANCELLED")
         self.assertEqual(self.api.json("GET", f"/v1/jobs/{job}")[1]["job"]["state"], "CANCELLED")
