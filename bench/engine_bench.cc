@@ -167,14 +167,12 @@ double MeasureOn(const char* mode, int steps, int batch, int size, bool bf16,
     governor = std::make_unique<traind::train::ThreadGovernor>(options);
   }
   auto step = [&] {
-    if (governor) {
+    if (train) {
       const auto start = std::chrono::steady_clock::now();
       (void)traind::train::TrainStep(model, *opt, x, y, bf16).loss.item<float>();
       const double s =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      if (governor->Record(s, batch)) torch::set_num_threads(governor->threads());
-    } else if (train) {
-      (void)traind::train::TrainStep(model, *opt, x, y, bf16).loss.item<float>();
+      if (governor && governor->Record(s, batch)) torch::set_num_threads(governor->threads());
     } else {
       torch::NoGradGuard ng;
       traind::train::ScopedBf16Autocast autocast(bf16, device.type());

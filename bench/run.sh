@@ -14,9 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ENGINE=${ENGINE:-build/bench/engine_bench}
 ROUNDS=${ROUNDS:-1}
-# traind's allocator settings (server/train/allocator.cc), for PyTorch.
-TUNED_ENV=(MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_MMAP_THRESHOLD_=33554432
-           MALLOC_TRIM_THRESHOLD_=1073741824)
+source bench/tuned_env.sh
 figure() { echo "$1" | awk -v l="$2" -v m="$3" '$1==l && $2==m {print $3}'; }
 median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
 div() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", (b > 0 ? a / b : 0)}'; }

@@ -44,9 +44,8 @@ bool ThreadGovernor::Record(double seconds, int64_t images) {
   }
   samples_.push_back(seconds / static_cast<double>(images));
   if (trying_ == 0) {
-    if (static_cast<int>(samples_.size()) < options_.window) return false;
-    const double median = Median(std::move(samples_));
-    samples_.clear();
+    double median;
+    if (!TakeMedian(options_.window, &median)) return false;
     best_[current_] = std::min(best_[current_], median);
     // Slower than this count was at its best: one thread fewer may leave a
     // core to whatever took it, tried at once. Otherwise a scheduled try,
@@ -67,9 +66,8 @@ bool ThreadGovernor::Record(double seconds, int64_t images) {
     settle_left_ = options_.settle;
     return true;
   }
-  if (static_cast<int>(samples_.size()) < options_.probe) return false;
-  const double median = Median(std::move(samples_));
-  samples_.clear();
+  double median;
+  if (!TakeMedian(options_.probe, &median)) return false;
   best_[trying_] = std::min(best_[trying_], median);
   ++tries_;
   since_try_ = 0;
@@ -96,6 +94,12 @@ bool ThreadGovernor::Record(double seconds, int64_t images) {
     interval_down_ = std::min(2 * interval_down_, options_.max_interval_down);
   }
   settle_left_ = options_.settle;
+  return true;
+}
+
+bool ThreadGovernor::TakeMedian(int n, double* median) {
+  if (static_cast<int>(samples_.size()) < n) return false;
+  *median = Median(std::exchange(samples_, {}));
   return true;
 }
 

@@ -74,6 +74,9 @@ class ThreadGovernor {
   int switches() const { return switches_; }
 
  private:
+  // Once `n` samples are in: their median into `median`, and a fresh start.
+  bool TakeMedian(int n, double* median);
+
   Options options_;
   int current_;     // the kept count
   int trying_ = 0;  // the count being tried; 0: none
