@@ -48,13 +48,12 @@ struct JobManager::EntryState {
   double images_per_second = 0;  // latest batch
   // Scheduling (scheduler.h). While on_worker: the slots it holds, when it
   // got them, and why it is stopping at its next checkpoint (paused, or
-  // preempted by another job). While waiting: its place and reason.
+  // preempted by another job). While waiting, its place and reason are in
+  // the manager's queue_.
   int slots = 0;
   int64_t started = 0;
   bool pause_requested = false;
   std::string preempted_by;
-  int queue_position = 0;
-  std::string waiting_reason;
 };
 
 struct JobManager::Entry {

@@ -112,9 +112,9 @@ Job JobManager::View(Entry& entry, bool full) {
   }
   // The log's, so that a reader who saw an event never gets a smaller one.
   job.set_last_seq(events_.LastSeq(entry.id));
-  if (job.state() == trainer::v1::QUEUED && !Held(entry).on_worker) {
-    job.set_queue_position(Held(entry).queue_position);
-    job.set_waiting_reason(Held(entry).waiting_reason);
+  if (const auto* spot = queue_.SpotOf(entry)) {
+    job.set_queue_position(spot->position);
+    job.set_waiting_reason(Describe(spot->reason, job.owner()));
   }
   return job;
 }
@@ -316,12 +316,8 @@ absl::StatusOr<std::string> JobManager::Submit(JobSpec spec,
     absl::MutexLock lock(&mu_);
     if (stopping_) return absl::UnavailableError("traind is shutting down");
     const Limits& limits = policy_.For(caller.user);
+    const int waiting = queue_.CountOf(caller.user);
     if (!caller.admin && limits.max_queued_jobs >= 0) {
-      int waiting = 0;
-      for (const auto& [id, e] : jobs_) {
-        waiting += Held(*e).job.owner() == caller.user &&
-                   Held(*e).job.state() == trainer::v1::QUEUED && !Held(*e).on_worker;
-      }
       if (waiting >= limits.max_queued_jobs) {
         return absl::ResourceExhaustedError(absl::StrCat(
             "quota max_queued_jobs: user ", caller.user, " has ", waiting, " of ",
@@ -332,11 +328,9 @@ absl::StatusOr<std::string> JobManager::Submit(JobSpec spec,
       return absl::ResourceExhaustedError(absl::StrCat(
           "the queue is full (", queue_.size(), " jobs waiting); try again later"));
     }
-    int mine = 0;
-    for (const auto& e : queue_) mine += Held(*e).job.owner() == caller.user;
-    if (mine >= options_.max_queued_per_user) {
+    if (waiting >= options_.max_queued_per_user) {
       return absl::ResourceExhaustedError(absl::StrCat(
-          "user ", caller.user, " already has ", mine, " jobs waiting (the limit is ",
+          "user ", caller.user, " already has ", waiting, " jobs waiting (the limit is ",
           options_.max_queued_per_user, "); wait for some to start or cancel them"));
     }
   }
@@ -365,7 +359,7 @@ absl::StatusOr<std::string> JobManager::Submit(JobSpec spec,
   ev.mutable_state()->set_state(trainer::v1::QUEUED);
   Emit(*entry, std::move(ev));
   absl::MutexLock lock(&mu_);
-  queue_.push_back(entry);
+  Enqueue(entry);
   Reschedule();
   return entry->id;
 }
@@ -425,7 +419,7 @@ absl::StatusOr<Job> JobManager::Cancel(const std::string& id, const Caller& call
       state = Held(*entry).job.state();
       on_worker = Held(*entry).on_worker;
       if (state == trainer::v1::QUEUED && !on_worker) {
-        queue_.erase(std::remove(queue_.begin(), queue_.end(), entry), queue_.end());
+        queue_.Remove(*entry);
         Reschedule();
       }
     }

@@ -38,6 +38,7 @@
 #include "server/jobs/layout.h"
 #include "server/jobs/scheduler.h"
 #include "server/jobs/store.h"
+#include "server/jobs/wait_queue.h"
 #include "trainer/v1/training_service.pb.h"
 
 namespace traind::jobs {
@@ -224,6 +225,8 @@ class JobManager {
   // Starts, preempts and places waiting jobs as the scheduler decides
   // (scheduler.h). Called whenever its inputs change.
   void Reschedule() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Puts a QUEUED job without slots in the wait queue.
+  void Enqueue(const std::shared_ptr<Entry>& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // `entry` gives its slots back (it left its worker).
   void ReleaseSlots(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether `caller` may give a job `priority` and `preemptible`.
@@ -254,7 +257,9 @@ class JobManager {
   std::vector<std::shared_ptr<Entry>> by_index_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> request_ids_ ABSL_GUARDED_BY(mu_);
   // QUEUED jobs without slots, in no order (the scheduler orders them).
-  std::deque<std::shared_ptr<Entry>> queue_ ABSL_GUARDED_BY(mu_);
+  WaitQueue<Entry> queue_ ABSL_GUARDED_BY(mu_);
+  // Jobs holding slots (on_worker), in the order they got them.
+  std::vector<std::shared_ptr<Entry>> holding_ ABSL_GUARDED_BY(mu_);
   // Jobs given slots, waiting for a worker thread to take them.
   std::deque<std::shared_ptr<Entry>> ready_ ABSL_GUARDED_BY(mu_);
   int64_t starts_ ABSL_GUARDED_BY(mu_) = 0;

@@ -80,7 +80,7 @@ absl::Status JobManager::Recover() {
                  absl::StrCat("daemon restarted while attempt ", attempt, " was running"));
         {
           absl::MutexLock lock(&mu_);
-          queue_.push_back(entry);
+          Enqueue(entry);
         }
         break;
       case trainer::v1::CANCELLING:
@@ -88,7 +88,7 @@ absl::Status JobManager::Recover() {
         break;
       case trainer::v1::QUEUED: {
         absl::MutexLock lock(&mu_);
-        queue_.push_back(entry);
+        Enqueue(entry);
         break;
       }
       default:

@@ -41,7 +41,7 @@ void JobManager::WorkerLoop() {
       preempted = !Held(*entry).preempted_by.empty();
       if (state == trainer::v1::QUEUED && !paused) {
         if (preempted) {
-          queue_.push_back(entry);
+          Enqueue(entry);
           ReleaseSlots(*entry);
           continue;
         }
@@ -275,7 +275,7 @@ void JobManager::RunJob(const std::shared_ptr<Entry>& entry) {
     SetState(*entry, trainer::v1::FAILED, std::string(status.message()));
   }
   absl::MutexLock lock(&mu_);
-  if (queue_again) queue_.push_back(entry);
+  if (queue_again) Enqueue(entry);
   ReleaseSlots(*entry);
 }
 

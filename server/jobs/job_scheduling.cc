@@ -16,19 +16,18 @@ std::string Name(trainer::v1::Priority p) { return trainer::v1::Priority_Name(p)
 
 }  // namespace
 
+void JobManager::Enqueue(const std::shared_ptr<Entry>& entry) {
+  const Job& job = Held(*entry).job;
+  queue_.Add(entry, {entry->id, job.owner(), EffectivePriority(job.spec()), entry->index,
+                     JobSlots(job.spec(), options_.workers)});
+}
+
 void JobManager::Reschedule() {
   if (stopping_) return;
-  std::vector<WaitingJob> waiting;
-  waiting.reserve(queue_.size());
-  for (const auto& e : queue_) {
-    const Job& job = Held(*e).job;
-    waiting.push_back({e->id, job.owner(), EffectivePriority(job.spec()), e->index,
-                       JobSlots(job.spec(), options_.workers)});
-  }
   std::vector<RunningJob> running;
-  for (const auto& e : by_index_) {
+  running.reserve(holding_.size());
+  for (const auto& e : holding_) {
     const EntryState& held = Held(*e);
-    if (!held.on_worker) continue;
     RunningJob r;
     r.id = e->id;
     r.user = held.job.owner();
@@ -40,31 +39,31 @@ void JobManager::Reschedule() {
                  held.job.state() == trainer::v1::CANCELLING || e->cancel.cancelled();
     running.push_back(std::move(r));
   }
-  const Decision decision = Decide(std::move(waiting), running, options_.workers, policy_);
-  for (const std::string& id : decision.start) {
-    const std::shared_ptr<Entry>& entry = jobs_.at(id);
-    queue_.erase(std::remove(queue_.begin(), queue_.end(), entry), queue_.end());
+  Decision decision = Decide(queue_.jobs(), running, options_.workers, policy_);
+  // The decision names waiting jobs by their place in queue_, which
+  // changes below.
+  for (const Decision::Preemption& p : decision.preempt) {
+    Entry& victim = *holding_[p.victim];
+    Held(victim).preempted_by = queue_.entry(p.for_job)->id;
+    victim.cancel.Interrupt();  // a checkpoint at its next batch boundary
+  }
+  for (Decision::Place& place : decision.waiting) {
+    queue_.Place(place.job, place.position, std::move(place.reason));
+  }
+  std::vector<std::shared_ptr<Entry>> start;
+  for (const size_t index : decision.start) start.push_back(queue_.entry(index));
+  for (const std::shared_ptr<Entry>& entry : start) {
+    queue_.Remove(*entry);
+    holding_.push_back(entry);
     EntryState& held = Held(*entry);
     held.on_worker = true;
     held.slots = JobSlots(held.job.spec(), options_.workers);
     held.started = ++starts_;
-    held.queue_position = 0;
-    held.waiting_reason.clear();
     // Its previous attempt has ended (it had no slots), and whoever stops
     // it from now on (cancel, pause, preemption, shutdown) sees it on a
     // worker under mu_, after this.
     entry->cancel.Reset();
     ready_.push_back(entry);
-  }
-  for (const Decision::Preemption& p : decision.preempt) {
-    const std::shared_ptr<Entry>& victim = jobs_.at(p.victim);
-    Held(*victim).preempted_by = p.for_job;
-    victim->cancel.Interrupt();  // a checkpoint at its next batch boundary
-  }
-  for (const Decision::Place& place : decision.waiting) {
-    EntryState& held = Held(*jobs_.at(place.id));
-    held.queue_position = place.position;
-    held.waiting_reason = place.reason;
   }
 }
 
@@ -74,6 +73,9 @@ void JobManager::ReleaseSlots(Entry& entry) {
   held.slots = 0;
   held.pause_requested = false;
   held.preempted_by.clear();
+  holding_.erase(std::remove_if(holding_.begin(), holding_.end(),
+                                [&](const std::shared_ptr<Entry>& e) { return e.get() == &entry; }),
+                 holding_.end());
   Reschedule();
 }
 
@@ -113,7 +115,7 @@ absl::StatusOr<Job> JobManager::Pause(const std::string& id, const Caller& calle
     }
     if (state == trainer::v1::PAUSED || held.pause_requested) return View(*entry);
     if (state == trainer::v1::QUEUED && !held.on_worker) {
-      queue_.erase(std::remove(queue_.begin(), queue_.end(), entry), queue_.end());
+      queue_.Remove(*entry);
       waiting = true;
       Reschedule();
     } else {
@@ -154,7 +156,7 @@ absl::StatusOr<Job> JobManager::Resume(const std::string& id, const Caller& call
   SetState(*entry, trainer::v1::QUEUED,
            absl::StrCat("resumed by ", caller.user, "; it continues from its checkpoint"));
   absl::MutexLock lock(&mu_);
-  queue_.push_back(entry);
+  Enqueue(entry);
   Reschedule();
   return View(*entry);
 }
@@ -185,6 +187,7 @@ absl::StatusOr<Job> JobManager::SetPriority(const std::string& id, trainer::v1::
     }
     if (priority == before) return View(*entry);
     job.mutable_spec()->set_priority(priority);
+    queue_.SetPriority(*entry, priority);
   }
   Persist(*entry);
   JobEvent ev;

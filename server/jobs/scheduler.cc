@@ -2,11 +2,12 @@
 
 #include <algorithm>
 #include <fstream>
-#include <set>
+#include <numeric>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -175,143 +176,276 @@ Priority EffectivePriority(const trainer::v1::JobSpec& spec) {
                                                               : spec.priority();
 }
 
-Decision Decide(std::vector<WaitingJob> waiting, const std::vector<RunningJob>& running,
+std::string Describe(const WaitReason& r, const std::string& user) {
+  switch (r.kind) {
+    case WaitReason::kNone:
+      return "";
+    case WaitReason::kRunningJobsQuota:
+      return absl::StrCat("waiting: ", r.used, " of ", user, "'s ", r.limit,
+                          " running jobs in use");
+    case WaitReason::kSlotsQuota:
+      return absl::StrCat("waiting: ", r.used, " of ", user, "'s ", r.limit,
+                          " running slots in use",
+                          r.slots > 1 ? absl::StrCat(" (this job takes ", r.slots, ")") : "");
+    case WaitReason::kBehind:
+      return absl::StrCat("waiting: ", r.ahead, r.ahead == 1 ? " job" : " jobs",
+                          " ahead in the queue");
+    case WaitReason::kStopping:
+    case WaitReason::kPreempting:
+      return r.text;
+    case WaitReason::kNoRoom:
+      return absl::StrCat(
+          "waiting: ",
+          r.free == 0
+              ? (r.capacity == 1 ? std::string("the only slot is in use")
+                                 : absl::StrCat("all ", r.capacity, " slots in use"))
+              : absl::StrCat("takes ", r.slots, " slots, ", r.free, " of ", r.capacity, " free"),
+          r.ahead == 0 ? "; next in line" : "");
+  }
+  return "";
+}
+
+namespace {
+
+// The fair-share order of `waiting`: priority, then the user with the fewest
+// slots (counting the jobs ordered before as started), then the longest
+// wait. Among one priority's jobs that is a merge of the users' own queues,
+// each in submission order, taking next from the user with the fewest
+// slots; a heap of users keyed by (slots, their next job's order) does it.
+// `user_slots` starts as the running jobs' and ends as if all had started.
+std::vector<size_t> FairShareOrder(const std::vector<WaitingJob>& waiting,
+                                   const std::vector<int>& user_of, std::vector<int>& user_slots) {
+  // The users' queues, one bucket per (priority, user), highest priority
+  // first: a counting sort, which keeps each bucket in the caller's order.
+  const size_t users = user_slots.size();
+  auto bucket_of = [&](size_t job) {
+    // Priorities are checked at submit; a stored one from elsewhere is clamped.
+    const int priority = std::clamp<int>(waiting[job].priority, trainer::v1::Priority_MIN,
+                                         trainer::v1::Priority_MAX);
+    return static_cast<size_t>(trainer::v1::Priority_MAX - priority) * users +
+           static_cast<size_t>(user_of[job]);
+  };
+  std::vector<size_t> begin((trainer::v1::Priority_MAX + 1) * users + 1);
+  for (size_t job = 0; job < waiting.size(); ++job) ++begin[bucket_of(job) + 1];
+  std::partial_sum(begin.begin(), begin.end(), begin.begin());
+  std::vector<size_t> jobs(waiting.size());
+  {
+    std::vector<size_t> next(begin.begin(), begin.end() - 1);
+    for (size_t job = 0; job < waiting.size(); ++job) jobs[next[bucket_of(job)]++] = job;
+  }
+  auto by_order = [&](size_t a, size_t b) { return waiting[a].order < waiting[b].order; };
+  for (size_t k = 0; k + 1 < begin.size(); ++k) {
+    // The job manager's queue is in submission order but for re-queued jobs.
+    if (!std::is_sorted(jobs.begin() + begin[k], jobs.begin() + begin[k + 1], by_order)) {
+      std::sort(jobs.begin() + begin[k], jobs.begin() + begin[k + 1], by_order);
+    }
+  }
+
+  std::vector<size_t> order;
+  order.reserve(waiting.size());
+  // A user's place in the heap, as one number: its slots, then its next
+  // job's rank in submission order (so one comparison orders two users).
+  struct Head {
+    uint64_t key;
+    uint32_t at, end;  // the user's remaining jobs of this priority, in `jobs`
+  };
+  std::vector<uint32_t> rank(waiting.size());
+  {
+    std::vector<uint32_t> by_submission(waiting.size());
+    std::iota(by_submission.begin(), by_submission.end(), 0);
+    if (!std::is_sorted(waiting.begin(), waiting.end(),
+                        [](const auto& a, const auto& b) { return a.order < b.order; })) {
+      std::sort(by_submission.begin(), by_submission.end(),
+                [&](uint32_t a, uint32_t b) { return waiting[a].order < waiting[b].order; });
+    }
+    for (uint32_t r = 0; r < by_submission.size(); ++r) rank[by_submission[r]] = r;
+  }
+  auto key = [&](size_t job) {
+    return static_cast<uint64_t>(user_slots[user_of[job]]) << 32 | rank[job];
+  };
+  // std::*_heap keep the largest first.
+  auto after = [](const Head& a, const Head& b) { return a.key > b.key; };
+  std::vector<Head> heap;
+  for (size_t level = 0; level <= static_cast<size_t>(trainer::v1::Priority_MAX); ++level) {
+    heap.clear();
+    for (size_t k = level * users; k < (level + 1) * users; ++k) {
+      if (begin[k] == begin[k + 1]) continue;
+      heap.push_back({key(jobs[begin[k]]), static_cast<uint32_t>(begin[k]),
+                      static_cast<uint32_t>(begin[k + 1])});
+    }
+    std::make_heap(heap.begin(), heap.end(), after);
+    while (!heap.empty()) {
+      std::pop_heap(heap.begin(), heap.end(), after);
+      Head& head = heap.back();
+      const size_t job = jobs[head.at];
+      order.push_back(job);
+      user_slots[user_of[job]] += waiting[job].slots;
+      if (++head.at == head.end) {
+        heap.pop_back();
+      } else {
+        head.key = key(jobs[head.at]);
+        std::push_heap(heap.begin(), heap.end(), after);
+      }
+    }
+  }
+  return order;
+}
+
+}  // namespace
+
+Decision Decide(const std::vector<WaitingJob>& waiting, const std::vector<RunningJob>& running,
                 int capacity, const Policy& policy) {
   Decision decision;
-  std::map<std::string, int> user_slots, user_jobs;  // as if started, for fair share
-  std::map<std::string, int> run_slots, run_jobs;    // really running, for quotas
+  // Users as small numbers, their limits looked up once.
+  absl::flat_hash_map<std::string_view, int> user_ids;
+  std::vector<const Limits*> limits;
+  auto user_id = [&](const std::string& user) {
+    auto [it, added] = user_ids.try_emplace(user, static_cast<int>(limits.size()));
+    if (added) limits.push_back(&policy.For(user));
+    return it->second;
+  };
+  std::vector<int> user_of(waiting.size());
+  for (size_t i = 0; i < waiting.size(); ++i) user_of[i] = user_id(waiting[i].user);
+  std::vector<int> running_user(running.size());
+  for (size_t i = 0; i < running.size(); ++i) running_user[i] = user_id(running[i].user);
+
+  const size_t users = limits.size();
+  std::vector<int> user_slots(users), run_slots(users), run_jobs(users);
   int used = 0, pending = 0;
   std::vector<std::string> stopping;
-  for (const RunningJob& r : running) {
+  for (size_t i = 0; i < running.size(); ++i) {
+    const RunningJob& r = running[i];
     used += r.slots;
-    user_slots[r.user] += r.slots;
-    run_slots[r.user] += r.slots;
-    run_jobs[r.user] += 1;
+    user_slots[running_user[i]] += r.slots;
+    run_slots[running_user[i]] += r.slots;
+    run_jobs[running_user[i]] += 1;
     if (r.stopping) {
       pending += r.slots;
       stopping.push_back(r.id);
     }
   }
   int free = std::max(0, capacity - used);
+  const std::vector<size_t> order = FairShareOrder(waiting, user_of, user_slots);
 
-  // The order: priority, then the user with the fewest slots (counting the
-  // jobs ordered before as started), then the longest wait.
-  std::vector<WaitingJob> order;
-  while (!waiting.empty()) {
-    auto best = std::min_element(waiting.begin(), waiting.end(),
-                                 [&](const WaitingJob& a, const WaitingJob& b) {
-                                   if (a.priority != b.priority) return a.priority > b.priority;
-                                   const int sa = user_slots[a.user], sb = user_slots[b.user];
-                                   if (sa != sb) return sa < sb;
-                                   return a.order < b.order;
-                                 });
-    user_slots[best->user] += best->slots;
-    order.push_back(std::move(*best));
-    waiting.erase(best);
-  }
-
-  std::set<std::string> victims;  // chosen in this decision
-  bool blocked = false;           // a job ahead waits for capacity: no backfill
+  std::vector<bool> victims(running.size());  // chosen in this decision
+  // A job ahead waits for capacity: no backfill.
+  bool blocked = false;
   int position = 0;
-  for (const WaitingJob& job : order) {
-    const Limits& limits = policy.For(job.user);
-    auto wait = [&](std::string reason) {
-      decision.waiting.push_back({job.id, ++position, std::move(reason)});
+  decision.waiting.reserve(order.size());
+  for (const size_t index : order) {
+    const WaitingJob& job = waiting[index];
+    const int user = user_of[index];
+    const Limits& limit = *limits[user];
+    auto wait = [&](WaitReason reason) {
+      decision.waiting.push_back({index, ++position, std::move(reason)});
     };
-    if (limits.max_running_jobs >= 0 && run_jobs[job.user] >= limits.max_running_jobs) {
-      wait(absl::StrCat("waiting: ", run_jobs[job.user], " of ", job.user, "'s ",
-                        limits.max_running_jobs, " running jobs in use"));
+    WaitReason reason;
+    if (limit.max_running_jobs >= 0 && run_jobs[user] >= limit.max_running_jobs) {
+      reason.kind = WaitReason::kRunningJobsQuota;
+      reason.used = run_jobs[user];
+      reason.limit = limit.max_running_jobs;
+      wait(std::move(reason));
       continue;
     }
-    if (limits.max_slots >= 0 && run_slots[job.user] + job.slots > limits.max_slots) {
-      wait(absl::StrCat("waiting: ", run_slots[job.user], " of ", job.user, "'s ", limits.max_slots,
-                        " running slots in use",
-                        job.slots > 1 ? absl::StrCat(" (this job takes ", job.slots, ")") : ""));
+    if (limit.max_slots >= 0 && run_slots[user] + job.slots > limit.max_slots) {
+      reason.kind = WaitReason::kSlotsQuota;
+      reason.used = run_slots[user];
+      reason.limit = limit.max_slots;
+      reason.slots = job.slots;
+      wait(std::move(reason));
       continue;
     }
     if (blocked) {
-      wait(absl::StrCat("waiting: ", position, position == 1 ? " job" : " jobs",
-                        " ahead in the queue"));
+      reason.kind = WaitReason::kBehind;
+      reason.ahead = position;
+      wait(std::move(reason));
       continue;
     }
     const int from_free = std::min(free, job.slots);
     int missing = job.slots - from_free;
     if (missing == 0) {
       free -= job.slots;
-      run_slots[job.user] += job.slots;
-      run_jobs[job.user] += 1;
-      decision.start.push_back(job.id);
+      run_slots[user] += job.slots;
+      run_jobs[user] += 1;
+      decision.start.push_back(index);
       continue;
     }
     if (pending >= missing) {
       free -= from_free;
       pending -= missing;
-      wait(absl::StrCat("waiting: ", absl::StrJoin(stopping, ", "),
-                        stopping.size() == 1 ? " is" : " are",
-                        " stopping at a checkpoint to free slots"));
+      reason.kind = WaitReason::kStopping;
+      reason.text = absl::StrCat("waiting: ", absl::StrJoin(stopping, ", "),
+                                 stopping.size() == 1 ? " is" : " are",
+                                 " stopping at a checkpoint to free slots");
+      wait(std::move(reason));
       continue;
     }
     missing -= pending;
     // Victims: strictly lower priority, preemptible, not already stopping;
     // lowest priority first, then one job that frees enough, then the most
     // recently started.
-    std::vector<const RunningJob*> candidates;
-    for (const RunningJob& r : running) {
-      if (!r.stopping && r.preemptible && r.priority < job.priority && !victims.count(r.id)) {
-        candidates.push_back(&r);
+    std::vector<size_t> candidates;
+    for (size_t i = 0; i < running.size(); ++i) {
+      const RunningJob& r = running[i];
+      if (!r.stopping && r.preemptible && r.priority < job.priority && !victims[i]) {
+        candidates.push_back(i);
       }
     }
-    std::vector<const RunningJob*> chosen;
+    std::vector<size_t> chosen;
     if (!candidates.empty()) {
-      const Priority lowest =
-          (*std::min_element(candidates.begin(), candidates.end(), [](auto* a, auto* b) {
-            return a->priority < b->priority;
-          }))->priority;
+      Priority lowest = running[candidates[0]].priority;
+      for (size_t i : candidates) lowest = std::min(lowest, running[i].priority);
       const RunningJob* single = nullptr;
-      for (const RunningJob* r : candidates) {
+      size_t single_index = 0;
+      for (size_t i : candidates) {
+        const RunningJob* r = &running[i];
         if (r->priority != lowest || r->slots < missing) continue;
         if (!single || r->slots < single->slots ||
             (r->slots == single->slots && r->started > single->started)) {
           single = r;
+          single_index = i;
         }
       }
       if (single) {
-        chosen.push_back(single);
+        chosen.push_back(single_index);
       } else {
-        std::sort(candidates.begin(), candidates.end(), [](auto* a, auto* b) {
-          if (a->priority != b->priority) return a->priority < b->priority;
-          return a->started > b->started;
+        std::sort(candidates.begin(), candidates.end(), [&](size_t a, size_t b) {
+          if (running[a].priority != running[b].priority) {
+            return running[a].priority < running[b].priority;
+          }
+          return running[a].started > running[b].started;
         });
         int freed = 0;
-        for (const RunningJob* r : candidates) {
+        for (size_t i : candidates) {
           if (freed >= missing) break;
-          chosen.push_back(r);
-          freed += r->slots;
+          chosen.push_back(i);
+          freed += running[i].slots;
         }
         if (freed < missing) chosen.clear();
       }
     }
     if (chosen.empty()) {
       blocked = true;
-      wait(absl::StrCat(
-          "waiting: ",
-          free == 0
-              ? (capacity == 1 ? std::string("the only slot is in use")
-                               : absl::StrCat("all ", capacity, " slots in use"))
-              : absl::StrCat("takes ", job.slots, " slots, ", free, " of ", capacity, " free"),
-          position == 0 ? "; next in line" : ""));
+      reason.kind = WaitReason::kNoRoom;
+      reason.free = free;
+      reason.capacity = capacity;
+      reason.slots = job.slots;
+      reason.ahead = position;
+      wait(std::move(reason));
       continue;
     }
     free -= from_free;
     pending = 0;
     std::vector<std::string> names;
-    for (const RunningJob* r : chosen) {
-      victims.insert(r->id);
-      stopping.push_back(r->id);
-      decision.preempt.push_back({r->id, job.id});
-      names.push_back(absl::StrCat(r->id, " (", Name(r->priority), ")"));
+    for (size_t i : chosen) {
+      victims[i] = true;
+      stopping.push_back(running[i].id);
+      decision.preempt.push_back({i, index});
+      names.push_back(absl::StrCat(running[i].id, " (", Name(running[i].priority), ")"));
     }
-    wait(absl::StrCat("waiting: preempting ", absl::StrJoin(names, ", "), " to make room"));
+    reason.kind = WaitReason::kPreempting;
+    reason.text = absl::StrCat("waiting: preempting ", absl::StrJoin(names, ", "), " to make room");
+    wait(std::move(reason));
   }
   return decision;
 }

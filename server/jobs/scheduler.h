@@ -115,24 +115,52 @@ struct RunningJob {
   bool stopping = false;
 };
 
+// Why a job waits. A decision places every waiting job, and few of them are
+// looked at before the next decision, so the words are put together only
+// when someone asks (Describe).
+struct WaitReason {
+  enum Kind {
+    kNone,              // not waiting
+    kRunningJobsQuota,  // `used` of its user's `limit` running jobs in use
+    kSlotsQuota,        // `used` of its user's `limit` slots in use; it takes `slots`
+    kBehind,            // `ahead` jobs before it wait for room (no backfill)
+    kStopping,          // running jobs are stopping at a checkpoint to free its slots
+    kNoRoom,            // `free` of `capacity` slots free, it takes `slots`;
+                        // `ahead` 0: next in line
+    kPreempting,        // running jobs are being preempted to make room for it
+  };
+  Kind kind = kNone;
+  int used = 0, limit = 0, slots = 0, ahead = 0, free = 0, capacity = 0;
+  // kStopping, kPreempting: the words, which name the running jobs (few
+  // waiting jobs have these reasons, so they are put together at once).
+  std::string text;
+};
+
+// What a user reads, e.g. "waiting: 3 of alice's 3 running slots in use"
+// (`user`: the job's owner); empty for kNone.
+std::string Describe(const WaitReason& reason, const std::string& user);
+
+// Jobs by their index in Decide's arguments.
 struct Decision {
-  // Jobs to start now, in order.
-  std::vector<std::string> start;
+  // Waiting jobs to start now, in order.
+  std::vector<size_t> start;
   struct Preemption {
-    std::string victim;
-    std::string for_job;
+    size_t victim;   // in `running`
+    size_t for_job;  // in `waiting`
   };
   std::vector<Preemption> preempt;
   struct Place {
-    std::string id;
+    size_t job = 0;    // in `waiting`
     int position = 0;  // 1: the next to start
-    std::string reason;
+    WaitReason reason;
   };
   // Every waiting job that does not start, in the order they will.
   std::vector<Place> waiting;
 };
 
-Decision Decide(std::vector<WaitingJob> waiting, const std::vector<RunningJob>& running,
+// O(n log n) in the waiting jobs (the fair-share order keeps a heap of
+// users per priority), O(running) more for each job that preempts.
+Decision Decide(const std::vector<WaitingJob>& waiting, const std::vector<RunningJob>& running,
                 int capacity, const Policy& policy);
 
 }  // namespace traind::jobs

@@ -4,10 +4,14 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <map>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 
 namespace traind::jobs {
 namespace {
@@ -34,25 +38,56 @@ RunningJob R(std::string id, std::string user, trainer::v1::Priority p, int slot
   return r;
 }
 
-std::vector<std::string> Order(const Decision& d) {
+// A decision with its jobs named and its reasons in words, as users see
+// them.
+struct Named {
+  std::vector<std::string> start;
+  struct Preemption {
+    std::string victim, for_job;
+  };
+  std::vector<Preemption> preempt;
+  struct Place {
+    std::string id;
+    int position = 0;
+    std::string reason;
+  };
+  std::vector<Place> waiting;
+};
+
+Named DecideNamed(const std::vector<WaitingJob>& waiting, const std::vector<RunningJob>& running,
+                  int capacity, const Policy& policy) {
+  const Decision d = Decide(waiting, running, capacity, policy);
+  Named named;
+  for (size_t i : d.start) named.start.push_back(waiting[i].id);
+  for (const auto& p : d.preempt) {
+    named.preempt.push_back({running[p.victim].id, waiting[p.for_job].id});
+  }
+  for (const auto& w : d.waiting) {
+    named.waiting.push_back(
+        {waiting[w.job].id, w.position, Describe(w.reason, waiting[w.job].user)});
+  }
+  return named;
+}
+
+std::vector<std::string> Order(const Named& d) {
   std::vector<std::string> ids = d.start;
   for (const auto& w : d.waiting) ids.push_back(w.id);
   return ids;
 }
 
-const Decision::Place& PlaceOf(const Decision& d, const std::string& id) {
+const Named::Place& PlaceOf(const Named& d, const std::string& id) {
   for (const auto& w : d.waiting) {
     if (w.id == id) return w;
   }
-  static const Decision::Place none;
+  static const Named::Place none;
   ADD_FAILURE() << id << " is not waiting";
   return none;
 }
 
 TEST(SchedulerTest, HigherPriorityFirstAndFifoWithinAPriority) {
-  const Decision d = Decide({W("a", "u", LOW, 1), W("b", "u", NORMAL, 2), W("c", "u", URGENT, 3),
-                             W("d", "u", NORMAL, 4), W("e", "u", HIGH, 5)},
-                            {}, 1, Policy());
+  const Named d = DecideNamed({W("a", "u", LOW, 1), W("b", "u", NORMAL, 2), W("c", "u", URGENT, 3),
+                               W("d", "u", NORMAL, 4), W("e", "u", HIGH, 5)},
+                              {}, 1, Policy());
   EXPECT_EQ(d.start, std::vector<std::string>{"c"});
   EXPECT_EQ(Order(d), (std::vector<std::string>{"c", "e", "b", "d", "a"}));
   EXPECT_EQ(PlaceOf(d, "e").position, 1);
@@ -61,9 +96,9 @@ TEST(SchedulerTest, HigherPriorityFirstAndFifoWithinAPriority) {
 }
 
 TEST(SchedulerTest, FillsEveryFreeSlotAndNoMore) {
-  const Decision d =
-      Decide({W("a", "u", NORMAL, 1), W("b", "u", NORMAL, 2), W("c", "u", NORMAL, 3)},
-             {R("x", "v", NORMAL)}, 3, Policy());
+  const Named d =
+      DecideNamed({W("a", "u", NORMAL, 1), W("b", "u", NORMAL, 2), W("c", "u", NORMAL, 3)},
+                  {R("x", "v", NORMAL)}, 3, Policy());
   EXPECT_EQ(d.start, (std::vector<std::string>{"a", "b"}));
   EXPECT_EQ(PlaceOf(d, "c").reason, "waiting: all 3 slots in use; next in line");
 }
@@ -78,7 +113,7 @@ TEST(SchedulerTest, FairShareGivesTheNextSlotToTheUserWithTheLeastRunning) {
   // Step by step: one slot frees at a time, and the job it goes to runs.
   const std::vector<std::string> expected = {"b1", "c1", "a1", "b2", "a2", "a3", "a4"};
   for (const std::string& next : expected) {
-    const Decision d = Decide(queue, running, static_cast<int>(running.size()) + 1, Policy());
+    const Named d = DecideNamed(queue, running, static_cast<int>(running.size()) + 1, Policy());
     ASSERT_EQ(d.start.size(), 1u);
     EXPECT_EQ(d.start[0], next);
     for (auto it = queue.begin(); it != queue.end(); ++it) {
@@ -90,26 +125,57 @@ TEST(SchedulerTest, FairShareGivesTheNextSlotToTheUserWithTheLeastRunning) {
     }
   }
   // The whole order is visible in one decision, as positions.
-  const Decision all = Decide({W("a1", "alice", NORMAL, 1), W("a2", "alice", NORMAL, 2),
-                               W("b1", "bob", NORMAL, 3), W("c1", "carol", NORMAL, 4)},
-                              {R("a0", "alice", NORMAL)}, 1, Policy());
+  const Named all = DecideNamed({W("a1", "alice", NORMAL, 1), W("a2", "alice", NORMAL, 2),
+                                 W("b1", "bob", NORMAL, 3), W("c1", "carol", NORMAL, 4)},
+                                {R("a0", "alice", NORMAL)}, 1, Policy());
   EXPECT_EQ(Order(all), (std::vector<std::string>{"b1", "c1", "a1", "a2"}));
   EXPECT_EQ(PlaceOf(all, "c1").position, 2);
 }
 
+TEST(SchedulerTest, TheFairShareOrderIsTheRuleAppliedOneJobAtATime) {
+  // The rule, plainly: again and again, the highest priority, then the user
+  // with the fewest slots counting the jobs taken before, then the longest
+  // wait. Decide merges users' queues with a heap; both must agree on a
+  // mixed queue (the slots all busy with URGENT jobs: nothing starts).
+  std::mt19937 rng(11);
+  std::vector<WaitingJob> queue;
+  const std::vector<trainer::v1::Priority> priorities = {LOW, NORMAL, NORMAL, HIGH};
+  for (int i = 0; i < 300; ++i) {
+    queue.push_back(W(absl::StrCat("j", i), absl::StrCat("user", rng() % 7),
+                      priorities[rng() % priorities.size()], 1000 - i, rng() % 5 == 0 ? 2 : 1));
+  }
+  const std::vector<RunningJob> running = {R("x", "user3", URGENT, 2), R("y", "user5", URGENT)};
+  std::map<std::string, int> slots = {{"user3", 2}, {"user5", 1}};
+  std::vector<WaitingJob> left = queue;
+  std::vector<std::string> expected;
+  while (!left.empty()) {
+    auto best = std::min_element(left.begin(), left.end(), [&](const auto& a, const auto& b) {
+      if (a.priority != b.priority) return a.priority > b.priority;
+      if (slots[a.user] != slots[b.user]) return slots[a.user] < slots[b.user];
+      return a.order < b.order;
+    });
+    slots[best->user] += best->slots;
+    expected.push_back(best->id);
+    left.erase(best);
+  }
+  const Named d = DecideNamed(queue, running, 3, Policy());
+  EXPECT_TRUE(d.start.empty());
+  EXPECT_EQ(Order(d), expected);
+}
+
 TEST(SchedulerTest, PriorityBeatsFairShare) {
-  const Decision d = Decide({W("b1", "bob", NORMAL, 1), W("a1", "alice", HIGH, 2)},
-                            {R("a0", "alice", NORMAL)}, 2, Policy());
+  const Named d = DecideNamed({W("b1", "bob", NORMAL, 1), W("a1", "alice", HIGH, 2)},
+                              {R("a0", "alice", NORMAL)}, 2, Policy());
   EXPECT_EQ(d.start, std::vector<std::string>{"a1"});
 }
 
 TEST(SchedulerTest, PreemptsTheCheapestLowerPriorityJob) {
   // Two slots, both busy: a HIGH job preempts, and the victim is the LOW
   // one (not the NORMAL one); of two LOW ones, the most recently started.
-  const Decision d =
-      Decide({W("h", "u", HIGH, 9)},
-             {R("n", "u", NORMAL, 1, 1), R("l_old", "u", LOW, 1, 2), R("l_new", "u", LOW, 1, 3)}, 3,
-             Policy());
+  const Named d = DecideNamed(
+      {W("h", "u", HIGH, 9)},
+      {R("n", "u", NORMAL, 1, 1), R("l_old", "u", LOW, 1, 2), R("l_new", "u", LOW, 1, 3)}, 3,
+      Policy());
   EXPECT_TRUE(d.start.empty());
   ASSERT_EQ(d.preempt.size(), 1u);
   EXPECT_EQ(d.preempt[0].victim, "l_new");
@@ -118,7 +184,7 @@ TEST(SchedulerTest, PreemptsTheCheapestLowerPriorityJob) {
 }
 
 TEST(SchedulerTest, PrefersOneVictimThatFreesEnoughOverSeveral) {
-  const Decision d = Decide(
+  const Named d = DecideNamed(
       {W("h", "u", HIGH, 9, 2)},
       {R("l1", "u", LOW, 1, 5), R("l2", "u", LOW, 2, 1), R("l3", "u", LOW, 1, 6)}, 4, Policy());
   ASSERT_EQ(d.preempt.size(), 1u);
@@ -126,21 +192,21 @@ TEST(SchedulerTest, PrefersOneVictimThatFreesEnoughOverSeveral) {
 }
 
 TEST(SchedulerTest, TakesSeveralVictimsOnlyWhenTogetherTheyFreeEnough) {
-  Decision d = Decide({W("h", "u", HIGH, 9, 2)}, {R("l1", "u", LOW, 1, 1), R("l2", "u", LOW, 1, 2)},
-                      2, Policy());
+  Named d = DecideNamed({W("h", "u", HIGH, 9, 2)},
+                        {R("l1", "u", LOW, 1, 1), R("l2", "u", LOW, 1, 2)}, 2, Policy());
   ASSERT_EQ(d.preempt.size(), 2u);
   // One LOW job of one slot cannot make room for two: nothing is preempted.
-  d = Decide({W("h", "u", HIGH, 9, 2)}, {R("l1", "u", LOW, 1, 1), R("n", "u", HIGH, 1, 2)}, 2,
-             Policy());
+  d = DecideNamed({W("h", "u", HIGH, 9, 2)}, {R("l1", "u", LOW, 1, 1), R("n", "u", HIGH, 1, 2)}, 2,
+                  Policy());
   EXPECT_TRUE(d.preempt.empty());
   EXPECT_EQ(PlaceOf(d, "h").reason, "waiting: all 2 slots in use; next in line");
 }
 
 TEST(SchedulerTest, EqualPrioritiesNeverPreemptAndNonPreemptibleJobsAreSpared) {
-  Decision d = Decide({W("n2", "u", NORMAL, 9)}, {R("n1", "u", NORMAL)}, 1, Policy());
+  Named d = DecideNamed({W("n2", "u", NORMAL, 9)}, {R("n1", "u", NORMAL)}, 1, Policy());
   EXPECT_TRUE(d.preempt.empty());
-  d = Decide({W("u1", "u", URGENT, 9)}, {R("l", "u", LOW, 1, 0, /*preemptible=*/false)}, 1,
-             Policy());
+  d = DecideNamed({W("u1", "u", URGENT, 9)}, {R("l", "u", LOW, 1, 0, /*preemptible=*/false)}, 1,
+                  Policy());
   EXPECT_TRUE(d.preempt.empty());
 }
 
@@ -148,20 +214,20 @@ TEST(SchedulerTest, DoesNotThrash) {
   // A preempted LOW job back in the queue does not start while the HIGH one
   // holds the slot, and a HIGH job that arrives later does not preempt the
   // running HIGH one.
-  Decision d =
-      Decide({W("l", "u", LOW, 1), W("h2", "u", HIGH, 5)}, {R("h", "u", HIGH)}, 1, Policy());
+  Named d =
+      DecideNamed({W("l", "u", LOW, 1), W("h2", "u", HIGH, 5)}, {R("h", "u", HIGH)}, 1, Policy());
   EXPECT_TRUE(d.start.empty());
   EXPECT_TRUE(d.preempt.empty());
   // While a victim is checkpointing, the job it makes room for waits for its
   // slots and nothing else is preempted for it.
   RunningJob stopping = R("l1", "u", LOW);
   stopping.stopping = true;
-  d = Decide({W("h", "u", HIGH, 9)}, {stopping, R("l2", "u", LOW)}, 2, Policy());
+  d = DecideNamed({W("h", "u", HIGH, 9)}, {stopping, R("l2", "u", LOW)}, 2, Policy());
   EXPECT_TRUE(d.preempt.empty());
   EXPECT_EQ(PlaceOf(d, "h").reason, "waiting: l1 is stopping at a checkpoint to free slots");
   // Two URGENT jobs and two LOW ones running: each preempts one.
-  d = Decide({W("u1", "u", URGENT, 1), W("u2", "u", URGENT, 2)},
-             {R("l1", "u", LOW, 1, 1), R("l2", "u", LOW, 1, 2)}, 2, Policy());
+  d = DecideNamed({W("u1", "u", URGENT, 1), W("u2", "u", URGENT, 2)},
+                  {R("l1", "u", LOW, 1, 1), R("l2", "u", LOW, 1, 2)}, 2, Policy());
   ASSERT_EQ(d.preempt.size(), 2u);
   EXPECT_EQ(d.preempt[0].victim, "l2");
   EXPECT_EQ(d.preempt[1].victim, "l1");
@@ -170,8 +236,8 @@ TEST(SchedulerTest, DoesNotThrash) {
 TEST(SchedulerTest, NoBackfillPastAJobWaitingForCapacity) {
   // The 3-slot job waits for capacity; the 1-slot job behind it does not
   // take the free slot.
-  const Decision d = Decide({W("big", "u", NORMAL, 1, 3), W("small", "u", NORMAL, 2)},
-                            {R("x", "v", NORMAL)}, 3, Policy());
+  const Named d = DecideNamed({W("big", "u", NORMAL, 1, 3), W("small", "u", NORMAL, 2)},
+                              {R("x", "v", NORMAL)}, 3, Policy());
   EXPECT_TRUE(d.start.empty());
   EXPECT_EQ(PlaceOf(d, "big").reason, "waiting: takes 3 slots, 2 of 3 free; next in line");
   EXPECT_EQ(PlaceOf(d, "small").reason, "waiting: 1 job ahead in the queue");
@@ -182,29 +248,29 @@ TEST(SchedulerTest, QuotasHoldBackTheirUserOnly) {
                                   "users": {"alice": {"max_slots": 3}}})");
   ASSERT_TRUE(policy.ok()) << policy.status();
   // alice runs 3 slots: her next job waits with the reason, bob's starts.
-  Decision d = Decide({W("a", "alice", NORMAL, 1), W("b", "bob", NORMAL, 2)},
-                      {R("a0", "alice", NORMAL, 3)}, 8, *policy);
+  Named d = DecideNamed({W("a", "alice", NORMAL, 1), W("b", "bob", NORMAL, 2)},
+                        {R("a0", "alice", NORMAL, 3)}, 8, *policy);
   EXPECT_EQ(d.start, std::vector<std::string>{"b"});
   EXPECT_EQ(PlaceOf(d, "a").reason, "waiting: 3 of alice's 3 running slots in use");
   // bob may run two jobs at once (the default), not three.
-  d = Decide({W("b3", "bob", NORMAL, 3)}, {R("b1", "bob", NORMAL), R("b2", "bob", NORMAL)}, 8,
-             *policy);
+  d = DecideNamed({W("b3", "bob", NORMAL, 3)}, {R("b1", "bob", NORMAL), R("b2", "bob", NORMAL)}, 8,
+                  *policy);
   EXPECT_TRUE(d.start.empty());
   EXPECT_EQ(PlaceOf(d, "b3").reason, "waiting: 2 of bob's 2 running jobs in use");
   // Starting counts against the quota within one decision too.
-  d = Decide({W("b1", "bob", NORMAL, 1), W("b2", "bob", NORMAL, 2), W("b3", "bob", NORMAL, 3)}, {},
-             8, *policy);
+  d = DecideNamed({W("b1", "bob", NORMAL, 1), W("b2", "bob", NORMAL, 2), W("b3", "bob", NORMAL, 3)},
+                  {}, 8, *policy);
   EXPECT_EQ(d.start, (std::vector<std::string>{"b1", "b2"}));
 }
 
 TEST(SchedulerTest, APriorityChangeReordersTheQueue) {
   std::vector<WaitingJob> queue = {W("a", "u", NORMAL, 1), W("b", "u", NORMAL, 2),
                                    W("c", "u", NORMAL, 3)};
-  EXPECT_EQ(Order(Decide(queue, {R("x", "u", NORMAL)}, 1, Policy())),
+  EXPECT_EQ(Order(DecideNamed(queue, {R("x", "u", NORMAL)}, 1, Policy())),
             (std::vector<std::string>{"a", "b", "c"}));
   queue[2].priority = HIGH;
   queue[0].priority = LOW;
-  EXPECT_EQ(Order(Decide(queue, {R("x", "u", NORMAL)}, 1, Policy())),
+  EXPECT_EQ(Order(DecideNamed(queue, {R("x", "u", NORMAL)}, 1, Policy())),
             (std::vector<std::string>{"c", "b", "a"}));
 }
 
