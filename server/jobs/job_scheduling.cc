@@ -10,12 +10,6 @@
 #include "server/jobs/job_manager.h"
 
 namespace traind::jobs {
-namespace {
-
-std::string Name(trainer::v1::Priority p) { return trainer::v1::Priority_Name(p); }
-
-}  // namespace
-
 void JobManager::Enqueue(const std::shared_ptr<Entry>& entry) {
   const Job& job = Held(*entry).job;
   queue_.Add(entry, {entry->id, job.owner(), EffectivePriority(job.spec()), entry->index,
@@ -85,8 +79,9 @@ absl::Status JobManager::CheckPriorityRights(const Caller& caller, trainer::v1::
   const Limits& limits = policy_.For(caller.user);
   if (priority > limits.max_priority) {
     return absl::PermissionDeniedError(
-        absl::StrCat("priority ", Name(priority), ": user ", caller.user, " may give jobs at most ",
-                     Name(limits.max_priority), " (the admin's policy file, max_priority)"));
+        absl::StrCat("priority ", trainer::v1::Priority_Name(priority), ": user ", caller.user,
+                     " may give jobs at most ", trainer::v1::Priority_Name(limits.max_priority),
+                     " (the admin's policy file, max_priority)"));
   }
   if (!preemptible && !limits.may_opt_out_of_preemption) {
     return absl::PermissionDeniedError(
@@ -192,8 +187,9 @@ absl::StatusOr<Job> JobManager::SetPriority(const std::string& id, trainer::v1::
   Persist(*entry);
   JobEvent ev;
   ev.mutable_log()->set_level(trainer::v1::LogMessage::INFO);
-  ev.mutable_log()->set_text(absl::StrCat("priority ", Name(before), " -> ", Name(priority),
-                                          " (set by ", caller.user, ")"));
+  ev.mutable_log()->set_text(absl::StrCat("priority ", trainer::v1::Priority_Name(before), " -> ",
+                                          trainer::v1::Priority_Name(priority), " (set by ",
+                                          caller.user, ")"));
   Emit(*entry, std::move(ev));
   absl::MutexLock lock(&mu_);
   Reschedule();

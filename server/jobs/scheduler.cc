@@ -209,85 +209,62 @@ namespace {
 
 // The fair-share order of `waiting`: priority, then the user with the fewest
 // slots (counting the jobs ordered before as started), then the longest
-// wait. Among one priority's jobs that is a merge of the users' own queues,
-// each in submission order, taking next from the user with the fewest
-// slots; a heap of users keyed by (slots, their next job's order) does it.
+// wait. Taken one job at a time that is a merge of the users' own queues
+// (each in submission order) by (the user's slots, the next job's wait); a
+// user's slots when its job comes up are known in advance (its running
+// slots, its jobs of higher priorities, its earlier jobs of this one), so
+// the merge is one sort by (priority, those slots, submission order).
 // `user_slots` starts as the running jobs' and ends as if all had started.
 std::vector<size_t> FairShareOrder(const std::vector<WaitingJob>& waiting,
                                    const std::vector<int>& user_of, std::vector<int>& user_slots) {
-  // The users' queues, one bucket per (priority, user), highest priority
-  // first: a counting sort, which keeps each bucket in the caller's order.
-  const size_t users = user_slots.size();
-  auto bucket_of = [&](size_t job) {
-    // Priorities are checked at submit; a stored one from elsewhere is clamped.
+  const size_t n = waiting.size(), users = user_slots.size();
+  constexpr size_t kLevels = trainer::v1::Priority_MAX + 1;
+  // Level 0 is the highest priority. Priorities are checked at submit; a
+  // stored one from elsewhere is clamped.
+  auto level_of = [&](size_t job) {
     const int priority = std::clamp<int>(waiting[job].priority, trainer::v1::Priority_MIN,
                                          trainer::v1::Priority_MAX);
-    return static_cast<size_t>(trainer::v1::Priority_MAX - priority) * users +
-           static_cast<size_t>(user_of[job]);
+    return static_cast<size_t>(trainer::v1::Priority_MAX - priority);
   };
-  std::vector<size_t> begin((trainer::v1::Priority_MAX + 1) * users + 1);
-  for (size_t job = 0; job < waiting.size(); ++job) ++begin[bucket_of(job) + 1];
-  std::partial_sum(begin.begin(), begin.end(), begin.begin());
-  std::vector<size_t> jobs(waiting.size());
-  {
-    std::vector<size_t> next(begin.begin(), begin.end() - 1);
-    for (size_t job = 0; job < waiting.size(); ++job) jobs[next[bucket_of(job)]++] = job;
+  std::vector<uint32_t> by_wait(n);  // submission order
+  std::iota(by_wait.begin(), by_wait.end(), 0);
+  if (!std::is_sorted(waiting.begin(), waiting.end(),
+                      [](const auto& a, const auto& b) { return a.order < b.order; })) {
+    std::sort(by_wait.begin(), by_wait.end(),
+              [&](uint32_t a, uint32_t b) { return waiting[a].order < waiting[b].order; });
   }
-  auto by_order = [&](size_t a, size_t b) { return waiting[a].order < waiting[b].order; };
-  for (size_t k = 0; k + 1 < begin.size(); ++k) {
-    // The job manager's queue is in submission order but for re-queued jobs.
-    if (!std::is_sorted(jobs.begin() + begin[k], jobs.begin() + begin[k + 1], by_order)) {
-      std::sort(jobs.begin() + begin[k], jobs.begin() + begin[k + 1], by_order);
-    }
+  // slots[user * kLevels + level]: first the user's slots in jobs of that
+  // priority, then, as a running sum, the user's slots before its first job
+  // of that priority comes up.
+  std::vector<int64_t> slots(users * kLevels);
+  for (size_t job = 0; job < n; ++job) {
+    slots[user_of[job] * kLevels + level_of(job)] += waiting[job].slots;
   }
-
-  std::vector<size_t> order;
-  order.reserve(waiting.size());
-  // A user's place in the heap, as one number: its slots, then its next
-  // job's rank in submission order (so one comparison orders two users).
-  struct Head {
-    uint64_t key;
-    uint32_t at, end;  // the user's remaining jobs of this priority, in `jobs`
-  };
-  std::vector<uint32_t> rank(waiting.size());
-  {
-    std::vector<uint32_t> by_submission(waiting.size());
-    std::iota(by_submission.begin(), by_submission.end(), 0);
-    if (!std::is_sorted(waiting.begin(), waiting.end(),
-                        [](const auto& a, const auto& b) { return a.order < b.order; })) {
-      std::sort(by_submission.begin(), by_submission.end(),
-                [&](uint32_t a, uint32_t b) { return waiting[a].order < waiting[b].order; });
+  for (size_t u = 0; u < users; ++u) {
+    int64_t before = user_slots[u];
+    for (size_t level = 0; level < kLevels; ++level) {
+      const int64_t here = slots[u * kLevels + level];
+      slots[u * kLevels + level] = before;
+      before += here;
     }
-    for (uint32_t r = 0; r < by_submission.size(); ++r) rank[by_submission[r]] = r;
+    user_slots[u] = static_cast<int>(before);
   }
-  auto key = [&](size_t job) {
-    return static_cast<uint64_t>(user_slots[user_of[job]]) << 32 | rank[job];
-  };
-  // std::*_heap keep the largest first.
-  auto after = [](const Head& a, const Head& b) { return a.key > b.key; };
-  std::vector<Head> heap;
-  for (size_t level = 0; level <= static_cast<size_t>(trainer::v1::Priority_MAX); ++level) {
-    heap.clear();
-    for (size_t k = level * users; k < (level + 1) * users; ++k) {
-      if (begin[k] == begin[k + 1]) continue;
-      heap.push_back({key(jobs[begin[k]]), static_cast<uint32_t>(begin[k]),
-                      static_cast<uint32_t>(begin[k + 1])});
-    }
-    std::make_heap(heap.begin(), heap.end(), after);
-    while (!heap.empty()) {
-      std::pop_heap(heap.begin(), heap.end(), after);
-      Head& head = heap.back();
-      const size_t job = jobs[head.at];
-      order.push_back(job);
-      user_slots[user_of[job]] += waiting[job].slots;
-      if (++head.at == head.end) {
-        heap.pop_back();
-      } else {
-        head.key = key(jobs[head.at]);
-        std::push_heap(heap.begin(), heap.end(), after);
-      }
-    }
+  // The key: level (3 bits), the user's slots when the job comes up (29
+  // bits; at most the slots of every queued job), its rank in submission
+  // order (32 bits).
+  std::vector<uint64_t> keys(n);
+  for (uint32_t rank = 0; rank < n; ++rank) {
+    const size_t job = by_wait[rank];
+    const size_t level = level_of(job);
+    int64_t& before = slots[user_of[job] * kLevels + level];
+    keys[rank] = static_cast<uint64_t>(level) << 61 |
+                 static_cast<uint64_t>(std::min<int64_t>(before, (int64_t{1} << 29) - 1)) << 32 |
+                 rank;
+    before += waiting[job].slots;
   }
+  std::sort(keys.begin(), keys.end());
+  std::vector<size_t> order(n);
+  for (size_t i = 0; i < n; ++i) order[i] = by_wait[static_cast<uint32_t>(keys[i])];
   return order;
 }
 
