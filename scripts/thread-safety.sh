@@ -4,7 +4,8 @@
 # target: each translation unit of the build in build/ (its
 # compile_commands.json, from scripts/build.sh) whose own source or any
 # project header it includes takes a lock or declares an annotation, with
-# that unit's own flags. Syntax only: the analysis runs on the syntax tree,
+# that unit's own flags (a unity batch's sources each with the batch's).
+# Syntax only: the analysis runs on the syntax tree,
 # so objects would add nothing but another half hour of compiling LibTorch
 # code on two cores. Units with no lock anywhere in their include closure
 # cannot have a finding; the count of each kind is printed.
@@ -64,13 +65,22 @@ def check(c):
             continue
         keep.append(a)
     # Only the thread-safety findings: the build itself checks the rest.
-    flags = [a for a in keep if a != c["file"] and not a.startswith("-W")]
+    flags = [a for a in keep if a not in (c["file"], c.get("batch")) and not a.startswith("-W")]
     cmd = [clang, "-fsyntax-only"] + flags + [
         "-Wno-everything", "-Wthread-safety", "-Wthread-safety-beta",
         "-Werror=thread-safety", "-Werror=thread-safety-beta", c["file"]]
     p = subprocess.run(cmd, cwd=c["directory"], capture_output=True, text=True)
     return c["file"], p.returncode, p.stderr
-everything = {c["file"]: c for c in commands}
+# A unity build (CMakeLists.txt) compiles batches: build/.../Unity/unity_N_cxx.cxx
+# includes its sources by absolute path. Each source is checked on its own,
+# with its batch's flags.
+UNITY_MEMBER = re.compile(r'^#include "(/[^"]+)"', re.M)
+def members(c):
+    if "/Unity/unity_" not in c["file"]:
+        return [c]
+    text = open(os.path.join(c["directory"], c["file"])).read()
+    return [dict(c, file=f, batch=c["file"]) for f in UNITY_MEMBER.findall(text)]
+everything = {m["file"]: m for c in commands for m in members(c)}
 files = {f: c for f, c in everything.items() if wanted(f)}
 with ThreadPoolExecutor(os.cpu_count()) as pool:
     results = list(pool.map(check, files.values()))
