@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ -z ${DEMO_NO_SETUP:-} ]]; then  # tests/integration/demo_test.py has both done
   scripts/install-deps.sh
-  scripts/build.sh traind trainctl
+  BUILD_TYPE=Release scripts/build.sh traind trainctl
 fi
 
 STATE=${STATE:-$PWD/demo-state}
