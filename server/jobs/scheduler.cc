@@ -214,10 +214,11 @@ namespace {
 // user's slots when its job comes up are known in advance (its running
 // slots, its jobs of higher priorities, its earlier jobs of this one), so
 // the merge is one sort by (priority, those slots, submission order).
-// `user_slots` starts as the running jobs' and ends as if all had started.
+// `running_slots`: each user's slots in running jobs.
 std::vector<size_t> FairShareOrder(const std::vector<WaitingJob>& waiting,
-                                   const std::vector<int>& user_of, std::vector<int>& user_slots) {
-  const size_t n = waiting.size(), users = user_slots.size();
+                                   const std::vector<int>& user_of,
+                                   const std::vector<int>& running_slots) {
+  const size_t n = waiting.size(), users = running_slots.size();
   constexpr size_t kLevels = trainer::v1::Priority_MAX + 1;
   // Level 0 is the highest priority. Priorities are checked at submit; a
   // stored one from elsewhere is clamped.
@@ -241,13 +242,12 @@ std::vector<size_t> FairShareOrder(const std::vector<WaitingJob>& waiting,
     slots[user_of[job] * kLevels + level_of(job)] += waiting[job].slots;
   }
   for (size_t u = 0; u < users; ++u) {
-    int64_t before = user_slots[u];
+    int64_t before = running_slots[u];
     for (size_t level = 0; level < kLevels; ++level) {
       const int64_t here = slots[u * kLevels + level];
       slots[u * kLevels + level] = before;
       before += here;
     }
-    user_slots[u] = static_cast<int>(before);
   }
   // The key: level (3 bits), the user's slots when the job comes up (29
   // bits; at most the slots of every queued job), its rank in submission
@@ -287,13 +287,12 @@ Decision Decide(const std::vector<WaitingJob>& waiting, const std::vector<Runnin
   for (size_t i = 0; i < running.size(); ++i) running_user[i] = user_id(running[i].user);
 
   const size_t users = limits.size();
-  std::vector<int> user_slots(users), run_slots(users), run_jobs(users);
+  std::vector<int> run_slots(users), run_jobs(users);
   int used = 0, pending = 0;
   std::vector<std::string> stopping;
   for (size_t i = 0; i < running.size(); ++i) {
     const RunningJob& r = running[i];
     used += r.slots;
-    user_slots[running_user[i]] += r.slots;
     run_slots[running_user[i]] += r.slots;
     run_jobs[running_user[i]] += 1;
     if (r.stopping) {
@@ -302,7 +301,7 @@ Decision Decide(const std::vector<WaitingJob>& waiting, const std::vector<Runnin
     }
   }
   int free = std::max(0, capacity - used);
-  const std::vector<size_t> order = FairShareOrder(waiting, user_of, user_slots);
+  const std::vector<size_t> order = FairShareOrder(waiting, user_of, run_slots);
 
   std::vector<bool> victims(running.size());  // chosen in this decision
   // A job ahead waits for capacity: no backfill.
@@ -373,18 +372,16 @@ Decision Decide(const std::vector<WaitingJob>& waiting, const std::vector<Runnin
       Priority lowest = running[candidates[0]].priority;
       for (size_t i : candidates) lowest = std::min(lowest, running[i].priority);
       const RunningJob* single = nullptr;
-      size_t single_index = 0;
       for (size_t i : candidates) {
         const RunningJob* r = &running[i];
         if (r->priority != lowest || r->slots < missing) continue;
         if (!single || r->slots < single->slots ||
             (r->slots == single->slots && r->started > single->started)) {
           single = r;
-          single_index = i;
         }
       }
       if (single) {
-        chosen.push_back(single_index);
+        chosen.push_back(static_cast<size_t>(single - running.data()));
       } else {
         std::sort(candidates.begin(), candidates.end(), [&](size_t a, size_t b) {
           if (running[a].priority != running[b].priority) {
