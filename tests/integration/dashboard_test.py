@@ -124,7 +124,6 @@ class DashboardTest(unittest.TestCase):
         count = ("(traindCharts.loss && traindCharts.loss.data.datasets.length ? "
                  "traindCharts.loss.data.datasets[0].data.length : 0)")
         first = self.until(count, what="the loss chart's first points")
-        time.sleep(2.0)
         later = self.until(f"{count} > {first} && {count}", what="more points while it trains")
         self.assertGreater(later, first)
         self.until("traindCharts.accuracy.data.datasets.length >= 2 && "
