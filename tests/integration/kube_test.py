@@ -180,6 +180,32 @@ class KubernetesTest(unittest.TestCase):
         self.assertEqual(of_kind(events, "state")[-1]["state"], "CANCELLED")
         self.wait_for_no_objects()
 
+    def test_pause_deletes_the_job_and_resume_finishes_exactly(self):
+        reference = self.submit(epochs=3, launcher="local_processes")
+        self.daemon.watch(reference)
+        job = self.submit(epochs=3)
+        watcher, events = self.daemon.watch_until(job, lambda e: "batch" in e)
+        self.daemon.trainctl("pause", job)
+        for line in watcher.stdout:
+            events.append(json.loads(line))
+            if events[-1].get("state", {}).get("state") == "PAUSED":
+                break
+        self.assertIn("checkpointed", events[-1]["state"]["reason"])
+        # Its slot went back: the Kubernetes Job, its Service and Secret are gone.
+        self.wait_for_no_objects()
+        self.daemon.trainctl("resume", job)
+        events = self.daemon.finish_watch(watcher, events)
+        self.assertEqual([int(e["seq"]) for e in events], list(range(1, len(events) + 1)))
+        names = [s["state"] for s in of_kind(events, "state")]
+        at = names.index("PAUSED")
+        self.assertEqual((names[at + 1], names[-1]), ("QUEUED", "SUCCEEDED"), names)
+        self.assertIn("RUNNING", names[at:])
+        started = {l["text"].split()[2] for l in of_kind(events, "log")
+                   if l["text"].startswith("Kubernetes Job ") and " runs: " in l["text"]}
+        self.assertEqual(len(started), 2, started)  # a new Kubernetes Job for the resumed attempt
+        self.wait_for_no_objects()
+        self.assertEqual(self.sha(job), self.sha(reference))
+
     def test_a_job_deleted_outside_traind_is_cancelled_with_that_reason(self):
         job = self.submit(epochs=200)
         deadline = time.time() + 60
