@@ -499,6 +499,8 @@ JobManager::Gauges JobManager::Snapshot() {
   Gauges g;
   absl::MutexLock lock(&mu_);
   g.queued = static_cast<int>(queue_.size());
+  g.slots = options_.workers;
+  for (const auto& e : holding_) g.slots_in_use += Held(*e).slots;
   for (const auto& e : by_index_) {
     if (Held(*e).job.state() == trainer::v1::RUNNING || Held(*e).job.state() == trainer::v1::CANCELLING) {
       ++g.running;

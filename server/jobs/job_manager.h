@@ -162,6 +162,8 @@ class JobManager {
   struct Gauges {
     int queued = 0;
     int running = 0;
+    int slots = 0;         // --workers
+    int slots_in_use = 0;  // held by jobs on workers, stopping ones included
     // Running jobs' latest batch throughput, by job id.
     std::vector<std::pair<std::string, double>> images_per_second;
   };

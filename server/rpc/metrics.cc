@@ -108,6 +108,13 @@ std::string RpcMetrics::Render(const jobs::JobManager::Gauges& jobs) const {
                   "# HELP traind_jobs_running Jobs being trained.\n"
                   "# TYPE traind_jobs_running gauge\n"
                   "traind_jobs_running ", jobs.running, "\n",
+                  "# HELP traind_slots Job slots (--workers).\n"
+                  "# TYPE traind_slots gauge\n"
+                  "traind_slots ", jobs.slots, "\n",
+                  "# HELP traind_slots_in_use Slots held by jobs on workers (a distributed "
+                  "job's local ranks take one each).\n"
+                  "# TYPE traind_slots_in_use gauge\n"
+                  "traind_slots_in_use ", jobs.slots_in_use, "\n",
                   "# HELP traind_job_images_per_second Training throughput of the latest batch "
                   "of each running job.\n"
                   "# TYPE traind_job_images_per_second gauge\n");

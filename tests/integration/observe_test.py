@@ -244,6 +244,8 @@ class ObserveTest(unittest.TestCase):
             self.assertIsNotNone(m, line)
             samples[m.group(1) + (m.group(2) or "")] = float(m.group(3))
         self.assertEqual(samples["traind_jobs_running"], 1)
+        self.assertEqual(samples["traind_slots_in_use"], 1)
+        self.assertEqual(samples["traind_slots"], 1)  # --workers by default
         self.assertGreater(samples[f'traind_job_images_per_second{{job="{job}"}}'], 0)
         self.assertGreaterEqual(samples['traind_rpc_requests_total{method="SubmitJob",code="OK"}'], 2)
         self.assertGreater(samples["traind_events_streamed_total"], 0)

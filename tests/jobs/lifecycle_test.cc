@@ -839,5 +839,34 @@ TEST_F(LifecycleTest, QuotasRefuseSubmissionsAndHoldBackRunningWork) {
   for (const auto& id : {*a1, *a2, *a3, *b1}) WaitFor(*m, id, trainer::v1::SUCCEEDED);
 }
 
+TEST_F(LifecycleTest, GaugesCountSlotsInUseAndTheQueue) {
+  options_.workers = 2;
+  engine_->Hold();
+  auto m = Start();
+  JobManager::Gauges g = m->Snapshot();
+  EXPECT_EQ((std::vector<int>{g.slots, g.slots_in_use, g.running, g.queued}),
+            (std::vector<int>{2, 0, 0, 0}));
+  auto first = m->Submit(Scratch(1), "");
+  ASSERT_TRUE(first.ok()) << first.status();
+  engine_->Allow(1);
+  WaitForBatches(*engine_, 1);
+  auto second = m->Submit(Scratch(1), "");
+  auto third = m->Submit(Scratch(1), "");
+  ASSERT_TRUE(second.ok() && third.ok());
+  WaitFor(*m, *second, trainer::v1::RUNNING);
+  g = m->Snapshot();
+  EXPECT_EQ((std::vector<int>{g.slots, g.slots_in_use, g.running, g.queued}),
+            (std::vector<int>{2, 2, 2, 1}));
+  engine_->Release();
+  for (const auto& id : {*first, *second, *third}) WaitFor(*m, id, trainer::v1::SUCCEEDED);
+  // A finished job gives its slots back as its worker lets go of it.
+  for (int i = 0; i < 2000 && m->Snapshot().slots_in_use > 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  g = m->Snapshot();
+  EXPECT_EQ((std::vector<int>{g.slots, g.slots_in_use, g.running, g.queued}),
+            (std::vector<int>{2, 0, 0, 0}));
+}
+
 }  // namespace
 }  // namespace traind::jobs
