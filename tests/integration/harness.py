@@ -132,6 +132,30 @@ def of_kind(events, kind):
     return [e[kind] for e in events if kind in e]
 
 
+def read_until_paused(test, watcher, events):
+    """Reads a watch_until watcher up to the PAUSED state event, which must
+    say the job checkpointed first."""
+    for line in watcher.stdout:
+        events.append(json.loads(line))
+        if events[-1].get("state", {}).get("state") == "PAUSED":
+            break
+    test.assertIn("checkpointed", events[-1]["state"]["reason"])
+
+
+def assert_resumed_in_a_new_cluster_job(test, events, prefix, marker):
+    """A paused and resumed cluster job's whole watch: gapless events,
+    PAUSED then QUEUED, RUNNING again and SUCCEEDED, and two cluster jobs
+    started (log lines "<prefix><name> ...<marker>...": one per attempt)."""
+    test.assertEqual([int(e["seq"]) for e in events], list(range(1, len(events) + 1)))
+    names = [s["state"] for s in of_kind(events, "state")]
+    at = names.index("PAUSED")
+    test.assertEqual((names[at + 1], names[-1]), ("QUEUED", "SUCCEEDED"), names)
+    test.assertIn("RUNNING", names[at:])
+    started = {l["text"][len(prefix):].split()[0] for l in of_kind(events, "log")
+               if l["text"].startswith(prefix) and marker in l["text"]}
+    test.assertEqual(len(started), 2, started)
+
+
 def write_safetensors(tensors, path):
     import torch  # noqa: F401
     header, blobs, offset = {}, [], 0

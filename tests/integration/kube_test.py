@@ -12,7 +12,8 @@ import subprocess
 import time
 import unittest
 
-from harness import TRAIND, Daemon, make_subset, temp_root, of_kind
+from harness import (TRAIND, Daemon, assert_resumed_in_a_new_cluster_job, make_subset, of_kind,
+                     read_until_paused, temp_root)
 from kube_standin import StandIn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -186,23 +187,12 @@ class KubernetesTest(unittest.TestCase):
         job = self.submit(epochs=3)
         watcher, events = self.daemon.watch_until(job, lambda e: "batch" in e)
         self.daemon.trainctl("pause", job)
-        for line in watcher.stdout:
-            events.append(json.loads(line))
-            if events[-1].get("state", {}).get("state") == "PAUSED":
-                break
-        self.assertIn("checkpointed", events[-1]["state"]["reason"])
+        read_until_paused(self, watcher, events)
         # Its slot went back: the Kubernetes Job, its Service and Secret are gone.
         self.wait_for_no_objects()
         self.daemon.trainctl("resume", job)
         events = self.daemon.finish_watch(watcher, events)
-        self.assertEqual([int(e["seq"]) for e in events], list(range(1, len(events) + 1)))
-        names = [s["state"] for s in of_kind(events, "state")]
-        at = names.index("PAUSED")
-        self.assertEqual((names[at + 1], names[-1]), ("QUEUED", "SUCCEEDED"), names)
-        self.assertIn("RUNNING", names[at:])
-        started = {l["text"].split()[2] for l in of_kind(events, "log")
-                   if l["text"].startswith("Kubernetes Job ") and " runs: " in l["text"]}
-        self.assertEqual(len(started), 2, started)  # a new Kubernetes Job for the resumed attempt
+        assert_resumed_in_a_new_cluster_job(self, events, "Kubernetes Job ", " runs: ")
         self.wait_for_no_objects()
         self.assertEqual(self.sha(job), self.sha(reference))
 

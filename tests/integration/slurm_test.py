@@ -10,7 +10,8 @@ import subprocess
 import time
 import unittest
 
-from harness import TRAINCTL, Daemon, make_subset, temp_root, of_kind
+from harness import (TRAINCTL, Daemon, assert_resumed_in_a_new_cluster_job, make_subset,
+                     of_kind, read_until_paused, temp_root)
 from slurm_cluster import SlurmCluster, missing_reason
 
 IMAGE = "64"
@@ -211,23 +212,12 @@ class SlurmTest(unittest.TestCase):
         self.cancel_on_failure(job)
         watcher, events, slurm_id = self.watch_training(self.daemon, job)
         self.daemon.trainctl("pause", job)
-        for line in watcher.stdout:
-            events.append(json.loads(line))
-            if events[-1].get("state", {}).get("state") == "PAUSED":
-                break
-        self.assertIn("checkpointed", events[-1]["state"]["reason"])
+        read_until_paused(self, watcher, events)
         # Its slots went back: the Slurm job ended.
         self.assert_slurm_job_ended(slurm_id)
         self.daemon.trainctl("resume", job)
         events = self.daemon.finish_watch(watcher, events)
-        self.assertEqual([int(e["seq"]) for e in events], list(range(1, len(events) + 1)))
-        names = [s["state"] for s in of_kind(events, "state")]
-        at = names.index("PAUSED")
-        self.assertEqual((names[at + 1], names[-1]), ("QUEUED", "SUCCEEDED"), names)
-        self.assertIn("RUNNING", names[at:])
-        started = {l["text"].split()[2] for l in of_kind(events, "log")
-                   if l["text"].startswith("Slurm job ") and " runs on " in l["text"]}
-        self.assertEqual(len(started), 2, started)  # a new Slurm job for the resumed attempt
+        assert_resumed_in_a_new_cluster_job(self, events, "Slurm job ", " runs on ")
         self.assertEqual(self.weights_sha(job), self.weights_sha(reference))
 
     def test_a_restarted_control_plane_takes_up_the_running_slurm_job(self):
