@@ -2,7 +2,7 @@
 //              [--bf16 0|1] [--device cpu|cuda] [--on main|worker]
 //              [--profile DIR] [--optimizer fused|torch] [--weights FILE]
 //              [--gemm_conv 0|1] [--fused_bn 0|1] [--modes finetune,scratch,eval]
-//              [--adaptive 0|1]
+//              [--adaptive 0|1] [--winograd 0|1]
 // Times the engine's training and evaluation steps on synthetic batches and
 // prints images/s per mode. The steps are the daemon's: the recipe's network,
 // frozen blocks and FusedAdam groups (recipe.h), starting weights read by the
@@ -19,7 +19,10 @@
 // figures. `--adaptive 1` lets the training steps' thread count follow
 // contention as a job with adaptive threads does (thread_governor.h), after
 // a warm-up long enough for the governor's first try, and prints the count
-// it ended with.
+// it ended with. `--winograd 1` runs the float32 3x3 stride-1 convolutions as
+// oneDNN's Winograd kernels where it has them for this CPU, as `traind
+// --winograd` does (winograd_conv.h; default: LibTorch's, the daemon's
+// default).
 // With -DTRAIND_ENGINE_ONLY=ON it needs LibTorch alone and builds the same
 // network and groups itself, so it also builds against a CUDA LibTorch
 // (bench/gpu_check.sh). Pair with reference_bench.py (run.sh does both and
@@ -40,6 +43,7 @@
 #include "server/train/fused_batch_norm.h"
 #include "server/train/gemm_conv.h"
 #include "server/train/model.h"
+#include "server/train/winograd_conv.h"
 #ifndef TRAIND_ENGINE_ONLY
 #include "server/train/recipe.h"
 #endif
@@ -229,6 +233,15 @@ int main(int argc, char** argv) {
                                  : gemm_arg == 0 ? traind::train::GemmConvMode::kOff
                                                  : traind::train::GemmConvMode::kOn);
   const bool gemm_conv = gemm_arg > 0 || (gemm_arg < 0 && traind::train::CpuHasOneDnnBf16Gemms());
+  if (Arg(argc, argv, "--winograd", 0) != 0) {
+    traind::train::SetWinogradMode(traind::train::WinogradMode::kAuto);
+  }
+  std::printf("engine: float32 3x3 stride-1 convolutions %s\n",
+              traind::train::GetWinogradMode() == traind::train::WinogradMode::kOff
+                  ? "as LibTorch's (the default; --winograd 1: Winograd)"
+                  : (traind::train::WinogradAvailable()
+                         ? "as oneDNN's Winograd kernels"
+                         : "as LibTorch's (no Winograd kernel for this CPU)"));
   const bool fused_bn = Arg(argc, argv, "--fused_bn", 1) != 0;
   traind::train::SetFusedBatchNormEnabled(fused_bn);
   std::printf("engine: steps on %s thread, %s, the recipe's groups, %s\n",

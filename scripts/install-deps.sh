@@ -20,7 +20,7 @@ export DEBIAN_FRONTEND=noninteractive
 # Building traind and trainctl, and what the binaries load.
 BUILD=(
   build-essential cmake ccache pkg-config
-  libtorch-dev libgloo-dev libopenblas0-openmp
+  libtorch-dev libgloo-dev libopenblas0-openmp libdnnl-dev
   libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libsqlite3-dev libssl-dev openssl nlohmann-json3-dev libcpp-httplib-dev

@@ -1,9 +1,9 @@
 // traind: parses flags into Server::Options, starts, waits for a signal.
-#include <algorithm>
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -19,10 +19,11 @@
 #include "common/cpu_budget.h"
 #include "common/file_util.h"
 #include "common/flags.h"
-#include "server/worker/rank.h"
 #include "server/server.h"
 #include "server/train/allocator.h"
 #include "server/train/intra_op.h"
+#include "server/train/winograd_mode.h"
+#include "server/worker/rank.h"
 
 namespace {
 
@@ -94,6 +95,10 @@ ABSL_FLAG(bool, adaptive_threads, false,
           "default of a job's adaptive_threads: its intra-op thread count follows contention "
           "(fewer threads while other work shares the cores, probing back up); such jobs are "
           "not bit-reproducible. For a shared node");
+ABSL_FLAG(bool, winograd, false,
+          "float32 3x3 convolutions of jobs on this daemon's workers as oneDNN's Winograd "
+          "kernels where the CPU has them (AVX-512): steps 1.2-1.5x faster, results apart from "
+          "PyTorch's beyond rounding after a few Adam steps (server/train/winograd_conv.h)");
 ABSL_FLAG(int, grace_seconds, 10, "how long shutdown waits for open calls");
 ABSL_FLAG(int, keep_checkpoints, 2, "checkpoints kept per job, newest first (at least 1)");
 ABSL_FLAG(std::string, rank_wrapper, "",
@@ -185,6 +190,9 @@ int main(int argc, char** argv) {
   const int cores = budget.cores;
   jobs.threads_per_job = absl::GetFlag(FLAGS_threads_per_job);
   jobs.adaptive_threads = absl::GetFlag(FLAGS_adaptive_threads);
+  if (absl::GetFlag(FLAGS_winograd)) {
+    traind::train::SetWinogradMode(traind::train::WinogradMode::kAuto);
+  }
   if (jobs.threads_per_job <= 0) jobs.threads_per_job = std::max(1, cores / std::max(1, jobs.workers));
 
   // Ranks run this very binary, found now (a wrapper would change /proc/self).

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "server/train/autocast.h"
+#include "server/train/winograd_conv.h"
 
 namespace traind::train {
 namespace {
@@ -125,6 +126,7 @@ bool UsesGemmConv(const torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
 }
 
 torch::Tensor Conv3x3Forward(torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
+  if (UsesWinogradConv(conv, x)) return WinogradConv3x3(x, conv.weight);
   if (!UsesGemmConv(conv, x)) return conv.forward(x);
   // As autocast would: both operands in bfloat16 (differentiable casts, so
   // float weights get float gradients), the output in bfloat16.

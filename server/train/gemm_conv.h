@@ -43,6 +43,8 @@ inline constexpr int64_t kGemmConvMaxPixels = 16;
 // small. The result then agrees with the convolution's within bfloat16
 // rounding (the sums run in another order); its dtype, shape and
 // channels-last layout are the same.
+// In float32, a 3x3 stride-1 convolution goes through oneDNN's Winograd kernels
+// where it has them, when the daemon turns them on (winograd_conv.h).
 torch::Tensor Conv3x3Forward(torch::nn::Conv2dImpl& conv, const torch::Tensor& x);
 
 // Whether Conv3x3Forward takes the GEMM path for `conv` and `x`.
