@@ -19,10 +19,9 @@
 // figures. `--adaptive 1` lets the training steps' thread count follow
 // contention as a job with adaptive threads does (thread_governor.h), after
 // a warm-up long enough for the governor's first try, and prints the count
-// it ended with. `--winograd 1` runs the float32 3x3 stride-1 convolutions as
-// oneDNN's Winograd kernels where it has them for this CPU, as `traind
-// --winograd` does (winograd_conv.h; default: LibTorch's, the daemon's
-// default).
+// it ended with. `--winograd 0` runs the float32 3x3 stride-1 convolutions as
+// LibTorch's instead of oneDNN's Winograd kernels (default: Winograd where
+// oneDNN has it for this CPU, as the daemon's jobs do; winograd_conv.h).
 // With -DTRAIND_ENGINE_ONLY=ON it needs LibTorch alone and builds the same
 // network and groups itself, so it also builds against a CUDA LibTorch
 // (bench/gpu_check.sh). Pair with reference_bench.py (run.sh does both and
@@ -233,12 +232,12 @@ int main(int argc, char** argv) {
                                  : gemm_arg == 0 ? traind::train::GemmConvMode::kOff
                                                  : traind::train::GemmConvMode::kOn);
   const bool gemm_conv = gemm_arg > 0 || (gemm_arg < 0 && traind::train::CpuHasOneDnnBf16Gemms());
-  if (Arg(argc, argv, "--winograd", 0) != 0) {
-    traind::train::SetWinogradMode(traind::train::WinogradMode::kAuto);
-  }
+  traind::train::SetWinogradMode(Arg(argc, argv, "--winograd", 1) != 0
+                                     ? traind::train::WinogradMode::kAuto
+                                     : traind::train::WinogradMode::kOff);
   std::printf("engine: float32 3x3 stride-1 convolutions %s\n",
               traind::train::GetWinogradMode() == traind::train::WinogradMode::kOff
-                  ? "as LibTorch's (the default; --winograd 1: Winograd)"
+                  ? "as LibTorch's (--winograd 0)"
                   : (traind::train::WinogradAvailable()
                          ? "as oneDNN's Winograd kernels"
                          : "as LibTorch's (no Winograd kernel for this CPU)"));

@@ -16,13 +16,13 @@
 // bit-identical to LibTorch's convolution, so a job's results differ from
 // PyTorch's by more than rounding: their outputs and gradients agree within
 // about 1e-6 of their scale, but Adam's first steps move a weight by about
-// the learning rate whatever its gradient's size, so a gradient near zero
-// whose sign differs moves that weight the other way (one step from the same
-// weights: up to 1.1e-3 apart in a few elements, against 1e-4 for LibTorch's
-// convolutions). So it is off by default, the daemon's choice (traind
-// --winograd): jobs on the daemon's own workers; a distributed job's ranks
-// keep LibTorch's convolutions, which PyTorch DDP's results are checked
-// against.
+// the learning rate whatever its gradient's size, so a gradient within
+// rounding of zero whose sign differs moves that weight the other way (one
+// step from the same weights: a few elements up to 1.1e-3 apart, the rest
+// within 1e-4; tests/golden/golden_test.py checks both). Jobs on the daemon's
+// own workers use it (traind --winograd, on by default); a distributed job's
+// ranks keep LibTorch's convolutions, so the check against PyTorch DDP over
+// an epoch stays exact.
 //
 // Where oneDNN has no Winograd kernel for the CPU (AVX2 alone) or the shape,
 // or traind was built without oneDNN's headers, the convolution stays

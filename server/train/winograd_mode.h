@@ -8,11 +8,13 @@
 namespace traind::train {
 
 enum class WinogradMode {
-  kOff,   // LibTorch's convolutions, as PyTorch's (the default)
+  kOff,   // LibTorch's convolutions, as PyTorch's
   kAuto,  // Winograd where oneDNN has a kernel for this CPU and shape
 };
 
-// Process-wide; kOff by default (traind --winograd, engine_bench --winograd 1).
+// Process-wide. kOff until set: the daemon sets kAuto (traind --winograd, on
+// by default) for the jobs on its workers; a distributed job's ranks
+// (`traind worker`) keep kOff.
 void SetWinogradMode(WinogradMode mode);
 WinogradMode GetWinogradMode();
 

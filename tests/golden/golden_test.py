@@ -107,6 +107,23 @@ class GoldenTest(unittest.TestCase):
         self.assertLessEqual(set(names(self.path("resaved.pth"))) - {".data/version", ".data/serialization_id"},
                              set(names(self.path("served.pth"))))
 
+    def assert_adam_step_close(self, name, got, want, grad, lr):
+        """One Adam step of a parameter within TOL of the reference's, except
+        where the reference's gradient is within float32 rounding of zero
+        (1e-5 of the tensor's largest): Adam's first step moves a weight by
+        about the learning rate whatever its gradient's size, so there the
+        last bits of a convolution's sums (traind's Winograd kernels round
+        differently from LibTorch's direct ones: winograd_conv.h) may flip
+        the step's sign, and those weights may be up to twice the learning
+        rate apart. Seen: every weight more than TOL apart had a gradient
+        below 2.2e-6 of its tensor's largest; the others were within 5e-8."""
+        diff = (got.double() - want.double()).abs()
+        near_zero = grad.abs() <= 1e-5 * grad.abs().max()
+        if (~near_zero).any():
+            self.assertLess(diff[~near_zero].max().item(), TOL, name)
+        if near_zero.any():
+            self.assertLessEqual(diff[near_zero].max().item(), 2 * lr + TOL, name)
+
     def one_step(self, kind):
         num_classes = 5
         model = randomized_resnet(num_classes, seed=3)
@@ -125,13 +142,19 @@ class GoldenTest(unittest.TestCase):
         model.train()
         opt.zero_grad()
         torch.nn.CrossEntropyLoss()(model(x), y).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+        lr = {n: lrs[id(p)] for n, p in model.named_parameters() if id(p) in lrs}
         opt.step()
         want = model.state_dict()
 
         self.assertEqual(sorted(got), sorted(want))
         moved = 0
         for name, value in want.items():
-            self.assertLess(self.max_diff(got[name], value), TOL, name)
+            if name in grads:
+                self.assert_adam_step_close(name, got[name], value, grads[name], lr[name])
+            else:
+                self.assertLess(self.max_diff(got[name], value), TOL, name)
             trainable = kind == "scratch" or name.startswith(("layer3", "layer4", "fc"))
             is_param = not any(s in name for s in ("running_", "num_batches"))
             if is_param and not trainable:

@@ -27,6 +27,7 @@
 #include "server/train/model.h"
 #include "server/train/recipe.h"
 #include "server/train/weights.h"
+#include "server/train/winograd_mode.h"
 
 namespace {
 
@@ -165,6 +166,8 @@ int Transform(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   torch::set_num_threads(2);
+  // The daemon's arithmetic (traind --winograd, on by default).
+  traind::train::SetWinogradMode(traind::train::WinogradMode::kAuto);
   const std::string cmd = argc > 1 ? argv[1] : "";
   try {
     if (cmd == "forward") return Forward(argc, argv);
