@@ -42,25 +42,24 @@ class SlurmTest(unittest.TestCase):
         reason = missing_reason()
         if reason:
             raise unittest.SkipTest(f"no Slurm cluster here: {reason}")
+        # Each thing started is stopped even when a later step of the set-up
+        # fails (tearDownClass would not run): class clean-ups, newest first.
         cls.root = temp_root("traind-slurm-")
+        cls.addClassCleanup(shutil.rmtree, cls.root, ignore_errors=True)
         os.chmod(cls.root, 0o755)  # munged (user munge) reaches its folder inside
         cls.cluster = SlurmCluster(os.path.join(cls.root, "slurm"),
                                    [("n1", "127.0.0.1", None, 2)])
         os.makedirs(cls.cluster.root)
+        cls.addClassCleanup(cls.cluster.stop)
         cls.cluster.start()
         os.environ["SLURM_CONF"] = cls.cluster.conf
+        cls.addClassCleanup(os.environ.pop, "SLURM_CONF", None)
         cls.data = os.path.join(cls.root, "data")
         os.makedirs(os.path.join(cls.root, "weights"))
         make_subset(os.path.join(cls.data, "subset"), per_class=13)
         cls.daemon = Daemon(os.path.join(cls.root, "state"), cls.data,
                             os.path.join(cls.root, "weights")).start()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.daemon.stop()
-        cls.cluster.stop()
-        os.environ.pop("SLURM_CONF", None)
-        shutil.rmtree(cls.root, ignore_errors=True)
+        cls.addClassCleanup(cls.daemon.stop)
 
     def submit(self, launcher, epochs=2):
         return self.daemon.submit("--kind=scratch", "--dataset=subset", f"--epochs={epochs}",
