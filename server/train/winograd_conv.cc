@@ -251,6 +251,10 @@ bool UsesWinogradConv(const torch::nn::Conv2dImpl& conv, const torch::Tensor& x)
       autocast::Enabled(torch::kCPU)) {
     return false;
   }
+  // On maps smaller than Winograd's 4x4 output tile most of each tile is
+  // padding: 512 channels at 2x2 took 5.3 ms forward against the direct
+  // convolution's 3.5 (at 4x4: 5.4 against 10.9).
+  if (x.size(2) < kWinogradMinSide || x.size(3) < kWinogradMinSide) return false;
   if (!WinogradAvailable()) return false;
   return TheCache().Get(x.size(0), x.size(1), w.size(0), x.size(2), x.size(3)) != nullptr;
 }

@@ -40,10 +40,14 @@
 
 namespace traind::train {
 
+// Maps smaller than this on a side stay LibTorch's (layer4's 2x2 at 64 px).
+inline constexpr int64_t kWinogradMinSide = 4;
+
 // Whether WinogradConv3x3 takes `conv` and `x`: the mode is kAuto, x is a
 // float32 4-D CPU tensor outside bfloat16 autocast, conv is 3x3 without
-// bias, stride, dilation and groups 1 (padding 1: the caller vouches), and
-// oneDNN has a Winograd kernel for the shape.
+// bias, stride, dilation and groups 1 (padding 1: the caller vouches), its
+// maps are at least kWinogradMinSide on a side, and oneDNN has a Winograd
+// kernel for the shape.
 bool UsesWinogradConv(const torch::nn::Conv2dImpl& conv, const torch::Tensor& x);
 
 // conv(x) through oneDNN's Winograd convolution, differentiable in x and the

@@ -136,6 +136,8 @@ TEST(WinogradConvChoice, OnlyFloat32StrideOneConvolutionsInAutoMode) {
   EXPECT_FALSE(UsesWinogradConv(*strided, x));
   EXPECT_FALSE(UsesWinogradConv(*plain, x.to(torch::kBFloat16)));
   EXPECT_EQ(UsesWinogradConv(*plain, x), WinogradAvailable());
+  torch::Tensor tiny = torch::randn({2, 64, 2, 2}).contiguous(torch::MemoryFormat::ChannelsLast);
+  EXPECT_FALSE(UsesWinogradConv(*plain, tiny));  // smaller than a Winograd tile
   SetWinogradMode(WinogradMode::kOff);
   EXPECT_FALSE(UsesWinogradConv(*plain, x));
   // Off, the convolution is LibTorch's, to the bit.
