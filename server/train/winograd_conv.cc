@@ -146,6 +146,26 @@ torch::Tensor ToLayout(const torch::Tensor& t, const dnnl::memory::desc& desc) {
   return out;
 }
 
+// Blocked memory `t` (laid out as `from`) as laid out as `to`: `t` itself
+// when the two layouts are the same, else a reordered copy.
+torch::Tensor Relayout(const torch::Tensor& t, const dnnl::memory::desc& from,
+                       const dnnl::memory::desc& to) {
+  if (from == to) return t;
+  torch::Tensor out = Empty(to);
+  Reorder(from, t, to, out);
+  return out;
+}
+
+// Blocked memory `t` (laid out as `desc`) as a channels-last tensor of
+// `sizes`.
+torch::Tensor ToChannelsLast(const torch::Tensor& t, const dnnl::memory::desc& desc,
+                             c10::IntArrayRef sizes) {
+  torch::Tensor out =
+      torch::empty(sizes, t.options().memory_format(torch::MemoryFormat::ChannelsLast));
+  Reorder(desc, t, DescOf(out), out);
+  return out;
+}
+
 void Execute(const dnnl::primitive& primitive, const dnnl::memory::desc& scratchpad,
              std::unordered_map<int, dnnl::memory> args) {
   torch::Tensor scratch = torch::empty({static_cast<int64_t>(scratchpad.get_size())}, torch::kByte);
@@ -172,16 +192,10 @@ struct WinogradConv : public torch::autograd::Function<WinogradConv> {
             {{DNNL_ARG_SRC, Memory(pd.src_desc(), xb)},
              {DNNL_ARG_WEIGHTS, Memory(pd.weights_desc(), wb)},
              {DNNL_ARG_DST, Memory(pd.dst_desc(), yb)}});
-    torch::Tensor y = torch::empty({n, k, h, width},
-                                   x.options().memory_format(torch::MemoryFormat::ChannelsLast));
-    Reorder(pd.dst_desc(), yb, DescOf(y), y);
     // The weight gradient needs x in oneDNN's layout: keep that, not x.
     ctx->save_for_backward({xb, w});
-    ctx->saved_data["n"] = n;
-    ctx->saved_data["c"] = x.size(1);
-    ctx->saved_data["h"] = h;
-    ctx->saved_data["w"] = width;
-    return y;
+    ctx->saved_data["x_sizes"] = x.sizes();
+    return ToChannelsLast(yb, pd.dst_desc(), {n, k, h, width});
   }
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
@@ -189,39 +203,32 @@ struct WinogradConv : public torch::autograd::Function<WinogradConv> {
     const auto saved = ctx->get_saved_variables();
     const torch::Tensor& xb = saved[0];
     const torch::Tensor& w = saved[1];
-    const int64_t n = ctx->saved_data["n"].toInt(), c = ctx->saved_data["c"].toInt(),
-                  h = ctx->saved_data["h"].toInt(), width = ctx->saved_data["w"].toInt();
+    const std::vector<int64_t> x_sizes = ctx->saved_data["x_sizes"].toIntVector();
     // The primitives for the backward pass's own thread count.
-    const auto* p = TheCache().Get(n, c, w.size(0), h, width);
+    const auto* p = TheCache().Get(x_sizes[0], x_sizes[1], w.size(0), x_sizes[2], x_sizes[3]);
     TORCH_CHECK(p != nullptr, "no Winograd convolution for this shape");
-    const torch::Tensor gy = Dense(grads[0]);
+    // The output gradient in oneDNN's layout once, for both passes.
+    const dnnl::memory::desc gy_desc = p->data_pd.diff_dst_desc();
+    const torch::Tensor gyb = ToLayout(Dense(grads[0]), gy_desc);
     torch::Tensor gx, gw;
     if (ctx->needs_input_grad(0)) {
       const auto& pd = p->data_pd;
-      torch::Tensor gyb = ToLayout(gy, pd.diff_dst_desc());
       torch::Tensor wb = ToLayout(w, pd.weights_desc());
       torch::Tensor gxb = Empty(pd.diff_src_desc());
       Execute(p->data, pd.scratchpad_desc(),
               {{DNNL_ARG_DIFF_DST, Memory(pd.diff_dst_desc(), gyb)},
                {DNNL_ARG_WEIGHTS, Memory(pd.weights_desc(), wb)},
                {DNNL_ARG_DIFF_SRC, Memory(pd.diff_src_desc(), gxb)}});
-      gx = torch::empty({n, c, h, width},
-                        gy.options().memory_format(torch::MemoryFormat::ChannelsLast));
-      Reorder(pd.diff_src_desc(), gxb, DescOf(gx), gx);
+      gx = ToChannelsLast(gxb, pd.diff_src_desc(), x_sizes);
     }
     if (ctx->needs_input_grad(1)) {
       const auto& pd = p->weights_pd;
-      const dnnl::memory::desc src_desc = p->forward_pd.src_desc();
-      torch::Tensor src = xb;
-      if (pd.src_desc() != src_desc) {
-        src = Empty(pd.src_desc());
-        Reorder(src_desc, xb, pd.src_desc(), src);
-      }
-      torch::Tensor gyb = ToLayout(gy, pd.diff_dst_desc());
+      const torch::Tensor src = Relayout(xb, p->forward_pd.src_desc(), pd.src_desc());
+      const torch::Tensor gy = Relayout(gyb, gy_desc, pd.diff_dst_desc());
       torch::Tensor gwb = Empty(pd.diff_weights_desc());
       Execute(p->weights, pd.scratchpad_desc(),
               {{DNNL_ARG_SRC, Memory(pd.src_desc(), src)},
-               {DNNL_ARG_DIFF_DST, Memory(pd.diff_dst_desc(), gyb)},
+               {DNNL_ARG_DIFF_DST, Memory(pd.diff_dst_desc(), gy)},
                {DNNL_ARG_DIFF_WEIGHTS, Memory(pd.diff_weights_desc(), gwb)}});
       // The gradient in the weight's own layout (channels-last in traind).
       gw = torch::empty_strided(w.sizes(), w.strides(), w.options());
