@@ -35,6 +35,9 @@ ABSL_FLAG(std::string, preemptible, "",
 ABSL_FLAG(std::string, adaptive_threads, "",
           "submit: true lets the job's thread count follow contention (faster beside other "
           "work, not bit-reproducible; default: the daemon's)");
+ABSL_FLAG(std::string, winograd, "",
+          "submit: false keeps float32 convolutions LibTorch's (bit-identical to PyTorch's, "
+          "slower on AVX-512 CPUs); default: the daemon's (true)");
 ABSL_FLAG(std::string, world_size, "",
           "submit: ranks of a data-parallel job, each a `traind worker` process (default 1)");
 ABSL_FLAG(std::string, backend, "", "submit: collective backend of a distributed job: gloo or nccl");

@@ -31,6 +31,7 @@ ABSL_DECLARE_FLAG(std::string, precision);
 ABSL_DECLARE_FLAG(std::string, priority);
 ABSL_DECLARE_FLAG(std::string, preemptible);
 ABSL_DECLARE_FLAG(std::string, adaptive_threads);
+ABSL_DECLARE_FLAG(std::string, winograd);
 ABSL_DECLARE_FLAG(std::string, world_size);
 ABSL_DECLARE_FLAG(std::string, backend);
 ABSL_DECLARE_FLAG(std::string, launcher);

@@ -125,6 +125,13 @@ absl::StatusOr<JobSpec> SpecFromFlags() {
     }
     spec.set_adaptive_threads(adaptive);
   }
+  if (auto v = absl::GetFlag(FLAGS_winograd); !v.empty()) {
+    bool winograd;
+    if (!absl::SimpleAtob(v, &winograd)) {
+      return UsageError("--winograd: must be true or false, got " + v);
+    }
+    spec.set_winograd(winograd);
+  }
   if (auto v = absl::GetFlag(FLAGS_world_size); !v.empty()) {
     int n;
     if (!absl::SimpleAtoi(v, &n)) return UsageError("--world_size: not a 32-bit integer: " + v);

@@ -22,7 +22,6 @@
 #include "server/server.h"
 #include "server/train/allocator.h"
 #include "server/train/intra_op.h"
-#include "server/train/winograd_mode.h"
 #include "server/worker/rank.h"
 
 namespace {
@@ -96,11 +95,10 @@ ABSL_FLAG(bool, adaptive_threads, false,
           "(fewer threads while other work shares the cores, probing back up); such jobs are "
           "not bit-reproducible. For a shared node");
 ABSL_FLAG(bool, winograd, true,
-          "float32 3x3 convolutions of jobs on this daemon's workers as oneDNN's Winograd "
-          "kernels where the CPU has them (AVX-512): float32 steps 1.3-1.5x faster; each step "
-          "agrees with PyTorch's within 1e-5 of its scale, not to the bit "
-          "(server/train/winograd_conv.h). A distributed job's ranks keep LibTorch's "
-          "convolutions");
+          "default of a job's winograd: float32 3x3 convolutions as oneDNN's Winograd kernels "
+          "where the CPU has them (AVX-512), float32 steps 1.3-1.5x faster; each step agrees "
+          "with PyTorch's within 1e-5 of its scale, not to the bit "
+          "(server/train/winograd_conv.h)");
 ABSL_FLAG(int, grace_seconds, 10, "how long shutdown waits for open calls");
 ABSL_FLAG(int, keep_checkpoints, 2, "checkpoints kept per job, newest first (at least 1)");
 ABSL_FLAG(std::string, rank_wrapper, "",
@@ -192,9 +190,7 @@ int main(int argc, char** argv) {
   const int cores = budget.cores;
   jobs.threads_per_job = absl::GetFlag(FLAGS_threads_per_job);
   jobs.adaptive_threads = absl::GetFlag(FLAGS_adaptive_threads);
-  if (absl::GetFlag(FLAGS_winograd)) {
-    traind::train::SetWinogradMode(traind::train::WinogradMode::kAuto);
-  }
+  jobs.winograd = absl::GetFlag(FLAGS_winograd);
   if (jobs.threads_per_job <= 0) jobs.threads_per_job = std::max(1, cores / std::max(1, jobs.workers));
 
   // Ranks run this very binary, found now (a wrapper would change /proc/self).

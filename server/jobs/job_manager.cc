@@ -265,6 +265,7 @@ absl::StatusOr<std::string> JobManager::Submit(JobSpec spec,
   if (!spec.has_adaptive_threads()) {
     spec.set_adaptive_threads(options_.adaptive_threads && spec.distributed().world_size() <= 1);
   }
+  if (!spec.has_winograd()) spec.set_winograd(options_.winograd);
   if (auto st = ValidateSpec(spec); !st.ok()) return st;
   {
     // The admin's policy (scheduler.h), before what the engine checks.

@@ -59,6 +59,8 @@ class JobManager {
     int threads_per_job = 2;
     // Default of a spec's adaptive_threads.
     bool adaptive_threads = false;
+    // Default of a spec's winograd.
+    bool winograd = false;
     // Checkpoints kept per job (the newest ones); at least 1.
     int keep_checkpoints = 2;
     // A job whose runs end this many times in a row (daemon crashes) without

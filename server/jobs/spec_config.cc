@@ -56,6 +56,7 @@ train::TrainConfig ToConfig(const JobSpec& spec, const std::string& dataset_dir)
   c.device = trainer::v1::Device_Name(spec.device());  // "auto", "cpu", "cuda"
   c.threads = spec.threads();
   c.adaptive_threads = spec.adaptive_threads();
+  c.winograd = spec.winograd();
   c.bf16 = spec.precision() == trainer::v1::bf16;
   return c;
 }

@@ -34,7 +34,7 @@ constexpr size_t FieldCount() {
 
 // A field added to one of these must be carried below (and set in
 // rank_codec_test's Everything()); then change the count.
-static_assert(FieldCount<train::TrainConfig>() == 18, "TrainConfig changed: carry the field");
+static_assert(FieldCount<train::TrainConfig>() == 19, "TrainConfig changed: carry the field");
 static_assert(FieldCount<train::DataConfig>() == 8, "DataConfig changed: carry the field");
 static_assert(FieldCount<train::AugmentConfig>() == 6, "AugmentConfig changed: carry the field");
 
@@ -67,6 +67,7 @@ pb::RunConfig EncodeRunConfig(const train::TrainConfig& c) {
   p.set_threads(c.threads);
   p.set_adaptive_threads(c.adaptive_threads);
   p.set_bf16(c.bf16);
+  p.set_winograd(c.winograd);
   p.set_initial_weights(c.initial_weights);
   p.set_output_pth(c.output_pth);
   p.set_output_safetensors(c.output_safetensors);
@@ -99,6 +100,7 @@ train::TrainConfig DecodeRunConfig(const pb::RunConfig& p) {
   c.threads = p.threads();
   c.adaptive_threads = p.adaptive_threads();
   c.bf16 = p.bf16();
+  c.winograd = p.winograd();
   c.initial_weights = p.initial_weights();
   c.output_pth = p.output_pth();
   c.output_safetensors = p.output_safetensors();

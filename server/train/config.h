@@ -52,6 +52,10 @@ struct TrainConfig {
   // (thread_governor.h); results are then not bit-reproducible.
   bool adaptive_threads = false;
   bool bf16 = false;            // bfloat16 autocast of the forward pass
+  // float32 3x3 stride-1 convolutions as oneDNN's Winograd kernels where the
+  // CPU has them (winograd_conv.h): faster, and within rounding of
+  // LibTorch's convolutions per step, not bit-identical to them.
+  bool winograd = false;
   // Starting weights (state_dict .pth or .safetensors); required for
   // kFinetune. A classifier whose shape does not fit the dataset is replaced.
   std::string initial_weights;

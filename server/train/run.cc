@@ -26,6 +26,7 @@
 #include "server/train/model.h"
 #include "server/train/recipe.h"
 #include "server/train/weights.h"
+#include "server/train/winograd_mode.h"
 
 namespace traind::train {
 namespace {
@@ -131,12 +132,19 @@ absl::Status Run::Prepare(const LoadedData& data, TrainResult* result) {
   optimizer_ = BuildOptimizer(model_, config_);
   model_->to(device_);
   ToChannelsLast(*model_);
-  sink_->OnInfo(
-      absl::StrCat("training on ", device_.str(), " (", config_.bf16 ? "bf16 autocast" : "fp32",
-                   ") with ", torch::get_num_threads(),
-                   governor_ ? " threads at most (adapting to contention): " : " threads: ",
-                   result->dataset.train_images, " train / ", result->dataset.validation_images,
-                   " validation images, ", num_classes, " classes"));
+  // Which convolutions the steps run, so that a job's results can be
+  // explained: only LibTorch's train bit-identically to PyTorch.
+  std::string precision = config_.bf16 ? "bf16 autocast" : "fp32";
+  if (config_.winograd && device_.is_cpu() && !config_.bf16) {
+    absl::StrAppend(&precision, WinogradAvailable()
+                                    ? ", Winograd convolutions"
+                                    : ", LibTorch's convolutions: no Winograd kernel for this CPU");
+  }
+  sink_->OnInfo(absl::StrCat(
+      "training on ", device_.str(), " (", precision, ") with ", torch::get_num_threads(),
+      governor_ ? " threads at most (adapting to contention): " : " threads: ",
+      result->dataset.train_images, " train / ", result->dataset.validation_images,
+      " validation images, ", num_classes, " classes"));
   order_gen_ = at::detail::createCPUGenerator(config_.data.seed);
   if (distributed()) {
     int64_t n = 0;
@@ -265,6 +273,8 @@ absl::StatusOr<RunPosition> Run::Resume(const LoadedData& data) {
 }
 
 absl::StatusOr<TrainResult> Run::Execute(const LoadedData& data) {
+  // The job's convolutions, whatever other runs in this process use.
+  ScopedWinogradMode winograd(config_.winograd ? WinogradMode::kAuto : WinogradMode::kOff);
   TrainResult result;
   if (auto st = Prepare(data, &result); !st.ok()) return st;
   auto pos = Resume(data);

@@ -22,11 +22,23 @@ namespace traind::train {
 namespace {
 
 std::atomic<WinogradMode> g_winograd_mode{WinogradMode::kOff};
+// -1: no ScopedWinogradMode on this thread; else its WinogradMode.
+thread_local int t_winograd_mode = -1;
 
 }  // namespace
 
 void SetWinogradMode(WinogradMode mode) { g_winograd_mode.store(mode); }
-WinogradMode GetWinogradMode() { return g_winograd_mode.load(); }
+
+WinogradMode GetWinogradMode() {
+  if (t_winograd_mode >= 0) return static_cast<WinogradMode>(t_winograd_mode);
+  return g_winograd_mode.load(std::memory_order_relaxed);
+}
+
+ScopedWinogradMode::ScopedWinogradMode(WinogradMode mode) : previous_(t_winograd_mode) {
+  t_winograd_mode = static_cast<int>(mode);
+}
+
+ScopedWinogradMode::~ScopedWinogradMode() { t_winograd_mode = previous_; }
 
 #if TRAIND_HAVE_DNNL
 namespace {
@@ -248,7 +260,7 @@ bool WinogradAvailable() {
 }
 
 bool UsesWinogradConv(const torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
-  if (g_winograd_mode.load(std::memory_order_relaxed) == WinogradMode::kOff) return false;
+  if (GetWinogradMode() == WinogradMode::kOff) return false;
   const auto& o = conv.options;
   const auto& w = conv.weight;
   if (x.dim() != 4 || !x.device().is_cpu() || x.scalar_type() != torch::kFloat ||

@@ -19,10 +19,12 @@
 // the learning rate whatever its gradient's size, so a gradient within
 // rounding of zero whose sign differs moves that weight the other way (one
 // step from the same weights: a few elements up to 1.1e-3 apart, the rest
-// within 1e-4; tests/golden/golden_test.py checks both). Jobs on the daemon's
-// own workers use it (traind --winograd, on by default); a distributed job's
-// ranks keep LibTorch's convolutions, so the check against PyTorch DDP over
-// an epoch stays exact.
+// within 1e-4; tests/golden/golden_test.py checks both). A job's spec says
+// whether it uses them (`winograd`; default the daemon's --winograd, on), on
+// the daemon's workers and on a distributed job's ranks alike
+// (winograd_mode.h): with them, a 2-rank job's first step is checked against
+// PyTorch DDP's within rounding, and without them its whole epoch to 1e-4
+// (tests/integration/distributed_test.py).
 //
 // Where oneDNN has no Winograd kernel for the CPU (AVX2 alone) or the shape,
 // or traind was built without oneDNN's headers, the convolution stays
@@ -43,7 +45,8 @@ namespace traind::train {
 // Maps smaller than this on a side stay LibTorch's (layer4's 2x2 at 64 px).
 inline constexpr int64_t kWinogradMinSide = 4;
 
-// Whether WinogradConv3x3 takes `conv` and `x`: the mode is kAuto, x is a
+// Whether WinogradConv3x3 takes `conv` and `x`: the calling thread's mode
+// (GetWinogradMode) is kAuto, x is a
 // float32 4-D CPU tensor outside bfloat16 autocast, conv is 3x3 without
 // bias, stride, dilation and groups 1 (padding 1: the caller vouches), its
 // maps are at least kWinogradMinSide on a side, and oneDNN has a Winograd

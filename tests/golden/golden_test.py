@@ -16,7 +16,8 @@ from PIL import Image
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../integration"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../bench"))
 from reference_recipe import recipe_optimizer  # noqa: E402
-from harness import CALTECH, ENGINE_GOLDEN, TRAINCTL, read_safetensors, write_safetensors  # noqa: E402
+from harness import (CALTECH, ENGINE_GOLDEN, TRAINCTL, adam_first_step_gaps,  # noqa: E402
+                     read_safetensors, write_safetensors)
 
 TOL = 1e-4
 
@@ -109,20 +110,13 @@ class GoldenTest(unittest.TestCase):
 
     def assert_adam_step_close(self, name, got, want, grad, lr):
         """One Adam step of a parameter within TOL of the reference's, except
-        where the reference's gradient is within float32 rounding of zero
-        (1e-5 of the tensor's largest): Adam's first step moves a weight by
-        about the learning rate whatever its gradient's size, so there the
-        last bits of a convolution's sums (traind's Winograd kernels round
-        differently from LibTorch's direct ones: winograd_conv.h) may flip
-        the step's sign, and those weights may be up to twice the learning
-        rate apart. Seen: every weight more than TOL apart had a gradient
-        below 2.2e-6 of its tensor's largest; the others were within 5e-8."""
-        diff = (got.double() - want.double()).abs()
-        near_zero = grad.abs() <= 1e-5 * grad.abs().max()
-        if (~near_zero).any():
-            self.assertLess(diff[~near_zero].max().item(), TOL, name)
-        if near_zero.any():
-            self.assertLessEqual(diff[near_zero].max().item(), 2 * lr + TOL, name)
+        where the reference's gradient is within rounding of zero: there up
+        to twice the learning rate (harness.adam_first_step_gaps). Seen:
+        every weight more than TOL apart had a gradient below 2.2e-6 of its
+        tensor's largest; the others were within 5e-8."""
+        clear, rounding = adam_first_step_gaps(got, want, grad)
+        self.assertLess(clear, TOL, name)
+        self.assertLessEqual(rounding, 2 * lr + TOL, name)
 
     def one_step(self, kind):
         num_classes = 5

@@ -1,12 +1,14 @@
 """PyTorch's own DistributedDataParallel (Debian's python3-torch, gloo) on
 the recipe, for tests/integration/distributed_test.py: 2 processes, the same
 initial weights, the same images in the same order and shares as traind's
-ranks, the state_dict of rank 0 after the given batches.
+ranks, the state_dict of rank 0 after the given batches (OUT.pt) and the
+gradients of its last step (OUT.pt.grads: DDP's average over the ranks).
 
     ddp_oracle.py INIT.safetensors IMAGES.pt OUT.pt WORLD PORT
 
 IMAGES.pt holds {"x": [N,3,H,W] normalised images, "y": [N] labels,
-"orders": [[epoch order]...], "batch": global batch, "lr": learning rate}."""
+"orders": [[epoch order]...], "batch": global batch, "lr": learning rate,
+"classes": the dataset's class count}."""
 import os
 import sys
 
@@ -24,7 +26,7 @@ def rank_main(rank, world, init, images, out, port):
                             world_size=world)
     torch.set_num_threads(1)
     data = torch.load(images)
-    model = torchvision.models.resnet18(num_classes=int(data["y"].max()) + 1)
+    model = torchvision.models.resnet18(num_classes=data["classes"])
     model.load_state_dict(read_safetensors(init))
     # traind's layout: channels-last weights and images, one thread per rank
     # (the job's 2 threads shared by its 2 ranks). Adam's first steps move
@@ -51,6 +53,7 @@ def rank_main(rank, world, init, images, out, port):
             opt.step()
     if rank == 0:
         torch.save(model.state_dict(), out)
+        torch.save({n: p.grad for n, p in model.named_parameters()}, out + ".grads")
     dist.destroy_process_group()
 
 

@@ -7,8 +7,10 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include "absl/strings/str_cat.h"
 #include "common/sha256.h"
 #include "common/spec.h"
+#include "server/train/winograd_mode.h"
 #include "server/worker/local_engine.h"
 #include "tests/test_util.h"
 
@@ -175,6 +177,36 @@ TEST_F(JobManagerTest, AdaptiveThreadsFollowTheDaemonDefaultForItsOwnJobs) {
   EXPECT_EQ(refused.status().message().substr(0, 17), "adaptive_threads:")
       << refused.status().message();
   EXPECT_EQ(WaitDone(*m, *fixed_id).back().state().state(), trainer::v1::SUCCEEDED);
+}
+
+// The daemon's --winograd reaches the specs that do not say, and the job's
+// log says which convolutions its steps run.
+TEST_F(JobManagerTest, WinogradFollowsTheDaemonDefaultAndTheLogSaysWhichConvolutions) {
+  options_.winograd = true;
+  auto m = Start();
+  auto id = m->Submit(Scratch(1), "");
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_TRUE(m->GetJob(*id)->spec().winograd());
+  // A job may say no (queued behind the first, and not run here).
+  JobSpec exact = Scratch(1);
+  exact.set_winograd(false);
+  auto exact_id = m->Submit(exact, "");
+  ASSERT_TRUE(exact_id.ok()) << exact_id.status();
+  EXPECT_FALSE(m->GetJob(*exact_id)->spec().winograd());
+  ASSERT_TRUE(m->Cancel(*exact_id).ok());
+  const std::string said = train::WinogradAvailable()
+                               ? "(fp32, Winograd convolutions)"
+                               : "(fp32, LibTorch's convolutions: no Winograd kernel for this CPU)";
+  auto logs = [](const std::vector<trainer::v1::JobEvent>& events) {
+    std::string all;
+    for (const auto& e : events) {
+      if (e.has_log()) absl::StrAppend(&all, e.log().text(), "\n");
+    }
+    return all;
+  };
+  const std::string with = logs(WaitDone(*m, *id));
+  EXPECT_NE(with.find(said), std::string::npos) << with;
+  EXPECT_EQ(WaitDone(*m, *exact_id).back().state().state(), trainer::v1::CANCELLED);
 }
 
 TEST_F(JobManagerTest, InvalidSpecsAreRefusedAndNothingIsStored) {

@@ -40,6 +40,7 @@ train::TrainConfig Everything() {
   c.threads = 6;
   c.adaptive_threads = true;
   c.bf16 = true;
+  c.winograd = true;
   c.initial_weights = "/w/start.pth";
   c.output_pth = "/s/jobs/j/weights.pth";
   c.output_safetensors = "/s/jobs/j/weights.safetensors";

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <ostream>
+#include <thread>
 #include <utility>
 
 #include "server/train/gemm_conv.h"
@@ -143,6 +144,32 @@ TEST(WinogradConvChoice, OnlyFloat32StrideOneConvolutionsInAutoMode) {
   // Off, the convolution is LibTorch's, to the bit.
   torch::NoGradGuard no_grad;
   EXPECT_TRUE(torch::equal(Conv3x3Forward(*plain, x), plain->forward(x)));
+}
+
+// A run's setting holds on its own thread only (two jobs on one daemon may
+// differ), nests, and ends with its scope.
+TEST(WinogradConvChoice, AScopedModeHoldsOnItsThreadOnly) {
+  torch::nn::Conv2d plain = MakeConv(64, 64, 1);
+  torch::Tensor x = torch::randn({2, 64, 8, 8}).contiguous(torch::MemoryFormat::ChannelsLast);
+  SetWinogradMode(WinogradMode::kOff);
+  {
+    ScopedWinogradMode on(WinogradMode::kAuto);
+    EXPECT_EQ(GetWinogradMode(), WinogradMode::kAuto);
+    EXPECT_EQ(UsesWinogradConv(*plain, x), WinogradAvailable());
+    WinogradMode elsewhere = WinogradMode::kAuto;
+    std::thread([&] { elsewhere = GetWinogradMode(); }).join();
+    EXPECT_EQ(elsewhere, WinogradMode::kOff);  // the process-wide mode
+    {
+      ScopedWinogradMode off(WinogradMode::kOff);
+      EXPECT_FALSE(UsesWinogradConv(*plain, x));
+      SetWinogradMode(WinogradMode::kAuto);  // the scope still wins
+      EXPECT_FALSE(UsesWinogradConv(*plain, x));
+      SetWinogradMode(WinogradMode::kOff);
+    }
+    EXPECT_EQ(GetWinogradMode(), WinogradMode::kAuto);
+  }
+  EXPECT_EQ(GetWinogradMode(), WinogradMode::kOff);
+  EXPECT_FALSE(UsesWinogradConv(*plain, x));
 }
 
 }  // namespace
