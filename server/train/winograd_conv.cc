@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -74,20 +75,44 @@ struct Primitives {
 // (batch, in channels, out channels, height, width, threads)
 using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int>;
 
+// The primitives of the shapes met most recently. A long-lived daemon meets
+// many (each job's batch sizes, image sizes and thread counts), and each
+// entry holds JIT-compiled kernels, so the least recently used go beyond
+// kWinogradCacheCapacity; a pass that still runs one keeps it alive.
 class Cache {
  public:
   // The primitives for the shape at the caller's thread count; null when
   // oneDNN has no Winograd kernel for it.
-  const Primitives* Get(int64_t n, int64_t c, int64_t k, int64_t h, int64_t w) {
+  std::shared_ptr<const Primitives> Get(int64_t n, int64_t c, int64_t k, int64_t h, int64_t w) {
     const Key key{n, c, k, h, w, at::get_num_threads()};
     std::lock_guard<std::mutex> lock(mu_);
     auto it = entries_.find(key);
-    if (it == entries_.end()) it = entries_.emplace(key, Make(n, c, k, h, w)).first;
-    return it->second.get();
+    if (it != entries_.end()) {
+      recency_.splice(recency_.begin(), recency_, it->second.recency);
+      return it->second.primitives;
+    }
+    recency_.push_front(key);
+    it = entries_.emplace(key, Entry{Make(n, c, k, h, w), recency_.begin()}).first;
+    if (entries_.size() > kWinogradCacheCapacity) {
+      entries_.erase(recency_.back());
+      recency_.pop_back();
+    }
+    return it->second.primitives;
+  }
+
+  size_t size() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return entries_.size();
   }
 
  private:
-  static std::unique_ptr<Primitives> Make(int64_t n, int64_t c, int64_t k, int64_t h, int64_t w) {
+  struct Entry {
+    std::shared_ptr<const Primitives> primitives;
+    std::list<Key>::iterator recency;
+  };
+
+  static std::shared_ptr<const Primitives> Make(int64_t n, int64_t c, int64_t k, int64_t h,
+                                                int64_t w) {
     using dnnl::memory;
     const auto any = memory::format_tag::any;
     const auto f32 = memory::data_type::f32;
@@ -107,7 +132,7 @@ class Cache {
           {winograd, src, weights, dst, strides, padding, padding}, attr, Engine(), forward_pd);
       dnnl::convolution_backward_weights::primitive_desc weights_pd(
           {winograd, src, weights, dst, strides, padding, padding}, attr, Engine(), forward_pd);
-      return std::make_unique<Primitives>(
+      return std::make_shared<const Primitives>(
           Primitives{forward_pd, data_pd, weights_pd, dnnl::convolution_forward(forward_pd),
                      dnnl::convolution_backward_data(data_pd),
                      dnnl::convolution_backward_weights(weights_pd)});
@@ -117,7 +142,8 @@ class Cache {
   }
 
   std::mutex mu_;
-  std::map<Key, std::unique_ptr<Primitives>> entries_;
+  std::map<Key, Entry> entries_;
+  std::list<Key> recency_;  // most recently used first
 };
 
 Cache& TheCache() {
@@ -194,7 +220,7 @@ struct WinogradConv : public torch::autograd::Function<WinogradConv> {
     RECORD_FUNCTION("traind::winograd_conv_forward", std::vector<c10::IValue>());
     const int64_t n = x.size(0), h = x.size(2), width = x.size(3), k = w.size(0);
     const torch::Tensor x_dense = Dense(x);
-    const auto* p = TheCache().Get(n, x.size(1), k, h, width);
+    const auto p = TheCache().Get(n, x.size(1), k, h, width);
     TORCH_CHECK(p != nullptr, "no Winograd convolution for this shape");
     const auto& pd = p->forward_pd;
     torch::Tensor xb = ToLayout(x_dense, pd.src_desc());
@@ -217,7 +243,7 @@ struct WinogradConv : public torch::autograd::Function<WinogradConv> {
     const torch::Tensor& w = saved[1];
     const std::vector<int64_t> x_sizes = ctx->saved_data["x_sizes"].toIntVector();
     // The primitives for the backward pass's own thread count.
-    const auto* p = TheCache().Get(x_sizes[0], x_sizes[1], w.size(0), x_sizes[2], x_sizes[3]);
+    const auto p = TheCache().Get(x_sizes[0], x_sizes[1], w.size(0), x_sizes[2], x_sizes[3]);
     TORCH_CHECK(p != nullptr, "no Winograd convolution for this shape");
     // The output gradient in oneDNN's layout once, for both passes.
     const dnnl::memory::desc gy_desc = p->data_pd.diff_dst_desc();
@@ -259,6 +285,8 @@ bool WinogradAvailable() {
   return available;
 }
 
+size_t WinogradCachedShapes() { return TheCache().size(); }
+
 bool UsesWinogradConv(const torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
   if (GetWinogradMode() == WinogradMode::kOff) return false;
   const auto& o = conv.options;
@@ -285,6 +313,8 @@ torch::Tensor WinogradConv3x3(const torch::Tensor& x, const torch::Tensor& weigh
 #else  // !TRAIND_HAVE_DNNL
 
 bool WinogradAvailable() { return false; }
+
+size_t WinogradCachedShapes() { return 0; }
 
 bool UsesWinogradConv(const torch::nn::Conv2dImpl&, const torch::Tensor&) { return false; }
 

@@ -45,6 +45,16 @@ namespace traind::train {
 // Maps smaller than this on a side stay LibTorch's (layer4's 2x2 at 64 px).
 inline constexpr int64_t kWinogradMinSide = 4;
 
+// The most shapes (batch, channels, map size, thread count) whose oneDNN
+// primitives are kept; the least recently used go beyond. ResNet-18 has four
+// stride-1 shapes at or above 4x4, and with a short last batch, validation
+// batches and two thread counts a job meets about 32. Building one shape's
+// primitives takes tens of milliseconds (oneDNN compiles their kernels).
+inline constexpr size_t kWinogradCacheCapacity = 64;
+
+// How many shapes' primitives are kept now.
+size_t WinogradCachedShapes();
+
 // Whether WinogradConv3x3 takes `conv` and `x`: the calling thread's mode
 // (GetWinogradMode) is kAuto, x is a
 // float32 4-D CPU tensor outside bfloat16 autocast, conv is 3x3 without

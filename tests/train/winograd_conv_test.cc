@@ -126,6 +126,29 @@ TEST_F(WinogradConvTest, TakesAnInputInEitherLayoutAndAnswersChannelsLast) {
   EXPECT_TRUE(torch::equal(got.gw, want.gw));
 }
 
+// A daemon that meets ever more shapes keeps only the most recent ones, and
+// a shape whose primitives went is built again.
+TEST_F(WinogradConvTest, TheCacheKeepsTheMostRecentShapes) {
+  torch::nn::Conv2d conv = MakeConv(64, 64, 1);
+  ScopedWinogradMode on(WinogradMode::kAuto);
+  torch::NoGradGuard no_grad;
+  auto run = [&](int64_t batch) {
+    torch::Tensor x =
+        torch::randn({batch, 64, 4, 4}).contiguous(torch::MemoryFormat::ChannelsLast);
+    EXPECT_TRUE(UsesWinogradConv(*conv, x));
+    const double error = RelativeError(Conv3x3Forward(*conv, x),
+                                       torch::conv2d(x.to(torch::kDouble),
+                                                     conv->weight.to(torch::kDouble), {}, 1, 1));
+    EXPECT_LT(error, 1e-5) << "batch " << batch;
+  };
+  for (int64_t batch = 1; batch <= static_cast<int64_t>(kWinogradCacheCapacity) + 8; ++batch) {
+    run(batch);
+  }
+  EXPECT_EQ(WinogradCachedShapes(), kWinogradCacheCapacity);
+  run(1);  // evicted, and built again
+  EXPECT_EQ(WinogradCachedShapes(), kWinogradCacheCapacity);
+}
+
 // What stays LibTorch's: strided convolutions, bfloat16, the mode off.
 TEST(WinogradConvChoice, OnlyFloat32StrideOneConvolutionsInAutoMode) {
   torch::nn::Conv2d strided = MakeConv(64, 128, 2);
