@@ -17,13 +17,14 @@ from collections import defaultdict
 
 # traind's RECORD_FUNCTION scopes whose operators belong to the scope's family.
 SCOPES = ("traind::gemm_conv_forward", "traind::gemm_conv_backward",
+          "traind::winograd_conv_forward", "traind::winograd_conv_backward",
           "traind::fused_batch_norm_forward", "traind::fused_batch_norm_backward")
 
 FAMILIES = [
     ("convolution backward", ("convolution_backward", "mkldnn_convolution_backward",
-                              "gemm_conv_backward")),
+                              "gemm_conv_backward", "winograd_conv_backward")),
     ("convolution forward", ("convolution", "conv2d", "mkldnn_convolution",
-                             "gemm_conv_forward")),
+                             "gemm_conv_forward", "winograd_conv_forward")),
     ("BatchNorm backward", ("batch_norm_backward", "native_batch_norm_backward",
                             "fused_batch_norm_backward")),
     ("BatchNorm forward", ("batch_norm", "native_batch_norm", "fused_batch_norm_forward")),
