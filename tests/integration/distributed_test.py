@@ -11,11 +11,14 @@ import time
 import unittest
 
 from harness import (ENGINE_GOLDEN, Daemon, adam_first_step_gaps, make_subset, of_kind,
-                     temp_root)
+                     read_safetensors, temp_root)
 
 IMAGE = "64"
 BATCH = "8"
 SEED = 3
+# How many times float32's own error a gradient may be and still count as
+# within rounding of zero (distributed_test's one-step check).
+NOISE = 10
 
 
 def rank_pids(daemon_pid):
@@ -164,15 +167,35 @@ class DistributedTest(unittest.TestCase):
                         str(29000 + os.getpid() % 3000)], check=True, timeout=600)
         want = torch.load(want_path)
         self.assertEqual(sorted(got), sorted(want))
-        from harness import read_safetensors
         start = read_safetensors(init)["fc.weight"]
         self.assertGreater((want["fc.weight"] - start).abs().max().item(), 1e-3)  # it trained
-        return events, got, want, torch.load(want_path + ".grads")
+        return events, got, want, torch.load(want_path + ".grads"), (init, images)
+
+    @staticmethod
+    def first_step_gradients_in_double(init, images, world=2):
+        """The first step's gradients as DDP computes them (each rank's mean
+        loss over its own share of the first global batch, BatchNorm over that
+        share; the ranks' gradients averaged), in float64."""
+        import torch
+        import torchvision
+        data = torch.load(images)
+        model = torchvision.models.resnet18(num_classes=data["classes"]).double()
+        model.load_state_dict({k: v.double() if v.is_floating_point() else v
+                               for k, v in read_safetensors(init).items()})
+        model.train()
+        order, per_rank = data["orders"][0], data["batch"] // world
+        loss = 0
+        for rank in range(world):
+            idx = torch.tensor(order[rank::world][:per_rank])
+            loss = loss + torch.nn.functional.cross_entropy(
+                model(data["x"][idx].double()), data["y"][idx]) / world
+        loss.backward()
+        return {n: p.grad for n, p in model.named_parameters()}
 
     def test_two_ranks_equal_pytorch_ddp_on_the_same_order(self):
         """With LibTorch's convolutions (winograd false), a whole epoch of
         Adam steps stays within 1e-4 of PyTorch's."""
-        _, got, want, _ = self.ddp_against_pytorch("subset", 0.8, 1, "--winograd=false")
+        _, got, want, _, _ = self.ddp_against_pytorch("subset", 0.8, 1, "--winograd=false")
         worst = max(((got[k].double() - want[k].double()).abs().max().item(), k) for k in want)
         if os.environ.get("DDP_DEBUG"):
             for k in want:
@@ -187,8 +210,15 @@ class DistributedTest(unittest.TestCase):
         global batch: 4 images on each rank) against PyTorch DDP's: every
         weight and BatchNorm statistic within 1e-5, except weights whose
         gradient is within rounding of zero, which Adam's first step may move
-        the other way (harness.adam_first_step_gaps)."""
-        events, got, want, grads = self.ddp_against_pytorch("step", 0.5, 1, "--winograd=true")
+        the other way (harness.adam_first_step_gaps). Within rounding of zero:
+        the gradient in float64 is at most NOISE times the largest error of
+        PyTorch's own float32 gradient of that tensor. Seen: the weights that
+        moved the other way had gradients of at most 0.31 (Caltech-101) and
+        0.85 (trainctl's demo images) times that error; the others were within
+        1.2e-7."""
+        events, got, want, grads, (init, images) = self.ddp_against_pytorch(
+            "step", 0.5, 1, "--winograd=true")
+        exact = self.first_step_gradients_in_double(init, images)
         logs = " ".join(l["text"] for l in of_kind(events, "log"))
         with open("/proc/cpuinfo") as f:
             flags = set(next((l for l in f if l.startswith("flags")), "").split())
@@ -202,7 +232,18 @@ class DistributedTest(unittest.TestCase):
         worst_clear, worst_flipped = (0.0, ""), (0.0, "")
         for name, value in want.items():
             if name in grads:
-                clear, rounding = adam_first_step_gaps(got[name], value, grads[name])
+                # Within rounding of zero: a gradient no larger than NOISE times
+                # the largest error of PyTorch's own float32 gradient of this
+                # tensor (against float64).
+                error = (grads[name].double() - exact[name]).abs().max()
+                near_zero = exact[name].abs() <= NOISE * error
+                clear, rounding = adam_first_step_gaps(got[name], value, near_zero)
+                if os.environ.get("DDP_DEBUG"):
+                    start = read_safetensors(init)[name].double()
+                    flipped = ((got[name].double() - start) * (value.double() - start) < 0)
+                    ratio = (exact[name].abs()[flipped] / error).max().item() if flipped.any() else 0
+                    print(name, f"clear {clear:.3g} near {rounding:.3g} flipped {int(flipped.sum())}"
+                          f" of {flipped.numel()}, largest |gradient| / error among them {ratio:.3g}")
                 self.assertLess(clear, 1e-5, name)
                 self.assertLessEqual(rounding, 2 * lr + 1e-5, name)
                 worst_clear = max(worst_clear, (clear, name))

@@ -190,11 +190,11 @@ def read_safetensors(path):
     return out
 
 
-def adam_first_step_gaps(got, want, grad):
+def adam_first_step_gaps(got, want, near_zero):
     """How far one Adam step of a parameter (got) is from the reference's
-    (want, whose gradient was grad): the largest difference where the
-    gradient is clear of zero, and where it is within float32 rounding of
-    zero (at most 1e-5 of the tensor's largest; 0.0 where there is none).
+    (want): the largest difference where its gradient is clear of zero, and
+    where it is within rounding of zero (the mask near_zero; 0.0 where
+    there is none).
 
     Adam's first step moves a weight by about the learning rate whatever its
     gradient's size, so where the gradient is within rounding of zero, the
@@ -203,7 +203,6 @@ def adam_first_step_gaps(got, want, grad):
     step's sign: there the weights may be up to twice the learning rate
     apart, and elsewhere they agree to rounding."""
     diff = (got.double() - want.double()).abs()
-    near_zero = grad.abs() <= 1e-5 * grad.abs().max()
     clear = diff[~near_zero].max().item() if (~near_zero).any() else 0.0
     rounding = diff[near_zero].max().item() if near_zero.any() else 0.0
     return clear, rounding
