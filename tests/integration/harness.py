@@ -190,11 +190,18 @@ def read_safetensors(path):
     return out
 
 
-def adam_first_step_gaps(got, want, near_zero):
+# How many times float32's own error a gradient may be and still count as
+# within rounding of zero (adam_first_step_gaps).
+ROUNDING_NOISE = 10
+
+
+def adam_first_step_gaps(got, want, grad, exact):
     """How far one Adam step of a parameter (got) is from the reference's
-    (want): the largest difference where its gradient is clear of zero, and
-    where it is within rounding of zero (the mask near_zero; 0.0 where
-    there is none).
+    (want, whose float32 gradient was grad; exact: the same gradient in
+    float64): the largest difference where the gradient is clear of zero,
+    and where it is within rounding of zero (0.0 where there is none).
+    Within rounding of zero: exact is at most ROUNDING_NOISE times the
+    largest error of grad (against exact) over the tensor.
 
     Adam's first step moves a weight by about the learning rate whatever its
     gradient's size, so where the gradient is within rounding of zero, the
@@ -202,6 +209,7 @@ def adam_first_step_gaps(got, want, near_zero):
     differently from LibTorch's direct ones: winograd_conv.h) may flip the
     step's sign: there the weights may be up to twice the learning rate
     apart, and elsewhere they agree to rounding."""
+    near_zero = exact.abs() <= ROUNDING_NOISE * (grad.double() - exact).abs().max()
     diff = (got.double() - want.double()).abs()
     clear = diff[~near_zero].max().item() if (~near_zero).any() else 0.0
     rounding = diff[near_zero].max().item() if near_zero.any() else 0.0
