@@ -2,7 +2,7 @@
 //              [--bf16 0|1] [--device cpu|cuda] [--on main|worker]
 //              [--profile DIR] [--optimizer fused|torch] [--weights FILE]
 //              [--gemm_conv 0|1] [--fused_bn 0|1] [--modes finetune,scratch,eval]
-//              [--adaptive 0|1] [--winograd 0|1]
+//              [--adaptive 0|1] [--winograd 0|1] [--folded_eval 0|1]
 // Times the engine's training and evaluation steps on synthetic batches and
 // prints images/s per mode. The steps are the daemon's: the recipe's network,
 // frozen blocks and FusedAdam groups (recipe.h), starting weights read by the
@@ -22,10 +22,16 @@
 // it ended with. `--winograd 0` runs the float32 3x3 stride-1 convolutions as
 // LibTorch's instead of oneDNN's Winograd kernels (default: Winograd where
 // oneDNN has it for this CPU, as the daemon's jobs do; winograd_conv.h).
+// `--folded_eval 0` runs the bf16 evaluation as the module's forward under
+// autocast instead of folded (default: folded where oneDNN has bf16
+// kernels, as the daemon's validation passes are; folded_eval.h).
 // With -DTRAIND_ENGINE_ONLY=ON it needs LibTorch alone and builds the same
 // network and groups itself, so it also builds against a CUDA LibTorch
 // (bench/gpu_check.sh). Pair with reference_bench.py (run.sh does both and
 // prints the ratios); compare figures from one run, the machine is shared.
+#include <torch/csrc/autograd/profiler_legacy.h>
+#include <torch/torch.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -33,11 +39,9 @@
 #include <string>
 #include <thread>
 
-#include <torch/csrc/autograd/profiler_legacy.h>
-#include <torch/torch.h>
-
 #include "bench/flags.h"
 #include "server/train/allocator.h"
+#include "server/train/folded_eval.h"
 #include "server/train/fused_adam.h"
 #include "server/train/fused_batch_norm.h"
 #include "server/train/gemm_conv.h"
@@ -169,6 +173,7 @@ double MeasureOn(const char* mode, int steps, int batch, int size, bool bf16,
     options.max_threads = torch::get_num_threads();
     governor = std::make_unique<traind::train::ThreadGovernor>(options);
   }
+  std::unique_ptr<traind::train::FoldedResNet> folded;
   auto step = [&] {
     if (train) {
       const auto start = std::chrono::steady_clock::now();
@@ -178,14 +183,21 @@ double MeasureOn(const char* mode, int steps, int batch, int size, bool bf16,
       if (governor && governor->Record(s, batch)) torch::set_num_threads(governor->threads());
     } else {
       torch::NoGradGuard ng;
-      traind::train::ScopedBf16Autocast autocast(bf16, device.type());
       model->eval();
-      (void)model->forward(x).sum().item<float>();
+      // As Run::Evaluate does: in bf16, the network folded once per pass.
+      if (bf16 && !folded) folded = traind::train::FoldedResNet::Make(*model);
+      if (folded) {
+        (void)folded->Forward(x).sum().item<float>();
+      } else {
+        traind::train::ScopedBf16Autocast autocast(bf16, device.type());
+        (void)model->forward(x).sum().item<float>();
+      }
     }
   };
   // Warm-up; with --adaptive also the governor's first window and try,
   // which a job pays once (the timed steps measure the steady state).
   for (int i = 0, n = governor ? 20 : 3; i < n; ++i) step();
+  folded.reset();  // the timed steps are one evaluation pass, folding included
   const auto start = std::chrono::steady_clock::now();
   for (int i = 0; i < steps; ++i) step();
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -253,6 +265,15 @@ int main(int argc, char** argv) {
                                          : "as LibTorch's convolutions (no AVX-512 BF16)"));
   std::printf("engine: bf16 BatchNorm + add + ReLU %s\n",
               fused_bn ? "fused" : "as LibTorch's operators (--fused_bn 0)");
+  traind::train::SetFoldedEvalEnabled(Arg(argc, argv, "--folded_eval", 1) != 0);
+  {
+    ResNet probe = ResNet18(101);
+    probe->eval();
+    const bool folds = traind::train::FoldedResNet::Make(*probe) != nullptr;
+    std::printf("engine: bf16 evaluation %s\n",
+                folds ? "folded (BatchNorm in the convolutions, oneDNN epilogues)"
+                      : "under autocast (--folded_eval 0, or no oneDNN bf16 kernels here)");
+  }
   // --modes: which of the three to time (default all), e.g. `--modes scratch`.
   const std::string modes =
       std::string(",") + StrArg(argc, argv, "--modes", "finetune,scratch,eval") + ",";

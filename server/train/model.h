@@ -21,6 +21,15 @@ class BasicBlockImpl : public torch::nn::Module {
   BasicBlockImpl(int64_t in_planes, int64_t planes, int64_t stride);
   torch::Tensor forward(torch::Tensor x);
 
+  // Its modules, for passes that read the network's structure
+  // (folded_eval.h); the downsample's are null when it has none.
+  torch::nn::Conv2d& conv1() { return conv1_; }
+  torch::nn::BatchNorm2d& bn1() { return bn1_; }
+  torch::nn::Conv2d& conv2() { return conv2_; }
+  torch::nn::BatchNorm2d& bn2() { return bn2_; }
+  torch::nn::Conv2d& downsample_conv() { return downsample_conv_; }
+  torch::nn::BatchNorm2d& downsample_bn() { return downsample_bn_; }
+
  private:
   torch::nn::Conv2d conv1_{nullptr};
   torch::nn::BatchNorm2d bn1_{nullptr};
@@ -59,6 +68,13 @@ class ResNetImpl : public torch::nn::Module {
 
   const Architecture& architecture() const { return architecture_; }
   torch::nn::Linear& fc() { return fc_; }
+  // The stem and the four stages (0-3), for passes that read the network's
+  // structure (folded_eval.h).
+  torch::nn::Conv2d& conv1() { return conv1_; }
+  torch::nn::BatchNorm2d& bn1() { return bn1_; }
+  torch::nn::Sequential& layer(int stage) {
+    return stage == 0 ? layer1_ : stage == 1 ? layer2_ : stage == 2 ? layer3_ : layer4_;
+  }
   // Replaces the classifier with a new Linear(features, num_classes),
   // default initialised; the caller applies the recipe's initialisation.
   void ResetClassifier(int64_t num_classes);

@@ -21,6 +21,7 @@
 #include "common/sha256.h"
 #include "server/train/checkpoint.h"
 #include "server/train/data.h"
+#include "server/train/folded_eval.h"
 #include "server/train/gemm_conv.h"
 #include "server/train/intra_op.h"
 #include "server/train/model.h"
@@ -508,12 +509,16 @@ EvalTotals Run::Evaluate(const DecodedSet& set, int epoch) {
   const int64_t classes = model_->fc()->weight.size(0);
   totals.detail.num_classes = static_cast<int>(classes);
   totals.detail.confusion.assign(classes * classes, 0);
+  // In bf16 on the CPU, the network folded for this pass (folded_eval.h).
+  std::unique_ptr<FoldedResNet> folded = config_.bf16 ? FoldedResNet::Make(*model_) : nullptr;
   Batch batch;
   while (loader.Next(&batch)) {
     torch::Tensor x = batch.images.to(device_);
     torch::Tensor y = batch.labels.to(device_);
     torch::Tensor logits;
-    {
+    if (folded != nullptr) {
+      logits = folded->Forward(x);
+    } else {
       ScopedBf16Autocast autocast(config_.bf16, device_.type());
       logits = model_->forward(x);
     }

@@ -17,6 +17,8 @@
 
 #if TRAIND_HAVE_DNNL
 #include <dnnl.hpp>
+
+#include "server/train/onednn.h"
 #endif
 
 namespace traind::train {
@@ -47,11 +49,8 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 using Dims = dnnl::memory::dims;
-
-const dnnl::engine& Engine() {
-  static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
+using onednn::Engine;
+using onednn::Memory;
 
 Dims DimsOf(const torch::Tensor& t) { return Dims(t.sizes().begin(), t.sizes().end()); }
 
@@ -162,10 +161,6 @@ torch::Tensor Dense(const torch::Tensor& t) {
 // allocator, freed with the tensor).
 torch::Tensor Empty(const dnnl::memory::desc& desc) {
   return torch::empty({static_cast<int64_t>((desc.get_size() + 3) / 4)}, torch::kFloat);
-}
-
-dnnl::memory Memory(const dnnl::memory::desc& desc, const torch::Tensor& t) {
-  return dnnl::memory(desc, Engine(), t.data_ptr());
 }
 
 // Copies `from` (memory laid out as `from_desc`) into `to`, laid out as

@@ -1,0 +1,285 @@
+#include "server/train/folded_eval.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/record_function.h>
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <tuple>
+#include <utility>
+
+#include "server/train/gemm_conv.h"
+#include "server/train/step.h"
+
+#if TRAIND_HAVE_DNNL
+#include <dnnl.hpp>
+
+#include "server/train/onednn.h"
+#endif
+
+namespace traind::train {
+namespace {
+
+std::atomic<bool> g_enabled{true};
+
+int64_t OutputSize(int64_t in, int64_t kernel, int64_t stride, int64_t padding) {
+  return (in + 2 * padding - kernel) / stride + 1;
+}
+
+}  // namespace
+
+void SetFoldedEvalEnabled(bool enabled) { g_enabled.store(enabled); }
+
+struct FoldedResNet::Conv {
+  int64_t in = 0, out = 0, kernel = 0, stride = 1, padding = 0;
+  bool relu = false;
+  torch::Tensor weight;  // bfloat16, [out, in, k, k] contiguous, BatchNorm's scale in
+  torch::Tensor bias;    // float, [out]: BatchNorm's shift
+
+  // Folds `bn` (in evaluation mode) into `conv`, which has no bias.
+  Conv(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, bool relu_after)
+      : relu(relu_after) {
+    const auto& o = conv.options;
+    const torch::Tensor& w = conv.weight;
+    in = w.size(1);
+    out = w.size(0);
+    kernel = w.size(2);
+    stride = (*o.stride())[0];
+    // A ResNet's convolutions pad by half their kernel (model.cc); LibTorch
+    // holds the padding in a type that differs between versions.
+    padding = kernel / 2;
+    torch::NoGradGuard no_grad;
+    const torch::Tensor scale = bn.weight / torch::sqrt(bn.running_var + bn.options.eps());
+    weight = (w * scale.view({-1, 1, 1, 1})).to(torch::kBFloat16).contiguous();
+    bias = (bn.bias - bn.running_mean * scale).contiguous();
+  }
+
+  // relu(conv(x) + bias + residual) (without the ReLU or the residual where
+  // this convolution has none), rounded once to bfloat16, channels-last.
+  // A defined `residual` is overwritten with the result, which is returned.
+  torch::Tensor Run(const torch::Tensor& x, const torch::Tensor& residual);
+
+#if TRAIND_HAVE_DNNL
+  // A primitive for one input shape and thread count, and the weights in
+  // the layout it chose.
+  struct Shape {
+    dnnl::convolution_forward::primitive_desc pd;
+    dnnl::convolution_forward primitive;
+    torch::Tensor weights;
+  };
+  // Null when oneDNN has only its reference kernel for the shape (or none).
+  Shape* ShapeFor(int64_t n, int64_t h, int64_t w, bool add);
+
+  // (batch, height, width, residual added, threads)
+  std::map<std::tuple<int64_t, int64_t, int64_t, bool, int>, std::unique_ptr<Shape>> shapes;
+#endif
+};
+
+// The stem's max pooling (3x3, stride 2, padding 1) of bfloat16
+// channels-last maps, as oneDNN's; the same maxima as LibTorch's.
+struct FoldedResNet::MaxPool {
+  torch::Tensor Run(const torch::Tensor& x);
+
+#if TRAIND_HAVE_DNNL
+  // (batch, channels, height, width, threads)
+  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int>,
+           std::unique_ptr<dnnl::pooling_forward>>
+      shapes;
+#endif
+};
+
+#if TRAIND_HAVE_DNNL
+using onednn::Bytes;
+using onednn::Engine;
+using onednn::Memory;
+
+FoldedResNet::Conv::Shape* FoldedResNet::Conv::ShapeFor(int64_t n, int64_t h, int64_t w, bool add) {
+  const auto key = std::make_tuple(n, h, w, add, at::get_num_threads());
+  auto it = shapes.find(key);
+  if (it != shapes.end()) return it->second.get();
+  using dnnl::memory;
+  const auto bf16 = memory::data_type::bf16;
+  const memory::desc src({n, in, h, w}, bf16, memory::format_tag::nhwc);
+  const memory::desc weights({out, in, kernel, kernel}, bf16, memory::format_tag::any);
+  const memory::desc bias_desc({out}, memory::data_type::f32, memory::format_tag::x);
+  const memory::desc dst(
+      {n, out, OutputSize(h, kernel, stride, padding), OutputSize(w, kernel, stride, padding)},
+      bf16, memory::format_tag::nhwc);
+  dnnl::post_ops ops;
+  if (add) ops.append_sum(1.0f);  // dst holds the residual before
+  if (relu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+  dnnl::primitive_attr attr;
+  attr.set_post_ops(ops);
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  std::unique_ptr<Shape> shape;
+  try {
+    dnnl::convolution_forward::primitive_desc pd({dnnl::prop_kind::forward_inference,
+                                                  dnnl::algorithm::convolution_direct,
+                                                  src,
+                                                  weights,
+                                                  bias_desc,
+                                                  dst,
+                                                  {stride, stride},
+                                                  {padding, padding},
+                                                  {padding, padding}},
+                                                 attr, Engine());
+    // oneDNN's reference kernels are far slower than autocast's path.
+    if (std::string(pd.impl_info_str()).rfind("ref", 0) == 0) return nullptr;
+    shape =
+        std::make_unique<Shape>(Shape{pd, dnnl::convolution_forward(pd), Bytes(pd.weights_desc())});
+  } catch (const dnnl::error&) {
+    return nullptr;
+  }
+  // The folded weights in the primitive's layout, once per shape.
+  const memory::desc plain({out, in, kernel, kernel}, bf16, memory::format_tag::oihw);
+  dnnl::memory from = Memory(plain, weight), to = Memory(shape->pd.weights_desc(), shape->weights);
+  dnnl::stream stream(Engine());
+  dnnl::reorder(from, to).execute(stream, from, to);
+  return shapes.emplace(key, std::move(shape)).first->second.get();
+}
+
+torch::Tensor FoldedResNet::Conv::Run(const torch::Tensor& x, const torch::Tensor& residual) {
+  RECORD_FUNCTION("traind::folded_conv", std::vector<c10::IValue>());
+  const int64_t n = x.size(0), h = x.size(2), w = x.size(3);
+  const bool add = residual.defined();
+  Shape* shape = ShapeFor(n, h, w, add);
+  TORCH_CHECK(shape != nullptr, "no oneDNN bfloat16 convolution for ", in, "->", out,
+              " channels at ", h, "x", w);
+  const auto cl = torch::MemoryFormat::ChannelsLast;
+  const torch::Tensor src = x.to(torch::kBFloat16).contiguous(cl);
+  const std::vector<int64_t> sizes{n, out, OutputSize(h, kernel, stride, padding),
+                                   OutputSize(w, kernel, stride, padding)};
+  torch::Tensor dst;
+  if (add) {
+    TORCH_CHECK(residual.sizes() == sizes, "residual of shape ", residual.sizes(),
+                " for an output of ", c10::IntArrayRef(sizes));
+    dst = residual.to(torch::kBFloat16).contiguous(cl);
+  } else {
+    dst = torch::empty(sizes, x.options().dtype(torch::kBFloat16).memory_format(cl));
+  }
+  const auto& pd = shape->pd;
+  torch::Tensor scratch = Bytes(pd.scratchpad_desc());
+  dnnl::stream stream(Engine());
+  shape->primitive.execute(stream, {{DNNL_ARG_SRC, Memory(pd.src_desc(), src)},
+                                    {DNNL_ARG_WEIGHTS, Memory(pd.weights_desc(), shape->weights)},
+                                    {DNNL_ARG_BIAS, Memory(pd.bias_desc(), bias)},
+                                    {DNNL_ARG_DST, Memory(pd.dst_desc(), dst)},
+                                    {DNNL_ARG_SCRATCHPAD, Memory(pd.scratchpad_desc(), scratch)}});
+  return dst;
+}
+torch::Tensor FoldedResNet::MaxPool::Run(const torch::Tensor& x) {
+  RECORD_FUNCTION("traind::folded_max_pool", std::vector<c10::IValue>());
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t kernel = 3, stride = 2, padding = 1;
+  using dnnl::memory;
+  const auto bf16 = memory::data_type::bf16;
+  const memory::desc src_desc({n, c, h, w}, bf16, memory::format_tag::nhwc);
+  const std::vector<int64_t> sizes{n, c, OutputSize(h, kernel, stride, padding),
+                                   OutputSize(w, kernel, stride, padding)};
+  const memory::desc dst_desc(sizes, bf16, memory::format_tag::nhwc);
+  const auto key = std::make_tuple(n, c, h, w, at::get_num_threads());
+  auto it = shapes.find(key);
+  if (it == shapes.end()) {
+    dnnl::pooling_forward::primitive_desc pd({dnnl::prop_kind::forward_inference,
+                                              dnnl::algorithm::pooling_max,
+                                              src_desc,
+                                              dst_desc,
+                                              {stride, stride},
+                                              {kernel, kernel},
+                                              {padding, padding},
+                                              {padding, padding}},
+                                             Engine());
+    it = shapes.emplace(key, std::make_unique<dnnl::pooling_forward>(pd)).first;
+  }
+  const torch::Tensor src = x.to(torch::kBFloat16).contiguous(torch::MemoryFormat::ChannelsLast);
+  torch::Tensor dst = torch::empty(
+      sizes, x.options().dtype(torch::kBFloat16).memory_format(torch::MemoryFormat::ChannelsLast));
+  dnnl::stream stream(Engine());
+  it->second->execute(
+      stream, {{DNNL_ARG_SRC, Memory(src_desc, src)}, {DNNL_ARG_DST, Memory(dst_desc, dst)}});
+  return dst;
+}
+#else
+torch::Tensor FoldedResNet::Conv::Run(const torch::Tensor&, const torch::Tensor&) {
+  TORCH_CHECK(false, "traind was built without oneDNN: no folded evaluation");
+}
+
+torch::Tensor FoldedResNet::MaxPool::Run(const torch::Tensor&) {
+  TORCH_CHECK(false, "traind was built without oneDNN: no folded evaluation");
+}
+#endif
+
+FoldedResNet::FoldedResNet(ResNetImpl& model) : model_(model) {
+  auto add = [this](torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, bool relu) {
+    convs_.push_back(std::make_unique<Conv>(conv, bn, relu));
+    return convs_.back().get();
+  };
+  stem_ = add(*model.conv1(), *model.bn1(), /*relu=*/true);
+  max_pool_ = std::make_unique<MaxPool>();
+  for (int stage = 0; stage < 4; ++stage) {
+    for (const auto& child : model.layer(stage)->children()) {
+      auto* block = child->as<BasicBlockImpl>();
+      TORCH_CHECK(block != nullptr, "folded evaluation takes BasicBlock networks");
+      Block b;
+      b.downsample = block->downsample_conv()
+                         ? add(*block->downsample_conv(), *block->downsample_bn(), false)
+                         : nullptr;
+      b.conv1 = add(*block->conv1(), *block->bn1(), /*relu=*/true);
+      b.conv2 = add(*block->conv2(), *block->bn2(), /*relu=*/true);  // after the add
+      blocks_.push_back(b);
+    }
+  }
+}
+
+FoldedResNet::~FoldedResNet() = default;
+
+std::unique_ptr<FoldedResNet> FoldedResNet::Make(ResNetImpl& model) {
+#if TRAIND_HAVE_DNNL
+  if (!g_enabled.load() || !CpuHasOneDnnBf16Gemms()) return nullptr;
+  for (const auto& m : model.modules(/*include_self=*/true)) {
+    if (m->is_training()) return nullptr;
+  }
+  for (const auto& p : model.parameters()) {
+    if (!p.device().is_cpu() || p.scalar_type() != torch::kFloat) return nullptr;
+  }
+  for (const auto& m : model.modules(/*include_self=*/false)) {
+    if (auto* conv = m->as<torch::nn::Conv2d>()) {
+      const auto& o = conv->options;
+      if (conv->bias.defined() || o.groups() != 1 || (*o.dilation())[0] != 1 ||
+          (*o.dilation())[1] != 1 || (*o.stride())[0] != (*o.stride())[1] ||
+          (*o.kernel_size())[0] != (*o.kernel_size())[1]) {
+        return nullptr;
+      }
+    } else if (auto* bn = m->as<torch::nn::BatchNorm2d>()) {
+      if (!bn->options.affine() || !bn->options.track_running_stats()) return nullptr;
+    }
+  }
+  std::unique_ptr<FoldedResNet> folded(new FoldedResNet(model));
+  // oneDNN has a bfloat16 kernel (not its reference one) for the stem on
+  // this CPU: then for the rest too.
+  if (folded->stem_->ShapeFor(1, 32, 32, false) == nullptr) return nullptr;
+  return folded;
+#else
+  (void)model;
+  return nullptr;
+#endif
+}
+
+torch::Tensor FoldedResNet::Forward(const torch::Tensor& x) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor h = stem_->Run(x, {});
+  h = max_pool_->Run(h);
+  for (const Block& b : blocks_) {
+    // The block's input (or its downsample's output) is the residual, and
+    // the second convolution writes its output over it.
+    torch::Tensor residual = b.downsample != nullptr ? b.downsample->Run(h, {}) : h;
+    h = b.conv2->Run(b.conv1->Run(h, {}), residual);
+  }
+  h = torch::adaptive_avg_pool2d(h, {1, 1}).flatten(1);
+  ScopedBf16Autocast autocast(true, torch::kCPU);
+  return model_.fc()->forward(h);
+}
+
+}  // namespace traind::train
