@@ -29,15 +29,15 @@
 // network and groups itself, so it also builds against a CUDA LibTorch
 // (bench/gpu_check.sh). Pair with reference_bench.py (run.sh does both and
 // prints the ratios); compare figures from one run, the machine is shared.
-#include <torch/csrc/autograd/profiler_legacy.h>
-#include <torch/torch.h>
-
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <thread>
+
+#include <torch/csrc/autograd/profiler_legacy.h>
+#include <torch/torch.h>
 
 #include "bench/flags.h"
 #include "server/train/allocator.h"
