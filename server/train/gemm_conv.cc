@@ -85,6 +85,10 @@ struct GemmConv3x3 : public torch::autograd::Function<GemmConv3x3> {
 
 }  // namespace
 
+torch::Tensor Conv3x3Patches(const torch::Tensor& x, int64_t stride) {
+  return Patches(x, stride, OutputSize(x.size(2), stride), OutputSize(x.size(3), stride));
+}
+
 bool CpuHasOneDnnBf16Gemms() {
 #if defined(__x86_64__) || defined(__i386__)
   static const bool has = [] {

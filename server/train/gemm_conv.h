@@ -47,6 +47,12 @@ inline constexpr int64_t kGemmConvMaxPixels = 16;
 // where it has them, when the daemon turns them on (winograd_conv.h).
 torch::Tensor Conv3x3Forward(torch::nn::Conv2dImpl& conv, const torch::Tensor& x);
 
+// The 3x3 patches of `x` (N x C x H x W, any layout), padding 1: an
+// [N*Ho*Wo, 9*C] matrix, each row one output pixel's patch in (kernel row,
+// kernel column, channel) order, the memory order of a channels-last weight
+// [K, C, 3, 3]. A new tensor.
+torch::Tensor Conv3x3Patches(const torch::Tensor& x, int64_t stride);
+
 // Whether Conv3x3Forward takes the GEMM path for `conv` and `x`.
 bool UsesGemmConv(const torch::nn::Conv2dImpl& conv, const torch::Tensor& x);
 
