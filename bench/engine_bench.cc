@@ -3,6 +3,7 @@
 //              [--profile DIR] [--optimizer fused|torch] [--weights FILE]
 //              [--gemm_conv 0|1] [--fused_bn 0|1] [--modes finetune,scratch,eval]
 //              [--adaptive 0|1] [--winograd 0|1] [--folded_eval 0|1]
+//              [--onednn_pool 0|1]
 // Times the engine's training and evaluation steps on synthetic batches and
 // prints images/s per mode. The steps are the daemon's: the recipe's network,
 // frozen blocks and FusedAdam groups (recipe.h), starting weights read by the
@@ -25,6 +26,8 @@
 // `--folded_eval 0` runs the bf16 evaluation as the module's forward under
 // autocast instead of folded (default: folded where oneDNN has bf16
 // kernels, as the daemon's validation passes are; folded_eval.h).
+// `--onednn_pool 0` runs the stem's max pooling as LibTorch's (default:
+// oneDNN's where it has kernels, except float32 gradients; max_pool.h).
 // With -DTRAIND_ENGINE_ONLY=ON it needs LibTorch alone and builds the same
 // network and groups itself, so it also builds against a CUDA LibTorch
 // (bench/gpu_check.sh). Pair with reference_bench.py (run.sh does both and
@@ -45,6 +48,7 @@
 #include "server/train/fused_adam.h"
 #include "server/train/fused_batch_norm.h"
 #include "server/train/gemm_conv.h"
+#include "server/train/max_pool.h"
 #include "server/train/model.h"
 #include "server/train/winograd_conv.h"
 #ifndef TRAIND_ENGINE_ONLY
@@ -266,6 +270,11 @@ int main(int argc, char** argv) {
   std::printf("engine: bf16 BatchNorm + add + ReLU %s\n",
               fused_bn ? "fused" : "as LibTorch's operators (--fused_bn 0)");
   traind::train::SetFoldedEvalEnabled(Arg(argc, argv, "--folded_eval", 1) != 0);
+  const bool onednn_pool = Arg(argc, argv, "--onednn_pool", 1) != 0;
+  traind::train::SetOneDnnMaxPoolEnabled(onednn_pool);
+  std::printf("engine: the stem's max pooling %s\n",
+              onednn_pool ? "oneDNN's where it has kernels (float32 gradients LibTorch's)"
+                          : "LibTorch's (--onednn_pool 0)");
   {
     ResNet probe = ResNet18(101);
     probe->eval();

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "server/train/gemm_conv.h"
+#include "server/train/max_pool.h"
 #include "server/train/step.h"
 
 #if TRAIND_HAVE_DNNL
@@ -77,19 +78,6 @@ struct FoldedResNet::Conv {
 
   // (batch, height, width, residual added, threads)
   std::map<std::tuple<int64_t, int64_t, int64_t, bool, int>, std::unique_ptr<Shape>> shapes;
-#endif
-};
-
-// The stem's max pooling (3x3, stride 2, padding 1) of bfloat16
-// channels-last maps, as oneDNN's; the same maxima as LibTorch's.
-struct FoldedResNet::MaxPool {
-  torch::Tensor Run(const torch::Tensor& x);
-
-#if TRAIND_HAVE_DNNL
-  // (batch, channels, height, width, threads)
-  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int>,
-           std::unique_ptr<dnnl::pooling_forward>>
-      shapes;
 #endif
 };
 
@@ -198,44 +186,8 @@ torch::Tensor FoldedResNet::Conv::Run(const torch::Tensor& x, const torch::Tenso
   return dst;
 }
 
-torch::Tensor FoldedResNet::MaxPool::Run(const torch::Tensor& x) {
-  RECORD_FUNCTION("traind::folded_max_pool", std::vector<c10::IValue>());
-  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
-  const int64_t kernel = 3, stride = 2, padding = 1;
-  using dnnl::memory;
-  const auto bf16 = memory::data_type::bf16;
-  const memory::desc src_desc({n, c, h, w}, bf16, memory::format_tag::nhwc);
-  const std::vector<int64_t> sizes{n, c, OutputSize(h, kernel, stride, padding),
-                                   OutputSize(w, kernel, stride, padding)};
-  const memory::desc dst_desc(sizes, bf16, memory::format_tag::nhwc);
-  const auto key = std::make_tuple(n, c, h, w, at::get_num_threads());
-  auto it = shapes.find(key);
-  if (it == shapes.end()) {
-    dnnl::pooling_forward::primitive_desc pd({dnnl::prop_kind::forward_inference,
-                                              dnnl::algorithm::pooling_max,
-                                              src_desc,
-                                              dst_desc,
-                                              {stride, stride},
-                                              {kernel, kernel},
-                                              {padding, padding},
-                                              {padding, padding}},
-                                             Engine());
-    it = shapes.emplace(key, std::make_unique<dnnl::pooling_forward>(pd)).first;
-  }
-  const torch::Tensor src = x.to(torch::kBFloat16).contiguous(torch::MemoryFormat::ChannelsLast);
-  torch::Tensor dst = torch::empty(
-      sizes, x.options().dtype(torch::kBFloat16).memory_format(torch::MemoryFormat::ChannelsLast));
-  dnnl::stream stream(Engine());
-  it->second->execute(
-      stream, {{DNNL_ARG_SRC, Memory(src_desc, src)}, {DNNL_ARG_DST, Memory(dst_desc, dst)}});
-  return dst;
-}
 #else
 torch::Tensor FoldedResNet::Conv::Run(const torch::Tensor&, const torch::Tensor&) {
-  TORCH_CHECK(false, "traind was built without oneDNN: no folded evaluation");
-}
-
-torch::Tensor FoldedResNet::MaxPool::Run(const torch::Tensor&) {
   TORCH_CHECK(false, "traind was built without oneDNN: no folded evaluation");
 }
 #endif
@@ -246,7 +198,6 @@ FoldedResNet::FoldedResNet(ResNetImpl& model) : model_(model) {
     return convs_.back().get();
   };
   stem_ = add(*model.conv1(), *model.bn1(), /*relu=*/true);
-  max_pool_ = std::make_unique<MaxPool>();
   for (int stage = 0; stage < 4; ++stage) {
     for (const auto& child : model.layer(stage)->children()) {
       auto* block = child->as<BasicBlockImpl>();
@@ -299,7 +250,7 @@ std::unique_ptr<FoldedResNet> FoldedResNet::Make(ResNetImpl& model) {
 torch::Tensor FoldedResNet::Forward(const torch::Tensor& x) {
   torch::NoGradGuard no_grad;
   torch::Tensor h = stem_->Run(x, {});
-  h = max_pool_->Run(h);
+  h = MaxPool3x3Stride2(h);
   for (const Block& b : blocks_) {
     // The block's input (or its downsample's output) is the residual, and
     // the second convolution writes its output over it.

@@ -5,9 +5,9 @@
 // the weight, then a BatchNorm pass (with the add and the ReLU). Maps of at
 // most kGemmConvMaxPixels (layer4's) are one matrix product over their 3x3
 // patches with the same epilogue, as the training step's are (gemm_conv.h).
-// The stem's max pooling is oneDNN's too: LibTorch 1.13's takes 5.6 ms on
-// the stem's bfloat16 channels-last 32x64x64x64 map (2 threads, AVX-512
-// EPYC), a tenth of the whole evaluation step; oneDNN's 0.55 ms.
+// The stem's max pooling is oneDNN's, as in training (max_pool.h): LibTorch
+// 1.13's took 5.6 ms on the stem's bfloat16 channels-last 32x64x64x64 map
+// (2 threads, AVX-512 EPYC), a tenth of the evaluation step; oneDNN's 0.55.
 // Measured there, batch 32 at 128 px: 1.25-1.29x tuned PyTorch's bf16
 // evaluation, where autocast's path was 1.09-1.16x (README, "Benchmarks").
 //
@@ -68,14 +68,11 @@ class FoldedResNet {
     Conv* downsample;  // null when the block has none
   };
 
-  struct MaxPool;
-
   explicit FoldedResNet(ResNetImpl& model);
 
   ResNetImpl& model_;  // for the classifier, which stays the module's
   std::vector<std::unique_ptr<Conv>> convs_;
   Conv* stem_ = nullptr;
-  std::unique_ptr<MaxPool> max_pool_;  // the stem's
   std::vector<Block> blocks_;
 };
 

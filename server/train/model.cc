@@ -2,6 +2,7 @@
 
 #include "server/train/fused_batch_norm.h"
 #include "server/train/gemm_conv.h"
+#include "server/train/max_pool.h"
 
 namespace traind::train {
 namespace {
@@ -97,7 +98,7 @@ ResNetImpl::ResNetImpl(const Architecture& architecture, int64_t num_classes)
 
 torch::Tensor ResNetImpl::forward(torch::Tensor x) {
   x = BatchNormAct(*bn1_, conv1_->forward(x), {}, /*relu=*/true);
-  x = torch::max_pool2d(x, /*kernel_size=*/3, /*stride=*/2, /*padding=*/1);
+  x = MaxPool3x3Stride2(x);
   x = layer4_->forward(
       layer3_->forward(layer2_->forward(layer1_->forward(x))));
   x = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
