@@ -201,6 +201,11 @@ double MeasureOn(const char* mode, int steps, int batch, int size, bool bf16,
   // Warm-up; with --adaptive also the governor's first window and try,
   // which a job pays once (the timed steps measure the steady state).
   for (int i = 0, n = governor ? 20 : 3; i < n; ++i) step();
+  if (!train && bf16) {
+    std::printf("engine: bf16 evaluation %s\n",
+                folded ? "folded (BatchNorm in the convolutions, oneDNN epilogues)"
+                       : "under autocast (--folded_eval 0, or no oneDNN bf16 kernels here)");
+  }
   folded.reset();  // the timed steps are one evaluation pass, folding included
   const auto start = std::chrono::steady_clock::now();
   for (int i = 0; i < steps; ++i) step();
@@ -275,14 +280,6 @@ int main(int argc, char** argv) {
   std::printf("engine: the stem's max pooling %s\n",
               onednn_pool ? "oneDNN's where it has kernels (float32 gradients LibTorch's)"
                           : "LibTorch's (--onednn_pool 0)");
-  {
-    ResNet probe = ResNet18(101);
-    probe->eval();
-    const bool folds = traind::train::FoldedResNet::Make(*probe) != nullptr;
-    std::printf("engine: bf16 evaluation %s\n",
-                folds ? "folded (BatchNorm in the convolutions, oneDNN epilogues)"
-                      : "under autocast (--folded_eval 0, or no oneDNN bf16 kernels here)");
-  }
   // --modes: which of the three to time (default all), e.g. `--modes scratch`.
   const std::string modes =
       std::string(",") + StrArg(argc, argv, "--modes", "finetune,scratch,eval") + ",";
