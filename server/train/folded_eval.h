@@ -8,8 +8,8 @@
 // The stem's max pooling is oneDNN's, as in training (max_pool.h): LibTorch
 // 1.13's took 5.6 ms on the stem's bfloat16 channels-last 32x64x64x64 map
 // (2 threads, AVX-512 EPYC), a tenth of the evaluation step; oneDNN's 0.55.
-// Measured there, batch 32 at 128 px: 1.25-1.29x tuned PyTorch's bf16
-// evaluation, where autocast's path was 1.09-1.16x (README, "Benchmarks").
+// Measured there, batch 32 at 128 px: 1.27-1.35x tuned PyTorch's bf16
+// evaluation, where autocast's path was 1.11-1.14x (README, "Benchmarks").
 //
 // In evaluation mode BatchNorm is a fixed affine map per channel, so
 // conv(x, w) then BatchNorm is conv(x, w * s) + (beta - mean * s) with
