@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Training steps beside other work, against the same steps alone, in one run.
 #
-#   ROUNDS=N MODES=scratch,finetune bench/contention.sh [engine_bench flags...]
+#   ROUNDS=N MODES=scratch,finetune [PRECISION=bf16] bench/contention.sh [engine_bench flags...]
 #
 # Conditions (each round runs them all, back to back):
 #   alone      nothing else of ours on the machine
@@ -28,6 +28,12 @@ QUOTA_CORES=${QUOTA_CORES:-1.5}
 CORES=$(nproc)
 THREADS=${THREADS:-$CORES}
 STEPS=${STEPS:-40}
+PRECISION=${PRECISION:-fp32}  # or bf16: traind's bf16 steps against PyTorch's under autocast
+case $PRECISION in
+  fp32) ENGINE_PRECISION=(--bf16 0); REFERENCE_PRECISION=() ;;
+  bf16) ENGINE_PRECISION=(--bf16 1 --fp32 0); REFERENCE_PRECISION=(--bf16) ;;
+  *) echo "contention: PRECISION is fp32 or bf16, not $PRECISION" >&2; exit 2 ;;
+esac
 source bench/tuned_env.sh
 COMMON=(--threads "$THREADS" --steps "$STEPS" --modes "$MODES" "$@")
 
@@ -78,15 +84,16 @@ run() {
 make_cgroup
 CONDITIONS=(alone neighbour)
 [[ -n $CGROUP ]] && CONDITIONS+=(quota)
-echo "contention: $CORES cores, $THREADS threads, modes $MODES, $STEPS timed steps, $ROUNDS round(s);" \
+echo "contention: $CORES cores, $THREADS threads, $PRECISION, modes $MODES, $STEPS timed steps, $ROUNDS round(s);" \
      "neighbour ${SHARE} of a core in <= 5 ms slices; quota ${QUOTA_CORES} cores"
 results=$(mktemp)
 trap 'cleanup; rm -f "$results"' EXIT
 for round in $(seq "$ROUNDS"); do
   for c in "${CONDITIONS[@]}"; do
-    run "$c" fixed "$ENGINE" "${COMMON[@]}" --bf16 0
-    run "$c" adaptive "$ENGINE" "${COMMON[@]}" --bf16 0 --adaptive 1
-    run "$c" pytorch env "${TUNED_ENV[@]}" /usr/bin/python3 bench/reference_bench.py --tuned "${COMMON[@]}"
+    run "$c" fixed "$ENGINE" "${COMMON[@]}" "${ENGINE_PRECISION[@]}"
+    run "$c" adaptive "$ENGINE" "${COMMON[@]}" "${ENGINE_PRECISION[@]}" --adaptive 1
+    run "$c" pytorch env "${TUNED_ENV[@]}" /usr/bin/python3 bench/reference_bench.py --tuned \
+      "${REFERENCE_PRECISION[@]}" "${COMMON[@]}"
   done
 done
 echo "== ratio to the same run alone (median of $ROUNDS round(s)), and adaptive / fixed"

@@ -3,7 +3,7 @@
 //              [--profile DIR] [--optimizer fused|torch] [--weights FILE]
 //              [--gemm_conv 0|1] [--fused_bn 0|1] [--modes finetune,scratch,eval]
 //              [--adaptive 0|1] [--winograd 0|1] [--folded_eval 0|1]
-//              [--onednn_pool 0|1]
+//              [--onednn_pool 0|1] [--fp32 0|1]
 // Times the engine's training and evaluation steps on synthetic batches and
 // prints images/s per mode. The steps are the daemon's: the recipe's network,
 // frozen blocks and FusedAdam groups (recipe.h), starting weights read by the
@@ -286,8 +286,10 @@ int main(int argc, char** argv) {
   const auto wanted = [&](const char* mode) {
     return modes.find(std::string(",") + mode + ",") != std::string::npos;
   };
+  // --fp32 0: the bf16 steps alone (bench/contention.sh PRECISION=bf16).
+  const bool fp32 = Arg(argc, argv, "--fp32", 1) != 0;
   for (const char* mode : {"finetune", "scratch", "eval"}) {
-    if (!wanted(mode)) continue;
+    if (!fp32 || !wanted(mode)) continue;
     std::printf("engine %-8s %7.1f img/s\n", mode, Measure(mode, steps, batch, size, false, device, on_main));
     std::fflush(stdout);
   }
