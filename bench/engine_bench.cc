@@ -274,6 +274,12 @@ int main(int argc, char** argv) {
                                          : "as LibTorch's convolutions (no AVX-512 BF16)"));
   std::printf("engine: bf16 BatchNorm + add + ReLU %s\n",
               fused_bn ? "fused" : "as LibTorch's operators (--fused_bn 0)");
+  // Nothing here may run LibTorch operators in parallel: that gives the main
+  // thread an OpenMP pool of its own, and with more pool threads than cores
+  // libgomp stops spinning, so every region of the timed steps (on a worker
+  // thread) sleeps and wakes (22,700 context switches in a 20-step scratch
+  // run instead of 340). The daemon runs such threads serially
+  // (intra_op.h).
   traind::train::SetFoldedEvalEnabled(Arg(argc, argv, "--folded_eval", 1) != 0);
   const bool onednn_pool = Arg(argc, argv, "--onednn_pool", 1) != 0;
   traind::train::SetOneDnnMaxPoolEnabled(onednn_pool);
