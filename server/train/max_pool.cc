@@ -166,14 +166,12 @@ bool UsesOneDnnMaxPool(const torch::Tensor& x) {
 }
 
 torch::Tensor MaxPool3x3Stride2(const torch::Tensor& x) {
-  if (!UsesOneDnnMaxPool(x)) return torch::max_pool2d(x, kPoolKernel, kPoolStride, kPoolPadding);
-  if (torch::GradMode::is_enabled() && x.requires_grad()) {
-    // float32's gradient stays LibTorch's, bit for bit (max_pool.h).
-    if (x.scalar_type() == torch::kFloat) {
-      return torch::max_pool2d(x, kPoolKernel, kPoolStride, kPoolPadding);
-    }
-    return OneDnnMaxPool::apply(x);
+  const bool gradient = torch::GradMode::is_enabled() && x.requires_grad();
+  // A float32 gradient stays LibTorch's, bit for bit (max_pool.h).
+  if ((gradient && x.scalar_type() == torch::kFloat) || !UsesOneDnnMaxPool(x)) {
+    return torch::max_pool2d(x, kPoolKernel, kPoolStride, kPoolPadding);
   }
+  if (gradient) return OneDnnMaxPool::apply(x);
   RECORD_FUNCTION("traind::max_pool_forward", std::vector<c10::IValue>());
   return PoolForward(x, nullptr);
 }

@@ -34,8 +34,8 @@ namespace traind::train {
 // result is then channels-last.
 torch::Tensor MaxPool3x3Stride2(const torch::Tensor& x);
 
-// Whether MaxPool3x3Stride2 runs oneDNN's pooling for `x` (enabled, and
-// oneDNN has a kernel for it).
+// Whether oneDNN's pooling takes `x` (enabled, and oneDNN has a kernel for
+// it); MaxPool3x3Stride2 runs it then, except for a float32 gradient.
 bool UsesOneDnnMaxPool(const torch::Tensor& x);
 
 // Process-wide; on by default. Off, MaxPool3x3Stride2 is LibTorch's

@@ -201,7 +201,7 @@ torch::Tensor ToChannelsLast(const torch::Tensor& t, const dnnl::memory::desc& d
 
 void Execute(const dnnl::primitive& primitive, const dnnl::memory::desc& scratchpad,
              std::unordered_map<int, dnnl::memory> args) {
-  torch::Tensor scratch = torch::empty({static_cast<int64_t>(scratchpad.get_size())}, torch::kByte);
+  torch::Tensor scratch = onednn::Bytes(scratchpad);
   args.emplace(DNNL_ARG_SCRATCHPAD, Memory(scratchpad, scratch));
   dnnl::stream stream(Engine());
   primitive.execute(stream, args);
