@@ -50,6 +50,7 @@
 #include "server/train/gemm_conv.h"
 #include "server/train/max_pool.h"
 #include "server/train/model.h"
+#include "server/train/split_backward.h"
 #include "server/train/winograd_conv.h"
 #ifndef TRAIND_ENGINE_ONLY
 #include "server/train/recipe.h"
@@ -262,6 +263,11 @@ int main(int argc, char** argv) {
                   : (traind::train::WinogradAvailable()
                          ? "as oneDNN's Winograd kernels"
                          : "as LibTorch's (no Winograd kernel for this CPU)"));
+  traind::train::SetSplitBackwardEnabled(Arg(argc, argv, "--split_backward", 1) != 0);
+  std::printf("engine: float32 backward passes on 2 threads %s\n",
+              traind::train::SplitBackwardApplies()
+                  ? "split: weight gradients beside the input gradients"
+                  : "not split (--split_backward 0, or no Winograd convolutions)");
   const bool fused_bn = Arg(argc, argv, "--fused_bn", 1) != 0;
   traind::train::SetFusedBatchNormEnabled(fused_bn);
   std::printf("engine: steps on %s thread, %s, the recipe's groups, %s\n",

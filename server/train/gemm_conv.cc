@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "server/train/autocast.h"
+#include "server/train/split_backward.h"
 #include "server/train/winograd_conv.h"
 
 namespace traind::train {
@@ -131,7 +132,7 @@ bool UsesGemmConv(const torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
 
 torch::Tensor Conv3x3Forward(torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
   if (UsesWinogradConv(conv, x)) return WinogradConv3x3(x, conv.weight);
-  if (!UsesGemmConv(conv, x)) return conv.forward(x);
+  if (!UsesGemmConv(conv, x)) return ConvForward(conv, x);
   // As autocast would: both operands in bfloat16 (differentiable casts, so
   // float weights get float gradients), the output in bfloat16.
   return GemmConv3x3::apply(x.to(torch::kBFloat16), conv.weight.to(torch::kBFloat16),

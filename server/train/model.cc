@@ -2,6 +2,7 @@
 
 #include "server/train/fused_batch_norm.h"
 #include "server/train/gemm_conv.h"
+#include "server/train/split_backward.h"
 #include "server/train/max_pool.h"
 
 namespace traind::train {
@@ -51,7 +52,7 @@ BasicBlockImpl::BasicBlockImpl(int64_t in_planes, int64_t planes,
 
 torch::Tensor BasicBlockImpl::forward(torch::Tensor x) {
   torch::Tensor identity =
-      downsample_ ? BatchNormAct(*downsample_bn_, downsample_conv_->forward(x),
+      downsample_ ? BatchNormAct(*downsample_bn_, ConvForward(*downsample_conv_, x),
                                  {}, /*relu=*/false)
                   : x;
   // BatchNorm, the add and the ReLU in one pass where BatchNormAct fuses
@@ -97,7 +98,7 @@ ResNetImpl::ResNetImpl(const Architecture& architecture, int64_t num_classes)
 }
 
 torch::Tensor ResNetImpl::forward(torch::Tensor x) {
-  x = BatchNormAct(*bn1_, conv1_->forward(x), {}, /*relu=*/true);
+  x = BatchNormAct(*bn1_, ConvForward(*conv1_, x), {}, /*relu=*/true);
   x = MaxPool3x3Stride2(x);
   x = layer4_->forward(
       layer3_->forward(layer2_->forward(layer1_->forward(x))));

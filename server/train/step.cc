@@ -7,6 +7,7 @@
 
 #include "server/train/autocast.h"
 #include "server/train/fused_adam.h"
+#include "server/train/split_backward.h"
 
 namespace traind::train {
 namespace {
@@ -84,7 +85,7 @@ StepResult ForwardBackward(ResNet& model, torch::optim::Optimizer& optimizer,
     r.loss = torch::nn::functional::cross_entropy(r.logits, labels);
   }
   r.logits = r.logits.to(torch::kFloat);
-  r.loss.backward();
+  Backward(r.loss);  // split_backward.h
   return r;
 }
 

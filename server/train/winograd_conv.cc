@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "server/train/autocast.h"
+#include "server/train/split_backward.h"
 
 #if TRAIND_HAVE_DNNL
 #include <dnnl.hpp>
@@ -244,6 +245,28 @@ struct WinogradConv : public torch::autograd::Function<WinogradConv> {
     const dnnl::memory::desc gy_desc = p->data_pd.diff_dst_desc();
     const torch::Tensor gyb = ToLayout(Dense(grads[0]), gy_desc);
     torch::Tensor gx, gw;
+    // The weight gradient first: where this backward pass is split
+    // (split_backward.h) it runs on the second thread while this one goes on.
+    if (ctx->needs_input_grad(1)) {
+      auto weight_gradient = [xb, x_desc = p->forward_pd.src_desc(), gyb, gy_desc, w, x_sizes] {
+        // The primitives for the running thread's count.
+        const auto q = TheCache().Get(x_sizes[0], x_sizes[1], w.size(0), x_sizes[2], x_sizes[3]);
+        TORCH_CHECK(q != nullptr, "no Winograd convolution for this shape");
+        const auto& pd = q->weights_pd;
+        const torch::Tensor src = Relayout(xb, x_desc, pd.src_desc());
+        const torch::Tensor gy = Relayout(gyb, gy_desc, pd.diff_dst_desc());
+        torch::Tensor gwb = Empty(pd.diff_weights_desc());
+        Execute(q->weights, pd.scratchpad_desc(),
+                {{DNNL_ARG_SRC, Memory(pd.src_desc(), src)},
+                 {DNNL_ARG_DIFF_DST, Memory(pd.diff_dst_desc(), gy)},
+                 {DNNL_ARG_DIFF_WEIGHTS, Memory(pd.diff_weights_desc(), gwb)}});
+        // The gradient in the weight's own layout (channels-last in traind).
+        torch::Tensor g = torch::empty_strided(w.sizes(), w.strides(), w.options());
+        Reorder(pd.diff_weights_desc(), gwb, DescOf(g), g);
+        return g;
+      };
+      if (!QueueWeightGradient(w, weight_gradient)) gw = weight_gradient();
+    }
     if (ctx->needs_input_grad(0)) {
       const auto& pd = p->data_pd;
       torch::Tensor wb = ToLayout(w, pd.weights_desc());
@@ -253,19 +276,6 @@ struct WinogradConv : public torch::autograd::Function<WinogradConv> {
                {DNNL_ARG_WEIGHTS, Memory(pd.weights_desc(), wb)},
                {DNNL_ARG_DIFF_SRC, Memory(pd.diff_src_desc(), gxb)}});
       gx = ToChannelsLast(gxb, pd.diff_src_desc(), x_sizes);
-    }
-    if (ctx->needs_input_grad(1)) {
-      const auto& pd = p->weights_pd;
-      const torch::Tensor src = Relayout(xb, p->forward_pd.src_desc(), pd.src_desc());
-      const torch::Tensor gy = Relayout(gyb, gy_desc, pd.diff_dst_desc());
-      torch::Tensor gwb = Empty(pd.diff_weights_desc());
-      Execute(p->weights, pd.scratchpad_desc(),
-              {{DNNL_ARG_SRC, Memory(pd.src_desc(), src)},
-               {DNNL_ARG_DIFF_DST, Memory(pd.diff_dst_desc(), gy)},
-               {DNNL_ARG_DIFF_WEIGHTS, Memory(pd.diff_weights_desc(), gwb)}});
-      // The gradient in the weight's own layout (channels-last in traind).
-      gw = torch::empty_strided(w.sizes(), w.strides(), w.options());
-      Reorder(pd.diff_weights_desc(), gwb, DescOf(gw), gw);
     }
     return {gx, gw};
   }

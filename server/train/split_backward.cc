@@ -1,0 +1,250 @@
+#include "server/train/split_backward.h"
+
+#include <ATen/Parallel.h>
+#include <torch/torch.h>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include <atomic>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "server/train/autocast.h"
+#include "server/train/winograd_mode.h"
+
+namespace traind::train {
+namespace {
+
+std::atomic<bool> g_split_backward_enabled{true};
+
+// Per-thread intra-op counts need OpenMP's (the engine-only build, which
+// compiles without it, does not split).
+#if defined(_OPENMP)
+constexpr bool kCanSplitBackward = true;
+#else
+constexpr bool kCanSplitBackward = false;
+#endif
+
+// One split backward pass: the weight gradients queued, and what they gave.
+class SplitPass {
+ public:
+  void Queue(const at::Tensor& weight, std::function<at::Tensor()> gradient) {
+    std::lock_guard<std::mutex> lock(mu_);
+    tasks_.push_back({weight, std::move(gradient), at::Tensor()});
+  }
+
+  // The second thread: runs the gradients oldest first as they are queued,
+  // until `done` is set and none is left.
+  void RunOldest(const std::atomic<bool>& done) {
+    for (;;) {
+      const bool finished = done.load(std::memory_order_acquire);
+      if (std::optional<size_t> i = Take(/*oldest=*/true)) {
+        Run(*i);
+      } else if (finished) {
+        return;
+      } else {
+        CpuRelax();
+      }
+    }
+  }
+
+  // This thread, its own part done (nothing is queued any more): runs the
+  // gradients not yet started, newest first (the stem's, in a scratch job,
+  // is queued last and is the largest).
+  void RunNewest() {
+    while (std::optional<size_t> i = Take(/*oldest=*/false)) Run(*i);
+  }
+
+  // Once both threads are done: each weight its gradient, in the order
+  // queued; or the first error raised.
+  void HandOver() {
+    if (error_) std::rethrow_exception(error_);
+    for (Task& t : tasks_) {
+      at::Tensor& grad = t.weight.mutable_grad();
+      if (grad.defined()) {
+        grad.add_(t.result);
+      } else {
+        grad = std::move(t.result);
+      }
+    }
+  }
+
+  void Fail(std::exception_ptr error) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!error_) error_ = std::move(error);
+  }
+
+ private:
+  struct Task {
+    at::Tensor weight;
+    std::function<at::Tensor()> gradient;
+    at::Tensor result;
+  };
+
+  static void CpuRelax() {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+  }
+
+  std::optional<size_t> Take(bool oldest) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (front_ + back_ >= tasks_.size()) return std::nullopt;
+    return oldest ? front_++ : tasks_.size() - ++back_;
+  }
+
+  void Run(size_t i) {
+    std::function<at::Tensor()> gradient;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      gradient = std::move(tasks_[i].gradient);
+    }
+    try {
+      at::NoGradGuard no_grad;  // the second thread's mode is its own
+      at::Tensor result = gradient();
+      std::lock_guard<std::mutex> lock(mu_);
+      tasks_[i].result = std::move(result);
+    } catch (...) {
+      Fail(std::current_exception());
+    }
+  }
+
+  std::mutex mu_;
+  std::deque<Task> tasks_;
+  size_t front_ = 0;  // taken from the front (oldest first)
+  size_t back_ = 0;   // taken from the back, once nothing more is queued
+  std::exception_ptr error_;
+};
+
+thread_local SplitPass* t_split_pass = nullptr;
+
+// A LibTorch convolution (no bias, dilation and groups 1) whose weight
+// gradient QueueWeightGradient may take.
+struct SplittableConv : public torch::autograd::Function<SplittableConv> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const at::Tensor& w, std::vector<int64_t> stride,
+                            std::vector<int64_t> padding) {
+    ctx->save_for_backward({x, w});
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["padding"] = padding;
+    return at::convolution(x, w, {}, stride, padding, /*dilation=*/{1, 1},
+                           /*transposed=*/false, /*output_padding=*/{0, 0}, /*groups=*/1);
+  }
+
+  // The weight gradient of half `half` (0 or 1) of the batch.
+  static std::function<at::Tensor()> HalfBatch(const at::Tensor& x, const at::Tensor& w,
+                                               const at::Tensor& gy, std::vector<int64_t> stride,
+                                               std::vector<int64_t> padding, int half) {
+    const int64_t first = x.size(0) / 2;
+    const int64_t begin = half == 0 ? 0 : first, size = half == 0 ? first : x.size(0) - first;
+    return [x = x.narrow(0, begin, size), w, gy = gy.narrow(0, begin, size), stride, padding] {
+      return std::get<1>(at::convolution_backward(gy, x, w, c10::nullopt, stride, padding,
+                                                  /*dilation=*/{1, 1}, /*transposed=*/false,
+                                                  /*output_padding=*/{0, 0}, /*groups=*/1,
+                                                  {false, true, false}));
+    };
+  }
+
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor x = saved[0], w = saved[1], gy = grads[0];
+    const std::vector<int64_t> stride = ctx->saved_data["stride"].toIntVector();
+    const std::vector<int64_t> padding = ctx->saved_data["padding"].toIntVector();
+    auto gradient = [x, w, gy, stride, padding](bool input) {
+      return at::convolution_backward(gy, x, w, c10::nullopt, stride, padding,
+                                      /*dilation=*/{1, 1}, /*transposed=*/false,
+                                      /*output_padding=*/{0, 0}, /*groups=*/1,
+                                      {input, !input, false});
+    };
+    at::Tensor gx, gw;
+    if (ctx->needs_input_grad(1)) {
+      auto weight_gradient = [gradient] { return std::get<1>(gradient(false)); };
+      if (ctx->needs_input_grad(0) || x.size(0) < 2) {
+        if (!QueueWeightGradient(w, weight_gradient)) gw = weight_gradient();
+      } else if (!QueueWeightGradient(w, HalfBatch(x, w, gy, stride, padding, 0))) {
+        gw = weight_gradient();
+      } else {
+        // The first trainable layer (the stem, in a scratch job): nothing
+        // is left for this thread after it, so its gradient goes as two
+        // halves of the batch, one for each thread, summed in order.
+        QueueWeightGradient(w, HalfBatch(x, w, gy, stride, padding, 1));
+      }
+    }
+    if (ctx->needs_input_grad(0)) gx = std::get<0>(gradient(true));
+    return {gx, gw, at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+void SetSplitBackwardEnabled(bool enabled) { g_split_backward_enabled.store(enabled); }
+
+bool SplitBackwardEnabled() { return g_split_backward_enabled.load(); }
+
+bool SplitBackwardApplies() {
+  return kCanSplitBackward && g_split_backward_enabled.load() &&
+         GetWinogradMode() == WinogradMode::kAuto && WinogradAvailable();
+}
+
+void Backward(const at::Tensor& loss) {
+  if (t_split_pass != nullptr || at::get_num_threads() != 2 || !SplitBackwardApplies()) {
+    loss.backward();
+    return;
+  }
+#if defined(_OPENMP)
+  SplitPass pass;
+  std::atomic<bool> done{false};
+  // This thread's team of two: thread 0 is this thread. Inside, LibTorch
+  // and oneDNN run each operator on its calling thread (plans included:
+  // primitives are made for the count set here).
+#pragma omp parallel num_threads(2)
+  {
+    at::internal::lazy_init_num_threads();  // else it could reset the count later
+    omp_set_num_threads(1);
+    if (omp_get_thread_num() == 0) {
+      t_split_pass = &pass;
+      try {
+        loss.backward();
+      } catch (...) {
+        pass.Fail(std::current_exception());
+      }
+      t_split_pass = nullptr;
+      done.store(true, std::memory_order_release);
+      pass.RunNewest();
+    } else {
+      pass.RunOldest(done);
+    }
+  }
+  pass.HandOver();
+#endif
+}
+
+bool QueueWeightGradient(const at::Tensor& weight, std::function<at::Tensor()> gradient) {
+  if (t_split_pass == nullptr) return false;
+  t_split_pass->Queue(weight, std::move(gradient));
+  return true;
+}
+
+at::Tensor ConvForward(torch::nn::Conv2dImpl& conv, const at::Tensor& x) {
+  const auto& o = conv.options;
+  if (!conv.weight.requires_grad() || conv.bias.defined() || !x.device().is_cpu() ||
+      x.scalar_type() != at::kFloat || conv.weight.scalar_type() != at::kFloat ||
+      o.groups() != 1 || (*o.dilation())[0] != 1 || (*o.dilation())[1] != 1 ||
+      c10::get_if<torch::ExpandingArray<2>>(&o.padding()) == nullptr ||
+      c10::get_if<torch::enumtype::kZeros>(&o.padding_mode()) == nullptr ||
+      autocast::Enabled(torch::kCPU) || !SplitBackwardApplies()) {
+    return conv.forward(x);
+  }
+  const auto& padding = *c10::get_if<torch::ExpandingArray<2>>(&o.padding());
+  return SplittableConv::apply(x, conv.weight,
+                               std::vector<int64_t>(o.stride()->begin(), o.stride()->end()),
+                               std::vector<int64_t>(padding->begin(), padding->end()));
+}
+
+}  // namespace traind::train
