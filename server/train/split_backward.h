@@ -48,7 +48,9 @@ bool SplitBackwardEnabled();
 // the thread's Winograd mode on with a Winograd kernel for this CPU.
 bool SplitBackwardApplies();
 
-// loss.backward(), split where it applies (SplitBackwardApplies) and this
+// loss.backward() of a float32 pass (in a bfloat16 one the convolutions are
+// autocast's, and nothing would move), split where it applies
+// (SplitBackwardApplies) and this
 // thread runs its operators on 2 intra-op threads: this thread carries the
 // input gradients with one, and the other thread of its OpenMP team (the
 // one its parallel regions already run on) computes the weight gradients

@@ -85,7 +85,11 @@ StepResult ForwardBackward(ResNet& model, torch::optim::Optimizer& optimizer,
     r.loss = torch::nn::functional::cross_entropy(r.logits, labels);
   }
   r.logits = r.logits.to(torch::kFloat);
-  Backward(r.loss);  // split_backward.h
+  if (bf16) {
+    r.loss.backward();  // autocast's convolutions: nothing the split could move
+  } else {
+    Backward(r.loss);  // split_backward.h
+  }
   return r;
 }
 
