@@ -69,16 +69,20 @@ struct GemmConv3x3 : public torch::autograd::Function<GemmConv3x3> {
     const torch::Tensor& gy = grads[0];
     torch::Tensor gx;
     torch::Tensor gw;
+    // The weight gradient first: a split backward pass (split_backward.h)
+    // computes it beside the input gradient.
+    if (ctx->needs_input_grad(1)) {
+      auto weight_gradient = [gy, patches, k = w.size(0), c = w.size(1)] {
+        torch::Tensor gy_rows = gy.permute({0, 2, 3, 1}).reshape({-1, k});  // [N*Ho*Wo, K]
+        return at::mm(gy_rows.t(), patches)                                 // [K, 9*C]
+            .view({k, 3, 3, c})
+            .permute({0, 3, 1, 2});  // channels-last [K, C, 3, 3]
+      };
+      if (!w.is_leaf() || !QueueWeightGradient(w, weight_gradient)) gw = weight_gradient();
+    }
     if (ctx->needs_input_grad(0)) {
       gx = std::get<0>(at::convolution_backward(gy, x, w, c10::nullopt, {stride, stride}, {1, 1},
                                                 {1, 1}, false, {0, 0}, 1, {true, false, false}));
-    }
-    if (ctx->needs_input_grad(1)) {
-      const int64_t k = w.size(0);
-      torch::Tensor gy_rows = gy.permute({0, 2, 3, 1}).reshape({-1, k});  // [N*Ho*Wo, K]
-      gw = at::mm(gy_rows.t(), patches)                                   // [K, 9*C]
-               .view({k, 3, 3, w.size(1)})
-               .permute({0, 3, 1, 2});  // channels-last [K, C, 3, 3]
     }
     return {gx, gw, torch::Tensor()};
   }

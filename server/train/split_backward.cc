@@ -165,7 +165,9 @@ struct SplittableConv : public torch::autograd::Function<SplittableConv> {
     at::Tensor gx, gw;
     if (ctx->needs_input_grad(1)) {
       auto weight_gradient = [gradient] { return std::get<1>(gradient(false)); };
-      if (ctx->needs_input_grad(0) || x.size(0) < 2) {
+      if (!w.is_leaf()) {
+        gw = weight_gradient();  // a cast's output: its gradient goes back through autograd
+      } else if (ctx->needs_input_grad(0) || x.size(0) < 2) {
         if (!QueueWeightGradient(w, weight_gradient)) gw = weight_gradient();
       } else if (!QueueWeightGradient(w, HalfBatch(x, w, gy, stride, padding, 0))) {
         gw = weight_gradient();
@@ -233,16 +235,23 @@ bool QueueWeightGradient(const at::Tensor& weight, std::function<at::Tensor()> g
 
 at::Tensor ConvForward(torch::nn::Conv2dImpl& conv, const at::Tensor& x) {
   const auto& o = conv.options;
+  const bool bf16 = autocast::Enabled(torch::kCPU);
+  const auto dtype = bf16 ? at::kBFloat16 : at::kFloat;
   if (!conv.weight.requires_grad() || conv.bias.defined() || !x.device().is_cpu() ||
-      x.scalar_type() != at::kFloat || conv.weight.scalar_type() != at::kFloat ||
+      (bf16 && autocast::Dtype(torch::kCPU) != at::kBFloat16) ||
+      (x.scalar_type() != at::kFloat && x.scalar_type() != dtype) ||
+      (conv.weight.scalar_type() != at::kFloat && conv.weight.scalar_type() != dtype) ||
       o.groups() != 1 || (*o.dilation())[0] != 1 || (*o.dilation())[1] != 1 ||
       c10::get_if<torch::ExpandingArray<2>>(&o.padding()) == nullptr ||
       c10::get_if<torch::enumtype::kZeros>(&o.padding_mode()) == nullptr ||
-      autocast::Enabled(torch::kCPU) || !SplitBackwardApplies()) {
+      !SplitBackwardApplies()) {
     return conv.forward(x);
   }
   const auto& padding = *c10::get_if<torch::ExpandingArray<2>>(&o.padding());
-  return SplittableConv::apply(x, conv.weight,
+  // Under autocast, both operands in bfloat16 as autocast would cast them
+  // (differentiable casts; a bf16 step's trainable weights are already its
+  // optimizer's bfloat16 copies, step.h).
+  return SplittableConv::apply(x.to(dtype), conv.weight.to(dtype),
                                std::vector<int64_t>(o.stride()->begin(), o.stride()->end()),
                                std::vector<int64_t>(padding->begin(), padding->end()));
 }

@@ -17,7 +17,8 @@
 //
 // What moves are the convolutions' weight gradients: the Winograd ones'
 // (winograd_conv.h) and, through ConvForward, LibTorch's (the stem, the
-// strided 3x3s, the 1x1 downsamples); everything else in the pass runs on
+// strided 3x3s, the 1x1 downsamples, and in a bfloat16 step every one) and
+// the GEMM convolutions' (gemm_conv.h); everything else in the pass runs on
 // this thread. A gradient computed on one thread instead of two sums in
 // another order, so the split applies only where the job already accepts
 // last-bit differences from PyTorch: Winograd convolutions on, and a kernel
@@ -48,9 +49,7 @@ bool SplitBackwardEnabled();
 // the thread's Winograd mode on with a Winograd kernel for this CPU.
 bool SplitBackwardApplies();
 
-// loss.backward() of a float32 pass (in a bfloat16 one the convolutions are
-// autocast's, and nothing would move), split where it applies
-// (SplitBackwardApplies) and this
+// loss.backward(), split where it applies (SplitBackwardApplies) and this
 // thread runs its operators on 2 intra-op threads: this thread carries the
 // input gradients with one, and the other thread of its OpenMP team (the
 // one its parallel regions already run on) computes the weight gradients
@@ -65,15 +64,18 @@ void Backward(const at::Tensor& loss);
 
 // Inside a split Backward on this thread, queues `gradient` (run on either
 // thread, with grad mode off) as `weight`'s gradient and returns true;
-// otherwise returns false and the caller computes it.
+// otherwise returns false and the caller computes it. `weight` is a leaf:
+// its gradient is handed over through its .grad.
 bool QueueWeightGradient(const at::Tensor& weight, std::function<at::Tensor()> gradient);
 
 // conv(x) for a LibTorch convolution, whose weight gradient is queued where
-// the backward pass is split. The same operators as conv.forward(x) (one
-// at::convolution_backward for each gradient instead of one for both), so
-// the same results where it is not. conv.forward(x) itself where the split
-// does not apply, under autocast, and for anything but a float32 CPU input
-// and a weight without bias.
+// the backward pass is split and the weight is a leaf (under bfloat16
+// autocast, a bf16 step's optimizer copy). The same operators as
+// conv.forward(x) (with autocast's casts; one at::convolution_backward for
+// each gradient instead of one for both), so the same results where it is
+// not split. conv.forward(x) itself where the split does not apply, for
+// frozen weights, and for anything but a float32 (or, under bfloat16
+// autocast, bfloat16) CPU convolution without bias.
 at::Tensor ConvForward(torch::nn::Conv2dImpl& conv, const at::Tensor& x);
 
 }  // namespace traind::train

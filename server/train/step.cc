@@ -85,8 +85,10 @@ StepResult ForwardBackward(ResNet& model, torch::optim::Optimizer& optimizer,
     r.loss = torch::nn::functional::cross_entropy(r.logits, labels);
   }
   r.logits = r.logits.to(torch::kFloat);
-  if (bf16) {
-    r.loss.backward();  // autocast's convolutions: nothing the split could move
+  if (bf16 && fused == nullptr) {
+    // The weights are cast afresh (no optimizer copies): no leaf gradient
+    // the split could move (split_backward.h).
+    r.loss.backward();
   } else {
     Backward(r.loss);  // split_backward.h
   }

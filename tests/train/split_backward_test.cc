@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "server/train/fused_adam.h"
 #include "server/train/model.h"
 #include "server/train/step.h"
 #include "server/train/winograd_conv.h"
@@ -65,6 +66,24 @@ std::map<std::string, torch::Tensor> Gradients(ResNet& model, bool split) {
   return grads;
 }
 
+// The gradients a bf16 step's FusedAdam would apply (its bfloat16 copies'
+// for the trainable convolutions), split or not.
+std::map<std::string, torch::Tensor> Bf16Gradients(ResNet& model, bool split) {
+  SetSplitBackwardEnabled(split);
+  torch::manual_seed(11);
+  const torch::Tensor images =
+      torch::randn({6, 3, 64, 64}).contiguous(torch::MemoryFormat::ChannelsLast);
+  const torch::Tensor labels = torch::randint(5, {6}, torch::kLong);
+  FusedAdam adam(model->parameters(), torch::optim::AdamOptions(1e-3));
+  ForwardBackward(model, adam, images, labels, /*bf16=*/true);
+  std::map<std::string, torch::Tensor> grads;
+  for (const auto& p : model->named_parameters()) {
+    const torch::Tensor g = GradientOf(adam, p.value());
+    grads[p.key()] = g.defined() ? g.to(torch::kFloat) : torch::Tensor();
+  }
+  return grads;
+}
+
 double RelativeError(const torch::Tensor& got, const torch::Tensor& want) {
   return ((got - want).norm() / want.norm()).item<double>();
 }
@@ -116,6 +135,27 @@ TEST_F(SplitBackwardTest, FrozenWeightsGetNoGradient) {
     EXPECT_LT(RelativeError(got, want), 1e-5) << name;
   }
   EXPECT_GT(trained, 0);
+}
+
+TEST_F(SplitBackwardTest, Bf16StepsGiveTheOptimizerCopiesTheirGradients) {
+  ResNet model = Network();
+  const auto whole = Bf16Gradients(model, false);
+  const auto split = Bf16Gradients(model, true);
+  int differ = 0;
+  for (const auto& [name, want] : whole) {
+    const torch::Tensor& got = split.at(name);
+    ASSERT_TRUE(want.defined()) << name;
+    ASSERT_TRUE(got.defined()) << name << " got no gradient";
+    // bfloat16 gradients: summed in another order they may round to the
+    // next bfloat16 (2^-8 relative) here and there.
+    EXPECT_LT(RelativeError(got, want), 1e-2) << name;
+    differ += !torch::equal(got, want);
+  }
+  EXPECT_GT(differ, 0);
+  const auto again = Bf16Gradients(model, true);
+  for (const auto& [name, got] : split) {
+    EXPECT_TRUE(torch::equal(again.at(name), got)) << name;
+  }
 }
 
 // y = x * w, elementwise, whose weight gradient goes through
