@@ -78,7 +78,7 @@ struct GemmConv3x3 : public torch::autograd::Function<GemmConv3x3> {
             .view({k, 3, 3, c})
             .permute({0, 3, 1, 2});  // channels-last [K, C, 3, 3]
       };
-      if (!w.is_leaf() || !QueueWeightGradient(w, weight_gradient)) gw = weight_gradient();
+      if (!QueueWeightGradient(w, weight_gradient)) gw = weight_gradient();
     }
     if (ctx->needs_input_grad(0)) {
       gx = std::get<0>(at::convolution_backward(gy, x, w, c10::nullopt, {stride, stride}, {1, 1},

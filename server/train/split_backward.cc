@@ -136,18 +136,15 @@ struct SplittableConv : public torch::autograd::Function<SplittableConv> {
                            /*transposed=*/false, /*output_padding=*/{0, 0}, /*groups=*/1);
   }
 
-  // The weight gradient of half `half` (0 or 1) of the batch.
-  static std::function<at::Tensor()> HalfBatch(const at::Tensor& x, const at::Tensor& w,
-                                               const at::Tensor& gy, std::vector<int64_t> stride,
-                                               std::vector<int64_t> padding, int half) {
-    const int64_t first = x.size(0) / 2;
-    const int64_t begin = half == 0 ? 0 : first, size = half == 0 ? first : x.size(0) - first;
-    return [x = x.narrow(0, begin, size), w, gy = gy.narrow(0, begin, size), stride, padding] {
-      return std::get<1>(at::convolution_backward(gy, x, w, c10::nullopt, stride, padding,
-                                                  /*dilation=*/{1, 1}, /*transposed=*/false,
-                                                  /*output_padding=*/{0, 0}, /*groups=*/1,
-                                                  {false, true, false}));
-    };
+  // One of the convolution's gradients at (x, gy): the input's, else the
+  // weight's.
+  static at::Tensor Gradient(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w,
+                             at::IntArrayRef stride, at::IntArrayRef padding, bool input) {
+    auto grads = at::convolution_backward(gy, x, w, c10::nullopt, stride, padding,
+                                          /*dilation=*/{1, 1}, /*transposed=*/false,
+                                          /*output_padding=*/{0, 0}, /*groups=*/1,
+                                          {input, !input, false});
+    return input ? std::get<0>(grads) : std::get<1>(grads);
   }
 
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
@@ -156,29 +153,26 @@ struct SplittableConv : public torch::autograd::Function<SplittableConv> {
     const at::Tensor x = saved[0], w = saved[1], gy = grads[0];
     const std::vector<int64_t> stride = ctx->saved_data["stride"].toIntVector();
     const std::vector<int64_t> padding = ctx->saved_data["padding"].toIntVector();
-    auto gradient = [x, w, gy, stride, padding](bool input) {
-      return at::convolution_backward(gy, x, w, c10::nullopt, stride, padding,
-                                      /*dilation=*/{1, 1}, /*transposed=*/false,
-                                      /*output_padding=*/{0, 0}, /*groups=*/1,
-                                      {input, !input, false});
+    // The weight gradient over images [begin, begin + size) of the batch.
+    auto weight_gradient = [&](int64_t begin, int64_t size) {
+      return [x = x.narrow(0, begin, size), w, gy = gy.narrow(0, begin, size), stride,
+              padding] { return Gradient(gy, x, w, stride, padding, /*input=*/false); };
     };
+    const int64_t n = x.size(0);
     at::Tensor gx, gw;
     if (ctx->needs_input_grad(1)) {
-      auto weight_gradient = [gradient] { return std::get<1>(gradient(false)); };
-      if (!w.is_leaf()) {
-        gw = weight_gradient();  // a cast's output: its gradient goes back through autograd
-      } else if (ctx->needs_input_grad(0) || x.size(0) < 2) {
-        if (!QueueWeightGradient(w, weight_gradient)) gw = weight_gradient();
-      } else if (!QueueWeightGradient(w, HalfBatch(x, w, gy, stride, padding, 0))) {
-        gw = weight_gradient();
+      if (ctx->needs_input_grad(0) || n < 2) {
+        if (!QueueWeightGradient(w, weight_gradient(0, n))) gw = weight_gradient(0, n)();
+      } else if (!QueueWeightGradient(w, weight_gradient(0, n / 2))) {
+        gw = weight_gradient(0, n)();
       } else {
         // The first trainable layer (the stem, in a scratch job): nothing
         // is left for this thread after it, so its gradient goes as two
         // halves of the batch, one for each thread, summed in order.
-        QueueWeightGradient(w, HalfBatch(x, w, gy, stride, padding, 1));
+        QueueWeightGradient(w, weight_gradient(n / 2, n - n / 2));
       }
     }
-    if (ctx->needs_input_grad(0)) gx = std::get<0>(gradient(true));
+    if (ctx->needs_input_grad(0)) gx = Gradient(gy, x, w, stride, padding, /*input=*/true);
     return {gx, gw, at::Tensor(), at::Tensor()};
   }
 };
@@ -228,7 +222,9 @@ void Backward(const at::Tensor& loss) {
 }
 
 bool QueueWeightGradient(const at::Tensor& weight, std::function<at::Tensor()> gradient) {
-  if (t_split_pass == nullptr) return false;
+  // A weight that is not a leaf (a cast's output) gets its gradient back
+  // through autograd, not through .grad.
+  if (t_split_pass == nullptr || !weight.is_leaf()) return false;
   t_split_pass->Queue(weight, std::move(gradient));
   return true;
 }

@@ -64,8 +64,8 @@ void Backward(const at::Tensor& loss);
 
 // Inside a split Backward on this thread, queues `gradient` (run on either
 // thread, with grad mode off) as `weight`'s gradient and returns true;
-// otherwise returns false and the caller computes it. `weight` is a leaf:
-// its gradient is handed over through its .grad.
+// otherwise returns false and the caller computes it. Only a leaf's
+// gradient is queued: it is handed over through the weight's .grad.
 bool QueueWeightGradient(const at::Tensor& weight, std::function<at::Tensor()> gradient);
 
 // conv(x) for a LibTorch convolution, whose weight gradient is queued where

@@ -50,36 +50,22 @@ ResNet Network() {
   return model;
 }
 
-// Every parameter's gradient after one ForwardBackward, split or not.
-std::map<std::string, torch::Tensor> Gradients(ResNet& model, bool split) {
-  SetSplitBackwardEnabled(split);
-  torch::manual_seed(11);
-  const torch::Tensor images =
-      torch::randn({6, 3, 64, 64}).contiguous(torch::MemoryFormat::ChannelsLast);
-  const torch::Tensor labels = torch::randint(5, {6}, torch::kLong);
-  torch::optim::SGD sgd(model->parameters(), torch::optim::SGDOptions(0.1));
-  ForwardBackward(model, sgd, images, labels);
-  std::map<std::string, torch::Tensor> grads;
-  for (const auto& p : model->named_parameters()) {
-    grads[p.key()] = p.value().grad().defined() ? p.value().grad().clone() : torch::Tensor();
-  }
-  return grads;
-}
-
-// The gradients a bf16 step's FusedAdam would apply (its bfloat16 copies'
-// for the trainable convolutions), split or not.
-std::map<std::string, torch::Tensor> Bf16Gradients(ResNet& model, bool split) {
+// Every parameter's gradient after one ForwardBackward, split or not, as
+// the job's FusedAdam would apply it (in bf16, its bfloat16 copies' for the
+// trainable convolutions), in float32.
+std::map<std::string, torch::Tensor> Gradients(ResNet& model, bool split, bool bf16 = false) {
   SetSplitBackwardEnabled(split);
   torch::manual_seed(11);
   const torch::Tensor images =
       torch::randn({6, 3, 64, 64}).contiguous(torch::MemoryFormat::ChannelsLast);
   const torch::Tensor labels = torch::randint(5, {6}, torch::kLong);
   FusedAdam adam(model->parameters(), torch::optim::AdamOptions(1e-3));
-  ForwardBackward(model, adam, images, labels, /*bf16=*/true);
+  ForwardBackward(model, adam, images, labels, bf16);
   std::map<std::string, torch::Tensor> grads;
   for (const auto& p : model->named_parameters()) {
     const torch::Tensor g = GradientOf(adam, p.value());
-    grads[p.key()] = g.defined() ? g.to(torch::kFloat) : torch::Tensor();
+    grads[p.key()] = g.defined() ? g.to(torch::kFloat, /*non_blocking=*/false, /*copy=*/true)
+                                 : torch::Tensor();
   }
   return grads;
 }
@@ -139,8 +125,8 @@ TEST_F(SplitBackwardTest, FrozenWeightsGetNoGradient) {
 
 TEST_F(SplitBackwardTest, Bf16StepsGiveTheOptimizerCopiesTheirGradients) {
   ResNet model = Network();
-  const auto whole = Bf16Gradients(model, false);
-  const auto split = Bf16Gradients(model, true);
+  const auto whole = Gradients(model, false, /*bf16=*/true);
+  const auto split = Gradients(model, true, /*bf16=*/true);
   int differ = 0;
   for (const auto& [name, want] : whole) {
     const torch::Tensor& got = split.at(name);
@@ -152,7 +138,7 @@ TEST_F(SplitBackwardTest, Bf16StepsGiveTheOptimizerCopiesTheirGradients) {
     differ += !torch::equal(got, want);
   }
   EXPECT_GT(differ, 0);
-  const auto again = Bf16Gradients(model, true);
+  const auto again = Gradients(model, true, /*bf16=*/true);
   for (const auto& [name, got] : split) {
     EXPECT_TRUE(torch::equal(again.at(name), got)) << name;
   }
