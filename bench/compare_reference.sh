@@ -9,7 +9,8 @@
 #    TRAINED_OUT=FILE.pth keeps traind's trained weights, e.g. for
 #    build/bench/engine_bench --weights FILE.pth;
 #    RUNS=N runs traind's job N times, one after the other on one daemon, and
-#    also prints the median per epoch: the machine is shared and noisy)
+#    also prints the median per epoch: the machine is shared and noisy;
+#    TRAIND_FLAGS="--split_backward=false ..." adds flags to the daemon's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATASET=$(realpath "$1")
@@ -41,7 +42,7 @@ fi
 echo "== traind: $KIND, $EPOCHS epoch(s), seed $SEED, $PRECISION, validation augmented as the reference"
 build/server/traind --listen=127.0.0.1:0 --state-dir="$WORK/state" \
   --data-root="$(dirname "$DATASET")" --weights-root="$WORK/weights" --port-file="$WORK/port" \
-  > "$WORK/traind.log" 2>&1 &
+  ${TRAIND_FLAGS:-} > "$WORK/traind.log" 2>&1 &
 PID=$!
 for _ in $(seq 100); do [[ -s $WORK/port ]] && break; sleep 0.1; done
 export TRAINCTL_SERVER=127.0.0.1:$(cat "$WORK/port")

@@ -5,7 +5,8 @@
 //              [--adaptive 0|1] [--winograd 0|1] [--folded_eval 0|1]
 //              [--onednn_pool 0|1] [--fp32 0|1]
 // Times the engine's training and evaluation steps on synthetic batches and
-// prints images/s per mode. The steps are the daemon's: the recipe's network,
+// prints images/s per mode (and, for training, the step's forward, backward and
+// update times). The steps are the daemon's: the recipe's network,
 // frozen blocks and FusedAdam groups (recipe.h), starting weights read by the
 // daemon's loader (--weights, e.g. a trained job's; default: a random
 // initialisation), on a worker thread as traind's jobs run (glibc gives such
@@ -32,10 +33,12 @@
 // network and groups itself, so it also builds against a CUDA LibTorch
 // (bench/gpu_check.sh). Pair with reference_bench.py (run.sh does both and
 // prints the ratios); compare figures from one run, the machine is shared.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <string>
 #include <thread>
 
@@ -179,10 +182,15 @@ double MeasureOn(const char* mode, int steps, int batch, int size, bool bf16,
     governor = std::make_unique<traind::train::ThreadGovernor>(options);
   }
   std::unique_ptr<traind::train::FoldedResNet> folded;
+  double phases[3] = {0, 0, 0};  // forward, backward, update: seconds
   auto step = [&] {
     if (train) {
       const auto start = std::chrono::steady_clock::now();
-      (void)traind::train::TrainStep(model, *opt, x, y, bf16).loss.item<float>();
+      const auto r = traind::train::TrainStep(model, *opt, x, y, bf16);
+      (void)r.loss.item<float>();
+      phases[0] += r.forward_seconds;
+      phases[1] += r.backward_seconds;
+      phases[2] += r.update_seconds;
       const double s =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       if (governor && governor->Record(s, batch)) torch::set_num_threads(governor->threads());
@@ -208,9 +216,15 @@ double MeasureOn(const char* mode, int steps, int batch, int size, bool bf16,
                        : "under autocast (--folded_eval 0, or no oneDNN bf16 kernels here)");
   }
   folded.reset();  // the timed steps are one evaluation pass, folding included
+  std::fill(std::begin(phases), std::end(phases), 0.0);
   const auto start = std::chrono::steady_clock::now();
   for (int i = 0; i < steps; ++i) step();
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (train) {
+    std::printf("engine: %s%s per step: forward %.1f ms, backward %.1f ms, update %.1f ms\n", mode,
+                bf16 ? " bf16" : "", 1e3 * phases[0] / steps, 1e3 * phases[1] / steps,
+                1e3 * phases[2] / steps);
+  }
   if (governor) {
     std::printf("engine: %s adaptive threads: %d at the end, %d tries, %d kept\n", mode,
                 governor->threads(), governor->tries(), governor->switches());

@@ -22,6 +22,7 @@
 #include "server/server.h"
 #include "server/train/allocator.h"
 #include "server/train/intra_op.h"
+#include "server/train/split_backward.h"
 #include "server/worker/rank.h"
 
 namespace {
@@ -99,6 +100,11 @@ ABSL_FLAG(bool, winograd, true,
           "where the CPU has them (AVX-512), float32 steps 1.3-1.5x faster; each step agrees "
           "with PyTorch's within 1e-5 of its scale, not to the bit "
           "(server/train/winograd_conv.h)");
+ABSL_FLAG(bool, split_backward, true,
+          "with winograd on 2 intra-op threads, a step's backward pass runs the input gradients "
+          "on one thread and the convolutions' weight gradients on the other, so a neighbour "
+          "that displaces one thread does not stall the other (server/train/split_backward.h); "
+          "false: both threads on each operator. Process-wide, for side-by-side timing");
 ABSL_FLAG(int, grace_seconds, 10, "how long shutdown waits for open calls");
 ABSL_FLAG(int, keep_checkpoints, 2, "checkpoints kept per job, newest first (at least 1)");
 ABSL_FLAG(std::string, rank_wrapper, "",
@@ -191,6 +197,7 @@ int main(int argc, char** argv) {
   jobs.threads_per_job = absl::GetFlag(FLAGS_threads_per_job);
   jobs.adaptive_threads = absl::GetFlag(FLAGS_adaptive_threads);
   jobs.winograd = absl::GetFlag(FLAGS_winograd);
+  traind::train::SetSplitBackwardEnabled(absl::GetFlag(FLAGS_split_backward));
   if (jobs.threads_per_job <= 0) jobs.threads_per_job = std::max(1, cores / std::max(1, jobs.workers));
 
   // Ranks run this very binary, found now (a wrapper would change /proc/self).

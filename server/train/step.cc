@@ -2,6 +2,7 @@
 
 #include <ATen/autocast_mode.h>
 
+#include <chrono>
 #include <utility>
 #include <vector>
 
@@ -11,6 +12,12 @@
 
 namespace traind::train {
 namespace {
+
+using PhaseClock = std::chrono::steady_clock;
+
+double PhaseSeconds(PhaseClock::time_point from, PhaseClock::time_point to) {
+  return std::chrono::duration<double>(to - from).count();
+}
 
 // While alive, the model's convolutions read the optimizer's bfloat16 copies
 // of their weights (FusedAdam::Bf16Copy) instead of the float weights;
@@ -78,6 +85,7 @@ StepResult ForwardBackward(ResNet& model, torch::optim::Optimizer& optimizer,
     }
   }
   StepResult r;
+  const auto start = PhaseClock::now();
   {
     ScopedBf16Autocast autocast(bf16, images.device().type());
     ScopedBf16Weights weights(bf16 ? fused : nullptr, model);
@@ -85,6 +93,8 @@ StepResult ForwardBackward(ResNet& model, torch::optim::Optimizer& optimizer,
     r.loss = torch::nn::functional::cross_entropy(r.logits, labels);
   }
   r.logits = r.logits.to(torch::kFloat);
+  const auto forward_end = PhaseClock::now();
+  r.forward_seconds = PhaseSeconds(start, forward_end);
   if (bf16 && fused == nullptr) {
     // The weights are cast afresh (no optimizer copies): no leaf gradient
     // the split could move (split_backward.h).
@@ -92,13 +102,16 @@ StepResult ForwardBackward(ResNet& model, torch::optim::Optimizer& optimizer,
   } else {
     Backward(r.loss);  // split_backward.h
   }
+  r.backward_seconds = PhaseSeconds(forward_end, PhaseClock::now());
   return r;
 }
 
 StepResult TrainStep(ResNet& model, torch::optim::Optimizer& optimizer,
                      const torch::Tensor& images, const torch::Tensor& labels, bool bf16) {
   StepResult r = ForwardBackward(model, optimizer, images, labels, bf16);
+  const auto start = PhaseClock::now();
   optimizer.step();
+  r.update_seconds = PhaseSeconds(start, PhaseClock::now());
   return r;
 }
 

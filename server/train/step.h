@@ -33,6 +33,12 @@ class ScopedBf16Autocast {
 struct StepResult {
   torch::Tensor logits;
   torch::Tensor loss;  // mean cross-entropy of the batch
+  // Wall-clock seconds of the step's phases: forward (and the loss),
+  // backward, and the optimizer's update (TrainStep only). On the CPU the
+  // work itself; on a GPU only the launching of its kernels.
+  double forward_seconds = 0;
+  double backward_seconds = 0;
+  double update_seconds = 0;
 };
 
 // Drops the gradients, then forward in training mode, cross-entropy and
