@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <chrono>
 #include <vector>
 
 namespace traind::train {
@@ -208,6 +209,28 @@ TEST(FusedAdamTest, Bf16CopyFollowsWritesFromOutsideTheOptimizer) {
   EXPECT_TRUE(torch::equal(optimizer.Bf16Copy(p), p.detach().to(torch::kBFloat16)));
   // Not one of its parameters: no copy.
   EXPECT_FALSE(optimizer.Bf16Copy(torch::randn({3})).defined());
+}
+
+// A step reports how long each of its phases took, and they add up to no
+// more than the step's own wall time; ForwardBackward has no update.
+TEST(StepTest, ReportsEachPhasesTime) {
+  torch::manual_seed(4);
+  ResNet model = ResNet18(10);
+  FusedAdam adam(model->parameters(), torch::optim::AdamOptions(1e-3));
+  const auto x = torch::randn({2, 3, 32, 32}).contiguous(torch::MemoryFormat::ChannelsLast);
+  const auto y = torch::randint(0, 10, {2});
+  const auto start = std::chrono::steady_clock::now();
+  const StepResult step = TrainStep(model, adam, x, y);
+  const double wall =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_GT(step.forward_seconds, 0);
+  EXPECT_GT(step.backward_seconds, 0);
+  EXPECT_GT(step.update_seconds, 0);
+  EXPECT_LE(step.forward_seconds + step.backward_seconds + step.update_seconds, wall);
+  const StepResult half = ForwardBackward(model, adam, x, y);
+  EXPECT_GT(half.forward_seconds, 0);
+  EXPECT_GT(half.backward_seconds, 0);
+  EXPECT_EQ(half.update_seconds, 0);
 }
 
 }  // namespace
