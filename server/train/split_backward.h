@@ -13,7 +13,11 @@
 // 32, on a 2-core Zen 5 (engine_bench --split_backward 1 against 0,
 // alternating): alone the same (fine-tune 191 against 178 img/s, scratch
 // 115 against 114, medians of 3 and 5), beside bench/neighbour.py 15 % and
-// 13 % faster (fine-tune 121 against 105, scratch 78 against 69).
+// 13 % faster (fine-tune 121 against 105, scratch 78 against 69). In whole
+// jobs it gains less: a one-epoch Caltech-101 fine-tune beside the
+// neighbour spent 57.8 s in its steps against 59.9 unsplit (medians of 4;
+// traind --split_backward=false), alone 38.5 against 37.4 (medians of 3,
+// within the noise); README, "Where the rest goes".
 //
 // What moves are the convolutions' weight gradients: the Winograd ones'
 // (winograd_conv.h) and, through ConvForward, LibTorch's (the stem, the
