@@ -3,7 +3,7 @@
 //              [--profile DIR] [--optimizer fused|torch] [--weights FILE]
 //              [--gemm_conv 0|1] [--fused_bn 0|1] [--modes finetune,scratch,eval]
 //              [--adaptive 0|1] [--winograd 0|1] [--folded_eval 0|1]
-//              [--onednn_pool 0|1] [--fp32 0|1]
+//              [--onednn_pool 0|1] [--fp32 0|1] [--split_backward 0|1]
 // Times the engine's training and evaluation steps on synthetic batches and
 // prints images/s per mode (and, for training, the step's forward, backward and
 // update times). The steps are the daemon's: the recipe's network,
@@ -29,6 +29,8 @@
 // kernels, as the daemon's validation passes are; folded_eval.h).
 // `--onednn_pool 0` runs the stem's max pooling as LibTorch's (default:
 // oneDNN's where it has kernels, except float32 gradients; max_pool.h).
+// `--split_backward 0` runs backward passes with both threads on each
+// operator instead of split into two streams (split_backward.h).
 // With -DTRAIND_ENGINE_ONLY=ON it needs LibTorch alone and builds the same
 // network and groups itself, so it also builds against a CUDA LibTorch
 // (bench/gpu_check.sh). Pair with reference_bench.py (run.sh does both and
