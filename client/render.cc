@@ -160,6 +160,17 @@ class HumanRenderer final : public EventRenderer {
         m.epoch(), total_epochs, m.train_loss(), Pct(m.train_accuracy()).c_str(),
         m.validation_loss(), Pct(m.validation_accuracy()).c_str(), m.seconds(),
         m.images_per_second());
+    // Where the epoch's time went; a traind before these fields sends none.
+    if (m.forward_seconds() > 0) {
+      const std::string allreduce = m.allreduce_seconds() > 0
+                                        ? absl::StrFormat(", allreduce %.1f", m.allreduce_seconds())
+                                        : "";
+      std::printf(
+          "  time: steps %.1f s (forward %.1f, backward %.1f%s, update %.1f), waiting for data "
+          "%.1f s, validation %.1f s\n",
+          m.step_seconds(), m.forward_seconds(), m.backward_seconds(), allreduce.c_str(),
+          m.update_seconds(), m.data_seconds(), m.validation_seconds());
+    }
   }
 
   const int epochs_;

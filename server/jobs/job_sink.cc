@@ -21,6 +21,10 @@ void ToProto(const train::EpochResult& r, trainer::v1::EpochMetrics* m) {
   m->set_step_seconds(r.step_seconds);
   m->set_data_seconds(r.data_seconds);
   m->set_validation_seconds(r.validation_seconds);
+  m->set_forward_seconds(r.phases.forward_seconds);
+  m->set_backward_seconds(r.phases.backward_seconds);
+  m->set_allreduce_seconds(r.phases.allreduce_seconds);
+  m->set_update_seconds(r.phases.update_seconds);
 }
 
 void ToProto(const std::vector<std::pair<std::string, double>>& settings,

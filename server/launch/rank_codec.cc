@@ -146,6 +146,10 @@ pb::Progress EncodeProgress(const RankMessage& m) {
       e->set_step_seconds(r.step_seconds);
       e->set_data_seconds(r.data_seconds);
       e->set_validation_seconds(r.validation_seconds);
+      e->set_forward_seconds(r.phases.forward_seconds);
+      e->set_backward_seconds(r.phases.backward_seconds);
+      e->set_allreduce_seconds(r.phases.allreduce_seconds);
+      e->set_update_seconds(r.phases.update_seconds);
       break;
     }
     case RankMessage::kInfo:
@@ -196,17 +200,19 @@ bool DecodeProgress(const pb::Progress& p, RankMessage* m) {
     case pb::Progress::kEpoch: {
       const auto& e = p.epoch();
       m->kind = RankMessage::kEpoch;
-      m->epoch = {e.trial(),
-                  e.epoch(),
-                  e.train_loss(),
-                  e.train_accuracy(),
-                  e.validation_loss(),
-                  e.validation_accuracy(),
-                  e.seconds(),
-                  e.images_per_second(),
-                  e.step_seconds(),
-                  e.data_seconds(),
-                  e.validation_seconds()};
+      m->epoch = {
+          e.trial(),
+          e.epoch(),
+          e.train_loss(),
+          e.train_accuracy(),
+          e.validation_loss(),
+          e.validation_accuracy(),
+          e.seconds(),
+          e.images_per_second(),
+          e.step_seconds(),
+          e.data_seconds(),
+          e.validation_seconds(),
+          {e.forward_seconds(), e.backward_seconds(), e.allreduce_seconds(), e.update_seconds()}};
       return true;
     }
     case pb::Progress::kInfo:

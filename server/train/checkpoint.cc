@@ -51,6 +51,10 @@ absl::StatusOr<std::string> SerializeCheckpoint(ResNet& model, torch::optim::Ada
   out.emplace_back("state/elapsed_seconds", Real(pos.elapsed_seconds));
   out.emplace_back("state/step_seconds", Real(pos.step_seconds));
   out.emplace_back("state/data_seconds", Real(pos.data_seconds));
+  out.emplace_back("state/forward_seconds", Real(pos.phases.forward_seconds));
+  out.emplace_back("state/backward_seconds", Real(pos.phases.backward_seconds));
+  out.emplace_back("state/allreduce_seconds", Real(pos.phases.allreduce_seconds));
+  out.emplace_back("state/update_seconds", Real(pos.phases.update_seconds));
   out.emplace_back("state/order_rng", cpu(pos.order_rng));
   // The epoch's order, once drawn: mid-epoch, or interrupted before its
   // first batch (the generator's state is then past the draw).
@@ -160,6 +164,17 @@ absl::StatusOr<RunPosition> RestoreCheckpoint(const std::string& bytes, ResNet& 
   pos.elapsed_seconds = *elapsed;
   pos.step_seconds = *step_seconds;
   pos.data_seconds = *data_seconds;
+  // The step phases came later than the format: a checkpoint without them
+  // resumes with their sums from 0.
+  for (auto [name, field] : {std::pair{"forward_seconds", &pos.phases.forward_seconds},
+                             std::pair{"backward_seconds", &pos.phases.backward_seconds},
+                             std::pair{"allreduce_seconds", &pos.phases.allreduce_seconds},
+                             std::pair{"update_seconds", &pos.phases.update_seconds}}) {
+    if (!named.count(absl::StrCat("state/", name))) continue;
+    auto value = real(name);
+    if (!value.ok()) return value.status();
+    *field = *value;
+  }
   auto rng = take("state/order_rng", torch::kByte, -1);
   if (!rng.ok()) return rng.status();
   pos.order_rng = *rng;

@@ -16,6 +16,7 @@
 #include <torch/torch.h>
 
 #include "absl/status/statusor.h"
+#include "server/train/config.h"
 #include "server/train/model.h"
 
 namespace traind::train {
@@ -35,6 +36,7 @@ struct RunPosition {
   double elapsed_seconds = 0;
   double step_seconds = 0;
   double data_seconds = 0;
+  StepPhases phases;
   // State of the generator that draws each epoch's order (after `epoch`'s draw
   // when next_batch > 0, before it otherwise).
   torch::Tensor order_rng;

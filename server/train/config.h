@@ -84,6 +84,26 @@ struct BatchProgress {
   double images_per_second = 0;
 };
 
+// Where an epoch's training steps spent their time, seconds summed over the
+// steps: the forward pass (and the loss), the backward pass, the gradient
+// allreduce of a data-parallel job (0 otherwise) and the optimizer's update.
+// The rest of the steps' time is copying each batch in and reading the loss
+// back. Wall-clock on the job's thread: on a GPU, the launching of kernels.
+struct StepPhases {
+  double forward_seconds = 0;
+  double backward_seconds = 0;
+  double allreduce_seconds = 0;
+  double update_seconds = 0;
+
+  StepPhases& operator+=(const StepPhases& o) {
+    forward_seconds += o.forward_seconds;
+    backward_seconds += o.backward_seconds;
+    allreduce_seconds += o.allreduce_seconds;
+    update_seconds += o.update_seconds;
+    return *this;
+  }
+};
+
 struct EpochResult {
   int trial = 0;
   int epoch = 0;
@@ -98,6 +118,8 @@ struct EpochResult {
   double step_seconds = 0;
   double data_seconds = 0;
   double validation_seconds = 0;
+  // Where step_seconds went.
+  StepPhases phases;
 };
 
 // A checkpoint as written: `epoch` is the epoch the run continues with and

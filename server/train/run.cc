@@ -201,6 +201,7 @@ absl::StatusOr<Run::SharedStep> Run::DistributedStep(const torch::Tensor& x,
   before.reserve(buffers.size());
   for (const auto& b : buffers) before.push_back(b.clone());
   StepResult step = ForwardBackward(model_, *optimizer_, x, y, config_.bf16);
+  const auto exchange_start = Clock::now();
   const int64_t n = y.size(0);
   torch::NoGradGuard no_grad;
   int64_t at = 0;
@@ -226,6 +227,8 @@ absl::StatusOr<Run::SharedStep> Run::DistributedStep(const torch::Tensor& x,
   tail[4] = cancel_.interrupted() ? 1.f : 0.f;
   if (auto st = collective_->AllreduceSum(flat_); !st.ok()) return st;
   SharedStep shared;
+  shared.phases.forward_seconds = step.forward_seconds;
+  shared.phases.backward_seconds = step.backward_seconds;
   shared.loss_sum = tail[0];
   shared.correct = static_cast<int64_t>(std::llround(tail[1]));
   shared.count = static_cast<int64_t>(std::llround(tail[2]));
@@ -249,7 +252,10 @@ absl::StatusOr<Run::SharedStep> Run::DistributedStep(const torch::Tensor& x,
     }
     at += p.numel();
   }
+  shared.phases.allreduce_seconds = Seconds(exchange_start);
+  const auto update_start = Clock::now();
   optimizer_->step();
+  shared.phases.update_seconds = Seconds(update_start);
   return shared;
 }
 
@@ -309,6 +315,7 @@ struct Run::EpochState {
   EvalTotals train;
   double train_seconds = 0;
   double data_seconds = 0;
+  StepPhases phases;           // where train_seconds went
   double earlier_seconds = 0;  // spent on this epoch before a resume
   Clock::time_point start = Clock::now();
 
@@ -325,6 +332,7 @@ struct Run::EpochState {
     p.elapsed_seconds = earlier_seconds + Seconds(start);
     p.step_seconds = train_seconds;
     p.data_seconds = data_seconds;
+    p.phases = phases;
     return p;
   }
 };
@@ -344,6 +352,7 @@ absl::StatusOr<EpochResult> Run::TrainEpoch(const LoadedData& data, int epoch,
     e.train.count = pos->count;
     e.train_seconds = pos->step_seconds;
     e.data_seconds = pos->data_seconds;
+    e.phases = pos->phases;
     e.earlier_seconds = pos->elapsed_seconds;
   } else {
     torch::Tensor perm = torch::randperm(static_cast<int64_t>(data.train.images.size()),
@@ -367,6 +376,7 @@ absl::StatusOr<EpochResult> Run::TrainEpoch(const LoadedData& data, int epoch,
   er.images_per_second = e.train_seconds > 0 ? e.train.count / e.train_seconds : 0;
   er.step_seconds = e.train_seconds;
   er.data_seconds = e.data_seconds;
+  er.phases = e.phases;
   er.validation_seconds = Seconds(validation_start);
   last_evaluation_ = std::move(val.detail);
   return er;
@@ -447,11 +457,17 @@ absl::Status Run::TrainBatches(const LoadedData& data, EpochState* e, RunPositio
       n = shared->count;
       loss_value = shared->loss_sum / std::max<int64_t>(1, n);
       correct = shared->correct;
+      e->phases += shared->phases;
     } else {
       StepResult step = TrainStep(model_, *optimizer_, x, y, config_.bf16);
       loss_value = step.loss.item<double>();
       n = y.size(0);
       correct = step.logits.argmax(1).eq(y).sum().item<int64_t>();
+      StepPhases phases;
+      phases.forward_seconds = step.forward_seconds;
+      phases.backward_seconds = step.backward_seconds;
+      phases.update_seconds = step.update_seconds;
+      e->phases += phases;
     }
     if (!std::isfinite(loss_value)) {
       return absl::InternalError(absl::StrCat("training loss became ", loss_value, " at epoch ",

@@ -89,6 +89,7 @@ class Run {
     int64_t count = 0;
     bool stop = false;
     bool interrupt = false;
+    StepPhases phases;  // this rank's
   };
   absl::StatusOr<SharedStep> DistributedStep(const torch::Tensor& x, const torch::Tensor& y);
   bool distributed() const { return collective_ && collective_->world_size() > 1; }

@@ -55,6 +55,11 @@ class EndToEndTest(unittest.TestCase):
             self.assertGreaterEqual(epochs[0].get(key, 0), 0)
             self.assertLessEqual(epochs[0].get(key, 0), 1)
         self.assertTrue(math.isfinite(epochs[0]["train_loss"]))
+        # Where the steps' time went, phase by phase (no allreduce: one process).
+        phases = [epochs[0][k] for k in ("forward_seconds", "backward_seconds", "update_seconds")]
+        self.assertTrue(all(p > 0 for p in phases), epochs[0])
+        self.assertNotIn("allreduce_seconds", epochs[0])  # 0: proto3 JSON leaves it out
+        self.assertLessEqual(sum(phases), epochs[0]["step_seconds"])
         states = [s["state"] for s in of_kind(events, "state")]
         self.assertEqual(states, ["QUEUED", "RUNNING", "SUCCEEDED"])
         self.assertEqual(job["state"], "SUCCEEDED")
@@ -71,6 +76,8 @@ class EndToEndTest(unittest.TestCase):
     def test_human_watch_output(self):
         p = self.daemon.trainctl("watch", self.scratch)
         self.assertIn("epoch 1/1: train loss", p.stdout)
+        self.assertRegex(p.stdout, r"\n  time: steps [0-9.]+ s \(forward [0-9.]+, backward [0-9.]+, "
+                         r"update [0-9.]+\), waiting for data [0-9.]+ s, validation [0-9.]+ s\n")
         self.assertIn(f"{self.scratch} SUCCEEDED", p.stdout)
 
     def test_weights_download_verify_and_match_torchvision(self):

@@ -94,13 +94,17 @@ TEST(RankCodecTest, DefaultsArriveAsDefaults) {
 TEST(RankCodecTest, ProgressMessagesMakeTheRoundTrip) {
   RankMessage m;
   m.kind = RankMessage::kEpoch;
-  m.epoch = {0, 3, 1.5, 0.5, 1.25, 0.625, 10, 200, 7, 2, 1};
+  m.epoch = {0, 3, 1.5, 0.5, 1.25, 0.625, 10, 200, 7, 2, 1, {3, 2.5, 0.75, 0.25}};
   RankMessage back;
   ASSERT_TRUE(DecodeProgress(EncodeProgress(m), &back));
   EXPECT_EQ(back.kind, RankMessage::kEpoch);
   EXPECT_EQ(back.epoch.epoch, 3);
   EXPECT_EQ(back.epoch.validation_accuracy, 0.625);
   EXPECT_EQ(back.epoch.validation_seconds, 1);
+  EXPECT_EQ(back.epoch.phases.forward_seconds, 3);
+  EXPECT_EQ(back.epoch.phases.backward_seconds, 2.5);
+  EXPECT_EQ(back.epoch.phases.allreduce_seconds, 0.75);
+  EXPECT_EQ(back.epoch.phases.update_seconds, 0.25);
   m = RankMessage();
   m.kind = RankMessage::kHosts;
   m.hosts = {"a (10.0.0.1)", "b (10.0.0.2)"};

@@ -236,6 +236,18 @@ TEST_P(DistributedTest, TwoRanksEqualGhostBatchesOfOneProcess) {
   const size_t steps = static_cast<size_t>(((n + 1) / 2 + 3) / 4);
   EXPECT_EQ(sinks[0].batches.size(), 2 * steps);
   ASSERT_EQ(sinks[0].epochs.size(), 2u);
+  // Each rank's steps, phase by phase, the gradient allreduce among them.
+  for (const auto& sink : sinks) {
+    for (const EpochResult& e : sink.epochs) {
+      EXPECT_GT(e.phases.forward_seconds, 0);
+      EXPECT_GT(e.phases.backward_seconds, 0);
+      EXPECT_GT(e.phases.allreduce_seconds, 0);
+      EXPECT_GT(e.phases.update_seconds, 0);
+      EXPECT_LE(e.phases.forward_seconds + e.phases.backward_seconds + e.phases.allreduce_seconds +
+                    e.phases.update_seconds,
+                e.step_seconds);
+    }
+  }
   // Validation is sharded, yet counts every validation image exactly once.
   EXPECT_EQ(sinks[0].evaluation.images, results[0]->dataset.validation_images);
   EXPECT_EQ(sinks[0].evaluation.images, sinks[1].evaluation.images);

@@ -2,6 +2,8 @@
 
 #include <filesystem>
 #include <random>
+#include <set>
+#include <string>
 
 #include <gtest/gtest.h>
 #include <opencv2/imgcodecs.hpp>
@@ -10,6 +12,7 @@
 #include "common/file_util.h"
 #include "common/sha256.h"
 #include "server/train/gemm_conv.h"
+#include "server/train/weights.h"
 #include "tests/test_util.h"
 
 namespace traind::train {
@@ -156,6 +159,14 @@ TEST_F(TrainerTest, EpochTimeIsBrokenDownByPhase) {
     EXPECT_GT(e.validation_seconds, 0);
     EXPECT_LE(e.step_seconds + e.data_seconds + e.validation_seconds, e.seconds);
     EXPECT_NEAR(e.images_per_second, 24 / e.step_seconds, 1e-6 * e.images_per_second);
+    // The steps' own time, phase by phase: each measured, together inside
+    // the steps' time, and no allreduce outside a data-parallel job.
+    EXPECT_GT(e.phases.forward_seconds, 0);
+    EXPECT_GT(e.phases.backward_seconds, 0);
+    EXPECT_GT(e.phases.update_seconds, 0);
+    EXPECT_EQ(e.phases.allreduce_seconds, 0);
+    EXPECT_LE(e.phases.forward_seconds + e.phases.backward_seconds + e.phases.update_seconds,
+              e.step_seconds);
   }
 }
 
@@ -231,6 +242,36 @@ TEST_P(ResumeTest, ResumedRunsEndBitIdenticalToAnUninterruptedRun) {
   EXPECT_EQ(second.epochs[0].train_loss, full.epochs[1].train_loss);  // whole-epoch totals
   EXPECT_EQ(second.epochs[1].validation_loss, full.epochs[2].validation_loss);
   EXPECT_EQ(Slurp(resumed.output_safetensors), Slurp(straight.output_safetensors));
+  // The resumed epoch's phase times carry its steps before the interrupt.
+  auto mid_tensors = ParseSafetensors(Slurp(mid.path));
+  ASSERT_TRUE(mid_tensors.ok()) << mid_tensors.status();
+  double forward_before = -1;
+  for (const auto& [name, t] : *mid_tensors) {
+    if (name == "state/forward_seconds") forward_before = t.item<double>();
+  }
+  EXPECT_GT(forward_before, 0);
+  EXPECT_GT(second.epochs[0].phases.forward_seconds, forward_before);
+  EXPECT_LT(second.epochs[0].phases.forward_seconds, second.epochs[0].step_seconds);
+
+  // A checkpoint from before the phase times resumes, their sums from 0.
+  const std::set<std::string> phase_names = {"state/forward_seconds", "state/backward_seconds",
+                                             "state/allreduce_seconds", "state/update_seconds"};
+  NamedTensors older;
+  for (const auto& [name, t] : *mid_tensors) {
+    if (!phase_names.count(name)) older.emplace_back(name, t);
+  }
+  ASSERT_EQ(older.size(), mid_tensors->size() - 4);
+  auto older_bytes = SerializeSafetensors(older);
+  ASSERT_TRUE(older_bytes.ok());
+  TrainConfig from_older = variant("older");
+  from_older.resume_from = (out_ / "older.safetensors").string();
+  ASSERT_TRUE(WriteFileAtomically(from_older.resume_from, *older_bytes).ok());
+  RecordingSink sixth;
+  ASSERT_TRUE(Train(from_older, &sixth, none).ok());
+  ASSERT_EQ(sixth.epochs.size(), 2u);
+  EXPECT_EQ(sixth.epochs[0].train_loss, full.epochs[1].train_loss);
+  EXPECT_GT(sixth.epochs[0].phases.forward_seconds, 0);  // the steps after it
+  EXPECT_EQ(Slurp(from_older.output_safetensors), Slurp(straight.output_safetensors));
 
   // From the end of epoch 1.
   TrainConfig from_epoch = variant("from-epoch");
