@@ -86,7 +86,8 @@ struct BatchProgress {
 
 // Where an epoch's training steps spent their time, seconds summed over the
 // steps: the forward pass (and the loss), the backward pass, the gradient
-// allreduce of a data-parallel job (0 otherwise) and the optimizer's update.
+// allreduce of a data-parallel job (with packing the gradients and the
+// step's loss into its buffer; 0 otherwise) and the optimizer's update.
 // The rest of the steps' time is copying each batch in and reading the loss
 // back. Wall-clock on the job's thread: on a GPU, the launching of kernels.
 struct StepPhases {
