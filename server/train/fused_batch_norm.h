@@ -23,7 +23,15 @@
 // exact agreement with PyTorch in fp32. Fused, a 2-rank job trained for an
 // epoch ended 0.01 from PyTorch DDP's weights (tests/integration/
 // distributed_test.py allows 1e-4): float statistics a few ulps apart change
-// near-zero gradients, whose sign Adam turns into a whole step.
+// near-zero gradients, whose sign Adam turns into a whole step. Tried again
+// (2026-12-03) for jobs with Winograd on, whose one-step check allows such
+// flips: with the fused forward pass and LibTorch's backward operators on its
+// statistics, the stem's conv1.weight failed that check. The max pooling
+// after the stem hands each window's gradient to its largest value, so a
+// last-bit difference in the stem's output moves whole gradients to other
+// pixels at near-ties. With the stem left to LibTorch the check passed, but
+// the step was no faster than the noise (the stem's BatchNorm, the largest,
+// had been most of a 3-14 % gain beside bench/neighbour.py).
 //
 // Thread-safety: none of its own; runs on the caller's thread and its
 // intra-op threads.
