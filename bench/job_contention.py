@@ -41,14 +41,9 @@ for name, path in (("TRAIND", "server/traind"), ("TRAINCTL", "client/trainctl"))
     os.environ.setdefault(name, os.path.join(HERE, "../build", path))
 
 from harness import Daemon, CALTECH  # noqa: E402
+from load_bench import cpu_seconds  # noqa: E402  (CPU seconds of a list of processes)
 
 PHASES = ("forward", "backward", "update")
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Quota:
@@ -177,14 +172,14 @@ def main():
                         neighbour = subprocess.Popen(
                             [sys.executable, os.path.join(HERE, "neighbour.py"),
                              "--share", str(args.share)])
-                        t0, c0 = time.monotonic(), cpu_seconds(neighbour.pid)
+                        t0, c0 = time.monotonic(), cpu_seconds([neighbour.pid])
                     elif cond == "quota":
                         quota.move(d.proc.pid, inside=True)
                     try:
                         fig = run_job(d, args, kind)
                     finally:
                         if neighbour:
-                            shares.append((cpu_seconds(neighbour.pid) - c0) /
+                            shares.append((cpu_seconds([neighbour.pid]) - c0) /
                                           max(time.monotonic() - t0, 1e-6))
                             neighbour.kill()
                             neighbour.wait()
