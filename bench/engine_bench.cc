@@ -190,9 +190,9 @@ double MeasureOn(const char* mode, int steps, int batch, int size, bool bf16,
       const auto start = std::chrono::steady_clock::now();
       const auto r = traind::train::TrainStep(model, *opt, x, y, bf16);
       (void)r.loss.item<float>();
-      phases[0] += r.forward_seconds;
-      phases[1] += r.backward_seconds;
-      phases[2] += r.update_seconds;
+      phases[0] += r.phases.forward_seconds;
+      phases[1] += r.phases.backward_seconds;
+      phases[2] += r.phases.update_seconds;
       const double s =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       if (governor && governor->Record(s, batch)) torch::set_num_threads(governor->threads());

@@ -227,8 +227,7 @@ absl::StatusOr<Run::SharedStep> Run::DistributedStep(const torch::Tensor& x,
   tail[4] = cancel_.interrupted() ? 1.f : 0.f;
   if (auto st = collective_->AllreduceSum(flat_); !st.ok()) return st;
   SharedStep shared;
-  shared.phases.forward_seconds = step.forward_seconds;
-  shared.phases.backward_seconds = step.backward_seconds;
+  shared.phases = step.phases;
   shared.loss_sum = tail[0];
   shared.correct = static_cast<int64_t>(std::llround(tail[1]));
   shared.count = static_cast<int64_t>(std::llround(tail[2]));
@@ -463,11 +462,7 @@ absl::Status Run::TrainBatches(const LoadedData& data, EpochState* e, RunPositio
       loss_value = step.loss.item<double>();
       n = y.size(0);
       correct = step.logits.argmax(1).eq(y).sum().item<int64_t>();
-      StepPhases phases;
-      phases.forward_seconds = step.forward_seconds;
-      phases.backward_seconds = step.backward_seconds;
-      phases.update_seconds = step.update_seconds;
-      e->phases += phases;
+      e->phases += step.phases;
     }
     if (!std::isfinite(loss_value)) {
       return absl::InternalError(absl::StrCat("training loss became ", loss_value, " at epoch ",

@@ -94,7 +94,7 @@ StepResult ForwardBackward(ResNet& model, torch::optim::Optimizer& optimizer,
   }
   r.logits = r.logits.to(torch::kFloat);
   const auto forward_end = PhaseClock::now();
-  r.forward_seconds = PhaseSeconds(start, forward_end);
+  r.phases.forward_seconds = PhaseSeconds(start, forward_end);
   if (bf16 && fused == nullptr) {
     // The weights are cast afresh (no optimizer copies): no leaf gradient
     // the split could move (split_backward.h).
@@ -102,7 +102,7 @@ StepResult ForwardBackward(ResNet& model, torch::optim::Optimizer& optimizer,
   } else {
     Backward(r.loss);  // split_backward.h
   }
-  r.backward_seconds = PhaseSeconds(forward_end, PhaseClock::now());
+  r.phases.backward_seconds = PhaseSeconds(forward_end, PhaseClock::now());
   return r;
 }
 
@@ -111,7 +111,7 @@ StepResult TrainStep(ResNet& model, torch::optim::Optimizer& optimizer,
   StepResult r = ForwardBackward(model, optimizer, images, labels, bf16);
   const auto start = PhaseClock::now();
   optimizer.step();
-  r.update_seconds = PhaseSeconds(start, PhaseClock::now());
+  r.phases.update_seconds = PhaseSeconds(start, PhaseClock::now());
   return r;
 }
 

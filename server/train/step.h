@@ -9,6 +9,7 @@
 
 #include <torch/torch.h>
 
+#include "server/train/config.h"
 #include "server/train/model.h"
 
 namespace traind::train {
@@ -34,11 +35,10 @@ struct StepResult {
   torch::Tensor logits;
   torch::Tensor loss;  // mean cross-entropy of the batch
   // Wall-clock seconds of the step's phases: forward (and the loss),
-  // backward, and the optimizer's update (TrainStep only). On the CPU the
-  // work itself; on a GPU only the launching of its kernels.
-  double forward_seconds = 0;
-  double backward_seconds = 0;
-  double update_seconds = 0;
+  // backward, and the optimizer's update (TrainStep only); no allreduce here
+  // (Run's data-parallel step adds its own). On the CPU the work itself; on
+  // a GPU only the launching of its kernels.
+  StepPhases phases;
 };
 
 // Drops the gradients, then forward in training mode, cross-entropy and
