@@ -4,10 +4,12 @@
 #include <ATen/record_function.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <tuple>
 #include <vector>
 
 #include "server/train/bf16.h"
@@ -179,6 +181,44 @@ void BackwardInput(const uint16_t* x, const uint16_t* y, const uint16_t* dy, uin
   }
 }
 
+// Float activations: LibTorch's own arithmetic, in one pass. Its
+// channels-last BatchNorm (the AVX2 and AVX-512 builds of
+// batch_norm_kernel.cpp, whose multiply-adds the compiler contracts) computes
+// alpha = invstd * weight, beta = fma(-mean, alpha, bias), y = fma(x, alpha,
+// beta); the add after it rounds once and the ReLU keeps what is not below 0.
+template <bool kResidual, bool kRelu>
+TRAIND_ALWAYS_INLINE void NormalizeFloatRows(const float* __restrict x,
+                                             const float* __restrict residual, float* __restrict y,
+                                             int64_t rows, int64_t channels,
+                                             const float* __restrict alpha,
+                                             const float* __restrict beta) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t o = r * channels;
+    for (int64_t c = 0; c < channels; ++c) {
+      float v = std::fma(x[o + c], alpha[c], beta[c]);
+      if constexpr (kResidual) v += residual[o + c];
+      if constexpr (kRelu) v = v < 0.0f ? 0.0f : v;
+      y[o + c] = v;
+    }
+  }
+}
+
+TRAIND_VECTOR_CLONES
+void NormalizeFloat(const float* x, const float* residual, float* y, int64_t rows, int64_t channels,
+                    const float* alpha, const float* beta, bool relu) {
+  if (residual != nullptr) {
+    if (relu) {
+      NormalizeFloatRows<true, true>(x, residual, y, rows, channels, alpha, beta);
+    } else {
+      NormalizeFloatRows<true, false>(x, residual, y, rows, channels, alpha, beta);
+    }
+  } else if (relu) {
+    NormalizeFloatRows<false, true>(x, residual, y, rows, channels, alpha, beta);
+  } else {
+    NormalizeFloatRows<false, false>(x, residual, y, rows, channels, alpha, beta);
+  }
+}
+
 // Per-channel sums over all rows, `width` floats per block from `block(begin,
 // end, out)`: the blocks in parallel, their sums added in double, in order.
 std::vector<double> SumBlocks(int64_t rows, int64_t width,
@@ -337,9 +377,133 @@ struct FusedBatchNorm : public torch::autograd::Function<FusedBatchNorm> {
   }
 };
 
+// relu(bn(x) + residual) for float activations: LibTorch's statistics
+// (at::batch_norm_update_stats: the same sums and running-statistics update
+// as its BatchNorm's), then its normalisation, add and ReLU in one pass;
+// backward, LibTorch's own operators as its sequence runs them. So results
+// are LibTorch's bit for bit where FloatPathMatchesLibTorch().
+struct FloatBatchNorm : public torch::autograd::Function<FloatBatchNorm> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& residual, const torch::Tensor& weight,
+                               const torch::Tensor& bias, const torch::Tensor& running_mean,
+                               const torch::Tensor& running_var, bool training, double momentum,
+                               double eps, bool relu) {
+    RECORD_FUNCTION("traind::float_batch_norm_forward", std::vector<c10::IValue>());
+    const int64_t channels = x.size(1);
+    const int64_t rows = x.numel() / channels;
+    torch::Tensor mean_t;
+    torch::Tensor invstd_t = torch::empty({channels}, torch::kFloat);
+    float* invstd = invstd_t.data_ptr<float>();
+    if (training) {
+      torch::Tensor var_t;
+      std::tie(mean_t, var_t) = at::batch_norm_update_stats(x, running_mean, running_var, momentum);
+      const float* var = var_t.data_ptr<float>();
+      for (int64_t c = 0; c < channels; ++c) {
+        invstd[c] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(var[c]) + eps));
+      }
+    } else {
+      mean_t = running_mean;
+      const float* rv = running_var.data_ptr<float>();
+      for (int64_t c = 0; c < channels; ++c) {
+        invstd[c] = 1.0f / std::sqrt(rv[c] + static_cast<float>(eps));
+      }
+    }
+    const float* mean = mean_t.data_ptr<float>();
+    const float* w = weight.data_ptr<float>();
+    const float* b = bias.data_ptr<float>();
+    std::vector<float> alpha(channels);
+    std::vector<float> beta(channels);
+    for (int64_t c = 0; c < channels; ++c) {
+      alpha[c] = invstd[c] * w[c];
+      beta[c] = std::fma(-mean[c], alpha[c], b[c]);
+    }
+
+    torch::Tensor y = torch::empty_like(x, torch::MemoryFormat::ChannelsLast);
+    const float* xp = x.data_ptr<float>();
+    float* yp = y.data_ptr<float>();
+    const bool has_residual = residual.numel() > 0;
+    const float* res = has_residual ? residual.data_ptr<float>() : nullptr;
+    at::parallel_for(0, rows, RowGrain(channels), [&](int64_t r0, int64_t r1) {
+      const int64_t o = r0 * channels;
+      NormalizeFloat(xp + o, res == nullptr ? nullptr : res + o, yp + o, r1 - r0, channels,
+                     alpha.data(), beta.data(), relu);
+    });
+    ctx->save_for_backward({x, relu ? y : torch::Tensor(), weight, mean_t, invstd_t});
+    ctx->saved_data["residual"] = has_residual;
+    ctx->saved_data["eps"] = eps;
+    return y;
+  }
+
+  // The ReLU's threshold_backward, the add passing the gradient on, and
+  // BatchNorm's native_batch_norm_backward on the forward pass's statistics:
+  // the operators autograd runs for LibTorch's sequence.
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor& x = saved[0];
+    const torch::Tensor& y = saved[1];  // undefined without the ReLU
+    tensor_list out(10);                // one per input of forward()
+    if (!grads[0].defined()) return out;
+    const torch::Tensor g = y.defined() ? at::threshold_backward(grads[0], y, 0) : grads[0];
+    if (ctx->saved_data["residual"].toBool() && ctx->needs_input_grad(1)) out[1] = g;
+    const std::array<bool, 3> wanted = {ctx->needs_input_grad(0), ctx->needs_input_grad(2),
+                                        ctx->needs_input_grad(3)};
+    if (wanted[0] || wanted[1] || wanted[2]) {
+      auto [dx, dw, db] = at::native_batch_norm_backward(
+          g, x, saved[2], /*running_mean=*/{}, /*running_var=*/{}, saved[3], saved[4],
+          /*train=*/true, ctx->saved_data["eps"].toDouble(), wanted);
+      if (wanted[0]) out[0] = dx;
+      if (wanted[1]) out[2] = dw;
+      if (wanted[2]) out[3] = db;
+    }
+    return out;
+  }
+};
+
 bool FloatVector(const torch::Tensor& t, int64_t n) {
   return t.defined() && t.device().is_cpu() && t.scalar_type() == torch::kFloat &&
          t.is_contiguous() && t.numel() == n;
+}
+
+// Whether FloatBatchNorm gives LibTorch's results bit for bit in this
+// process: LibTorch's sequence and FloatBatchNorm on a small activation, in
+// training (statistics, running statistics, output) and evaluation mode.
+// The arithmetic FloatBatchNorm copies is the compiled kernel's (a build
+// for CPUs without FMA, or one compiled without contracting multiply-adds,
+// would round differently), so it is checked, once, not assumed. No random
+// numbers: the generator's sequence is the job's.
+bool CheckFloatPath() {
+  torch::NoGradGuard no_grad;
+  const int64_t channels = 64;
+  const auto cl = torch::MemoryFormat::ChannelsLast;
+  const torch::Tensor i = torch::arange(2 * channels * 4 * 5, torch::kFloat);
+  const torch::Tensor x =
+      (i * 0.37).sin().mul(3).add(1.25).view({2, 4, 5, channels}).permute({0, 3, 1, 2});
+  const torch::Tensor residual = (i * 0.11).cos().view({2, 4, 5, channels}).permute({0, 3, 1, 2});
+  const torch::Tensor c = torch::arange(channels, torch::kFloat);
+  const torch::Tensor weight = (c * 0.53).sin().add(1.1);
+  const torch::Tensor bias = (c * 0.29).cos();
+  if (!x.is_contiguous(cl) || !residual.is_contiguous(cl)) return false;
+  for (const bool training : {true, false}) {
+    const torch::Tensor mean0 = (c * 0.71).sin();
+    const torch::Tensor var0 = (c * 0.43).cos().add(1.5);
+    torch::Tensor mean1 = mean0.clone(), var1 = var0.clone();
+    torch::Tensor mean2 = mean0.clone(), var2 = var0.clone();
+    torch::Tensor want =
+        at::batch_norm(x, weight, bias, mean1, var1, training, 0.1, 1e-5, /*cudnn_enabled=*/false);
+    want += residual;
+    want.relu_();
+    const torch::Tensor got = FloatBatchNorm::apply(x, residual, weight, bias, mean2, var2,
+                                                    training, 0.1, 1e-5, /*relu=*/true);
+    if (!torch::equal(got, want) || !torch::equal(mean1, mean2) || !torch::equal(var1, var2)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool FloatPathMatchesLibTorch() {
+  static const bool matches = CheckFloatPath();
+  return matches;
 }
 
 }  // namespace
@@ -349,19 +513,21 @@ void SetFusedBatchNormEnabled(bool enabled) { g_enabled.store(enabled); }
 bool UsesFusedBatchNorm(const torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x,
                         const torch::Tensor& residual) {
   if (!g_enabled.load(std::memory_order_relaxed)) return false;
-  if (x.dim() != 4 || !x.device().is_cpu() || x.scalar_type() != torch::kBFloat16 ||
+  const auto type = x.scalar_type();
+  if (x.dim() != 4 || !x.device().is_cpu() || (type != torch::kBFloat16 && type != torch::kFloat) ||
       !x.is_contiguous(torch::MemoryFormat::ChannelsLast)) {
     return false;
   }
   const int64_t channels = x.size(1);
-  if (channels == 0 || channels % kLanes != 0 || x.numel() / channels < 2) return false;
+  if (channels == 0 || x.numel() / channels < 2) return false;
+  if (type == torch::kBFloat16 && channels % kLanes != 0) return false;
   if (!bn.options.affine() || !bn.options.track_running_stats() ||
       !FloatVector(bn.weight, channels) || !FloatVector(bn.bias, channels) ||
       !FloatVector(bn.running_mean, channels) || !FloatVector(bn.running_var, channels)) {
     return false;
   }
   if (residual.defined() && (residual.sizes() != x.sizes() || !residual.device().is_cpu() ||
-                             residual.scalar_type() != torch::kBFloat16 ||
+                             residual.scalar_type() != type ||
                              !residual.is_contiguous(torch::MemoryFormat::ChannelsLast))) {
     return false;
   }
@@ -370,7 +536,8 @@ bool UsesFusedBatchNorm(const torch::nn::BatchNorm2dImpl& bn, const torch::Tenso
       torch::GradMode::is_enabled() &&
       (x.requires_grad() || bn.weight.requires_grad() || bn.bias.requires_grad() ||
        (residual.defined() && residual.requires_grad()));
-  return bn.is_training() || !wants_grad;
+  if (!bn.is_training() && wants_grad) return false;
+  return type == torch::kBFloat16 || FloatPathMatchesLibTorch();
 }
 
 torch::Tensor BatchNormAct(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x,
@@ -389,9 +556,13 @@ torch::Tensor BatchNormAct(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& 
     bn.num_batches_tracked += 1;
     if (!bn.options.momentum()) momentum = 1.0 / bn.num_batches_tracked.item<double>();
   }
-  return FusedBatchNorm::apply(x, residual.defined() ? residual : x.new_empty({0}), bn.weight,
-                               bn.bias, bn.running_mean, bn.running_var, training, momentum,
-                               bn.options.eps(), relu);
+  const torch::Tensor residual_or_empty = residual.defined() ? residual : x.new_empty({0});
+  if (x.scalar_type() == torch::kFloat) {
+    return FloatBatchNorm::apply(x, residual_or_empty, bn.weight, bn.bias, bn.running_mean,
+                                 bn.running_var, training, momentum, bn.options.eps(), relu);
+  }
+  return FusedBatchNorm::apply(x, residual_or_empty, bn.weight, bn.bias, bn.running_mean,
+                               bn.running_var, training, momentum, bn.options.eps(), relu);
 }
 
 }  // namespace traind::train

@@ -1,6 +1,7 @@
 // BatchNorm, then the residual add and the ReLU that follow it in a ResNet
 // block, as one pass over memory forward and two backward, for bfloat16
-// channels-last activations on the CPU.
+// channels-last activations on the CPU; for float ones, LibTorch's
+// statistics and backward with the rest in one pass (below).
 //
 // LibTorch 1.13's BatchNorm is slow on bfloat16 activations with float
 // parameters (the mixed precision of bf16 autocast): on a 2-core AVX-512
@@ -19,19 +20,24 @@
 // sequence's within one bfloat16 rounding step, gradients within bfloat16
 // rounding (tests/train/fused_batch_norm_test.cc).
 //
-// Float activations stay LibTorch's: its sums' order is part of traind's
-// exact agreement with PyTorch in fp32. Fused, a 2-rank job trained for an
-// epoch ended 0.01 from PyTorch DDP's weights (tests/integration/
-// distributed_test.py allows 1e-4): float statistics a few ulps apart change
-// near-zero gradients, whose sign Adam turns into a whole step. Tried again
-// (2026-12-03) for jobs with Winograd on, whose one-step check allows such
-// flips: with the fused forward pass and LibTorch's backward operators on its
-// statistics, the stem's conv1.weight failed that check. The max pooling
-// after the stem hands each window's gradient to its largest value, so a
-// last-bit difference in the stem's output moves whole gradients to other
-// pixels at near-ties. With the stem left to LibTorch the check passed, but
-// the step was no faster than the noise (the stem's BatchNorm, the largest,
-// had been most of a 3-14 % gain beside bench/neighbour.py).
+// Float activations take another path, exact: LibTorch's own batch
+// statistics (at::batch_norm_update_stats, the sums and running-statistics
+// update its BatchNorm runs), then its normalisation's arithmetic with the
+// add and the ReLU in one pass, and for the backward pass the very operators
+// autograd runs for LibTorch's sequence. Outputs, running statistics and
+// gradients are LibTorch's bit for bit (tests/train/fused_batch_norm_test.cc,
+// down to a whole ResNet-18 step), so fp32 jobs keep their exact agreement
+// with PyTorch. The arithmetic copied is what this LibTorch build's kernel
+// computes (its AVX2 and AVX-512 builds contract the multiply-adds into
+// FMAs), so the first use in a process checks it on a small activation and
+// falls back to LibTorch's sequence where it differs. What it saves is the
+// normalisation's second pass, the add's and the ReLU's, and their parallel
+// regions: the forward pass of a fine-tune step at 128 px, 80 against 88 ms
+// alone (engine_bench --fused_bn 1 against 0, alternating). Its own batch
+// statistics were tried (2026-12-02/03) and not kept: sums in another order
+// than LibTorch's, a few ulps apart, became gradients moved to other pixels
+// by the stem's max pooling at near-ties, and a 2-rank job's one-step check
+// against PyTorch DDP failed on conv1.weight.
 //
 // Thread-safety: none of its own; runs on the caller's thread and its
 // intra-op threads.
@@ -50,11 +56,12 @@ namespace traind::train {
 torch::Tensor BatchNormAct(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x,
                            const torch::Tensor& residual, bool relu);
 
-// The fused path's conditions: enabled, `x` a 4-d bfloat16 CPU tensor in
-// channels-last memory with a multiple of 64 channels and more than one value
-// per channel, `residual` (if defined) the same shape, type and layout, `bn`
-// affine with float parameters and running statistics, and, in evaluation
-// mode, no gradient wanted.
+// The fused path's conditions: enabled, `x` a 4-d bfloat16 or float CPU
+// tensor in channels-last memory with more than one value per channel (and,
+// in bfloat16, a multiple of 64 channels), `residual` (if defined) the same
+// shape, type and layout, `bn` affine with float parameters and running
+// statistics, in evaluation mode no gradient wanted, and for float the
+// process's check against LibTorch passed.
 bool UsesFusedBatchNorm(const torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x,
                         const torch::Tensor& residual);
 

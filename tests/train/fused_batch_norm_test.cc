@@ -3,8 +3,11 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <array>
 #include <limits>
 #include <ostream>
+#include <set>
+#include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -212,11 +215,13 @@ TEST(FusedBatchNorm, OtherCasesAreLibTorchsSequenceExactly) {
     torch::Tensor x, residual;
   };
   const Other others[] = {
-      {"float input", bf16.to(torch::kFloat), residual.to(torch::kFloat)},
       {"NCHW memory", bf16.contiguous(), residual.contiguous()},
+      {"float NCHW memory", bf16.to(torch::kFloat).contiguous(),
+       residual.to(torch::kFloat).contiguous()},
       {"32 channels", bf16.narrow(1, 0, 32).contiguous(torch::MemoryFormat::ChannelsLast),
        residual.narrow(1, 0, 32).contiguous(torch::MemoryFormat::ChannelsLast)},
       {"float residual", bf16, residual.to(torch::kFloat)},
+      {"bfloat16 residual", bf16.to(torch::kFloat), residual},
   };
   for (const Other& o : others) {
     auto [bn_a, bn_b] = TwoBatchNorms(o.x.size(1));
@@ -237,6 +242,146 @@ TEST(FusedBatchNorm, OtherCasesAreLibTorchsSequenceExactly) {
   auto [train_bn, unused2] = TwoBatchNorms(64);
   EXPECT_FALSE(UsesFusedBatchNorm(*train_bn, single, {}));
   EXPECT_THROW(BatchNormAct(*train_bn, single, {}, true), c10::Error);
+}
+
+// Float activations take LibTorch's statistics and backward operators and
+// its normalisation's arithmetic in one pass: the results are LibTorch's bit
+// for bit, outputs, running statistics and every gradient.
+class FloatBatchNormTest : public ::testing::TestWithParam<Case> {};
+
+torch::Tensor FloatActivation(const Case& c, double offset) {
+  torch::Tensor scale = torch::rand({1, c.channels, 1, 1}) * 3 + 0.1;
+  torch::Tensor shift = torch::randn({1, c.channels, 1, 1}) * offset;
+  return (torch::randn({c.batch, c.channels, c.size, c.size}) * scale + shift)
+      .contiguous(torch::MemoryFormat::ChannelsLast);
+}
+
+TEST_P(FloatBatchNormTest, TrainingBitForBitAsLibTorch) {
+  const Case c = GetParam();
+  torch::manual_seed(17);
+  auto [fused_bn, plain_bn] = TwoBatchNorms(c.channels);
+  const torch::Tensor x = FloatActivation(c, 4.0);
+  const torch::Tensor x1 = x.clone().requires_grad_();
+  const torch::Tensor x2 = x.clone().requires_grad_();
+  torch::Tensor r1, r2;
+  if (c.residual) {
+    r1 = FloatActivation(c, 1.0).requires_grad_();
+    r2 = r1.detach().clone().requires_grad_();
+  }
+  ASSERT_TRUE(UsesFusedBatchNorm(*fused_bn, x1, r1))
+      << "the float path does not reproduce this LibTorch build's BatchNorm";
+  const torch::Tensor got = BatchNormAct(*fused_bn, x1, r1, c.relu);
+  const torch::Tensor want = Unfused(*plain_bn, x2, r2, c.relu);
+  EXPECT_TRUE(got.is_contiguous(torch::MemoryFormat::ChannelsLast));
+  EXPECT_TRUE(torch::equal(got, want)) << "max |diff| " << (got - want).abs().max().item<float>();
+  EXPECT_TRUE(torch::equal(fused_bn->running_mean, plain_bn->running_mean));
+  EXPECT_TRUE(torch::equal(fused_bn->running_var, plain_bn->running_var));
+  EXPECT_EQ(fused_bn->num_batches_tracked.item<int64_t>(), 1);
+
+  // An incoming gradient in each layout a convolution's backward may give.
+  for (const auto format : {torch::MemoryFormat::ChannelsLast, torch::MemoryFormat::Contiguous}) {
+    for (const torch::Tensor* t : std::array<const torch::Tensor*, 4>{&x1, &x2, &r1, &r2}) {
+      if (t->defined() && t->grad().defined()) t->grad().zero_();
+    }
+    for (auto* bn : {&fused_bn, &plain_bn}) {
+      (*bn)->weight.mutable_grad() = torch::Tensor();
+      (*bn)->bias.mutable_grad() = torch::Tensor();
+    }
+    const torch::Tensor dy = torch::randn(got.sizes()).contiguous(format);
+    torch::autograd::backward({got}, {dy}, /*retain_graph=*/true);
+    torch::autograd::backward({want}, {dy}, /*retain_graph=*/true);
+    EXPECT_TRUE(torch::equal(x1.grad(), x2.grad())) << "input gradient";
+    EXPECT_TRUE(torch::equal(fused_bn->weight.grad(), plain_bn->weight.grad()))
+        << "weight gradient";
+    EXPECT_TRUE(torch::equal(fused_bn->bias.grad(), plain_bn->bias.grad())) << "bias gradient";
+    if (c.residual) {
+      EXPECT_TRUE(torch::equal(r1.grad(), r2.grad())) << "residual gradient";
+    }
+  }
+}
+
+TEST_P(FloatBatchNormTest, EvaluationBitForBitAsLibTorch) {
+  const Case c = GetParam();
+  torch::manual_seed(18);
+  auto [fused_bn, plain_bn] = TwoBatchNorms(c.channels);
+  fused_bn->eval();
+  plain_bn->eval();
+  const torch::Tensor x = FloatActivation(c, 1.0);
+  const torch::Tensor residual = c.residual ? FloatActivation(c, 1.0) : torch::Tensor();
+  torch::NoGradGuard no_grad;
+  ASSERT_TRUE(UsesFusedBatchNorm(*fused_bn, x, residual));
+  EXPECT_TRUE(torch::equal(BatchNormAct(*fused_bn, x, residual, c.relu),
+                           Unfused(*plain_bn, x, residual, c.relu)));
+  EXPECT_TRUE(torch::equal(fused_bn->running_var, plain_bn->running_var));
+  EXPECT_EQ(fused_bn->num_batches_tracked.item<int64_t>(), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, FloatBatchNormTest,
+                         ::testing::Values(Case{8, 64, 16, false, true},   // the stem's
+                                           Case{4, 128, 8, true, true},    // a block's end
+                                           Case{4, 256, 6, false, false},  // a downsample's
+                                           Case{32, 512, 4, true, false},
+                                           Case{6, 24, 5, true, true}));  // any channel count
+
+// A whole fp32 ResNet-18 step, BatchNorms fused and as LibTorch's sequence:
+// the same logits, loss, gradients and running statistics, bit for bit, and
+// the same evaluation logits after it.
+TEST(FloatBatchNorm, ResNetStepBitForBitAsLibTorchsSequence) {
+  auto make = [] {
+    torch::manual_seed(19);
+    ResNet model = ResNet18(10);
+    torch::NoGradGuard no_grad;
+    for (auto& p : model->parameters()) {
+      if (p.dim() == 4) p.set_data(p.data().contiguous(torch::MemoryFormat::ChannelsLast));
+    }
+    return model;
+  };
+  ResNet fused = make();
+  ResNet plain = make();
+  torch::manual_seed(20);
+  const torch::Tensor images =
+      torch::randn({6, 3, 64, 64}).contiguous(torch::MemoryFormat::ChannelsLast);
+  const torch::Tensor labels = torch::randint(0, 10, {6});
+  // How many of the graph's nodes are the float path's (ResNet-18 has 20
+  // BatchNorms, every one of them fused when enabled).
+  auto float_nodes = [](const torch::Tensor& loss) {
+    std::vector<torch::autograd::Node*> stack{loss.grad_fn().get()};
+    std::set<torch::autograd::Node*> seen;
+    int count = 0;
+    while (!stack.empty()) {
+      torch::autograd::Node* node = stack.back();
+      stack.pop_back();
+      if (node == nullptr || !seen.insert(node).second) continue;
+      if (node->name().find("FloatBatchNorm") != std::string::npos) ++count;
+      for (const auto& edge : node->next_edges()) stack.push_back(edge.function.get());
+    }
+    return count;
+  };
+  auto step = [&](ResNet& model, bool enabled) {
+    SetFusedBatchNormEnabled(enabled);
+    torch::Tensor logits = model->forward(images);
+    torch::Tensor loss = torch::nn::functional::cross_entropy(logits, labels);
+    EXPECT_EQ(float_nodes(loss), enabled ? 20 : 0);
+    loss.backward();
+    model->eval();
+    torch::NoGradGuard no_grad;
+    torch::Tensor eval_logits = model->forward(images);
+    SetFusedBatchNormEnabled(true);
+    return std::make_pair(logits, eval_logits);
+  };
+  const auto got = step(fused, true);
+  const auto want = step(plain, false);
+  EXPECT_TRUE(torch::equal(got.first, want.first)) << "training logits";
+  EXPECT_TRUE(torch::equal(got.second, want.second)) << "evaluation logits";
+  const auto plain_params = plain->named_parameters();
+  for (const auto& item : fused->named_parameters()) {
+    ASSERT_TRUE(item.value().grad().defined()) << item.key();
+    EXPECT_TRUE(torch::equal(item.value().grad(), plain_params[item.key()].grad())) << item.key();
+  }
+  const auto plain_buffers = plain->named_buffers();
+  for (const auto& item : fused->named_buffers()) {
+    EXPECT_TRUE(torch::equal(item.value(), plain_buffers[item.key()])) << item.key();
+  }
 }
 
 TEST(FusedBatchNorm, NanPropagatesAsInLibTorch) {
