@@ -153,6 +153,16 @@ class DashboardTest(unittest.TestCase):
         href = self.until("document.getElementById('download-pth') && "
                           "document.getElementById('download-pth').href", what="the download button")
         self.assertTrue(href.endswith(f"/v1/jobs/{self.done}/weights?format=pth"), href)
+        # Where the last epoch's time went, from the job's own figures.
+        latest = self.api.json("GET", f"/v1/jobs/{self.done}")[1]["job"]["latest"]
+        self.assertGreater(latest["forwardSeconds"], 0)
+        time_text = b.execute_script(
+            "const dt = [...document.querySelectorAll('dt')].find(d => d.textContent === 'Epoch time');"
+            "return dt ? dt.nextElementSibling.textContent : null")
+        self.assertIsNotNone(time_text, "no Epoch time in the job's facts")
+        self.assertRegex(time_text, r"^steps [0-9.]+ s \(forward [0-9.]+, backward [0-9.]+, "
+                                    r"update [0-9.]+\), waiting for data [0-9.]+ s, validation [0-9.]+ s$")
+        self.assertIn(f"forward {latest['forwardSeconds']:.1f},", time_text)
         self.shot("report")
         b.get(f"{self.d.http_url}/#/job/{self.sweep}")
         rows = self.until("document.querySelectorAll('#trial-table tbody tr').length",

@@ -49,6 +49,16 @@ function stateBadge(state) {
   return el("span", { class: `state state-${state}`, "data-state": state }, state);
 }
 
+// Where an epoch's time went, as trainctl watch prints it; null from a
+// daemon that does not report the steps' phases.
+const epochTime = (m) => {
+  if (!(num(m.forwardSeconds) > 0)) return null;
+  const s = (v) => num(v).toFixed(1);
+  const allreduce = num(m.allreduceSeconds) > 0 ? `, allreduce ${s(m.allreduceSeconds)}` : "";
+  return `steps ${s(m.stepSeconds)} s (forward ${s(m.forwardSeconds)}, backward ${s(m.backwardSeconds)}${allreduce}, ` +
+    `update ${s(m.updateSeconds)}), waiting for data ${s(m.dataSeconds)} s, validation ${s(m.validationSeconds)} s`;
+};
+
 // Epochs trained of the spec's; for a sweep, trials finished of its trials.
 function progress(job) {
   const sweep = job.spec && job.spec.kind === "SWEEP";
@@ -316,6 +326,7 @@ function jobPage(id) {
       ["Submitted", when(job.createTimeMs)], ["Started", when(job.startTimeMs)], ["Ended", when(job.endTimeMs)],
     ];
     if (job.latest) rows.push(["Latest epoch", `${job.latest.epoch}: validation ${pct(job.latest.validationAccuracy)}, loss ${Number(job.latest.validationLoss).toFixed(4)}`]);
+    if (job.latest && epochTime(job.latest)) rows.push(["Epoch time", epochTime(job.latest)]);
     if (job.waitingReason) rows.push(["Queue", `position ${job.queuePosition}: ${job.waitingReason}`]);
     if (job.error) rows.push(["Error", job.error]);
     if (job.weightsSha256) rows.push(["Weights SHA-256", job.weightsSha256]);
