@@ -473,6 +473,8 @@ bool FloatVector(const torch::Tensor& t, int64_t n) {
 // numbers: the generator's sequence is the job's.
 bool CheckFloatPath() {
   torch::NoGradGuard no_grad;
+  // Float operators as they are, whatever autocast the first caller runs.
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
   const int64_t channels = 64;
   const auto cl = torch::MemoryFormat::ChannelsLast;
   const torch::Tensor i = torch::arange(2 * channels * 4 * 5, torch::kFloat);
