@@ -32,12 +32,14 @@
 // FMAs), so the first use in a process checks it on a small activation and
 // falls back to LibTorch's sequence where it differs. What it saves is the
 // normalisation's second pass, the add's and the ReLU's, and their parallel
-// regions: the forward pass of a fine-tune step at 128 px, 80 against 88 ms
-// alone (engine_bench --fused_bn 1 against 0, alternating). Its own batch
-// statistics were tried (2026-12-02/03) and not kept: sums in another order
-// than LibTorch's, a few ulps apart, became gradients moved to other pixels
-// by the stem's max pooling at near-ties, and a 2-rank job's one-step check
-// against PyTorch DDP failed on conv1.weight.
+// regions: the forward pass of an fp32 fine-tune step at 128 px, 77.4
+// against 82.5 ms alone and 130.6 against 135.1 beside bench/neighbour.py
+// (engine_bench --bf16 0 --fused_bn 1 against 0, medians of five
+// alternating rounds). Its own batch statistics were tried (2026-12-02/03)
+// and not kept: sums in another order than LibTorch's, a few ulps apart,
+// became gradients moved to other pixels by the stem's max pooling at
+// near-ties, and a 2-rank job's one-step check against PyTorch DDP failed on
+// conv1.weight.
 //
 // Thread-safety: none of its own; runs on the caller's thread and its
 // intra-op threads.
