@@ -1,7 +1,9 @@
 #include "server/train/intra_op.h"
 
 #include <ATen/Parallel.h>
+#if defined(_OPENMP)
 #include <omp.h>
+#endif
 
 #include <algorithm>
 
@@ -18,7 +20,12 @@ void UseIntraOpThreads(int threads) {
   // OpenMP the count is per thread: take ATen's per-thread initialisation
   // first (it would otherwise overwrite this later), then set this thread's.
   at::internal::lazy_init_num_threads();
+#if defined(_OPENMP)
   omp_set_num_threads(std::max(1, threads));
+#else
+  // Without OpenMP (an engine-only build) the count is the process's.
+  at::set_num_threads(std::max(1, threads));
+#endif
 }
 
 }  // namespace traind::train

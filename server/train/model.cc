@@ -97,11 +97,17 @@ ResNetImpl::ResNetImpl(const Architecture& architecture, int64_t num_classes)
   }
 }
 
-torch::Tensor ResNetImpl::forward(torch::Tensor x) {
+torch::Tensor ResNetImpl::forward(torch::Tensor x) { return ForwardHead(ForwardTrunk(x, 0), 0); }
+
+torch::Tensor ResNetImpl::ForwardTrunk(torch::Tensor x, int stages) {
   x = BatchNormAct(*bn1_, ConvForward(*conv1_, x), {}, /*relu=*/true);
   x = MaxPool3x3Stride2(x);
-  x = layer4_->forward(
-      layer3_->forward(layer2_->forward(layer1_->forward(x))));
+  for (int s = 0; s < stages; ++s) x = layer(s)->forward(x);
+  return x;
+}
+
+torch::Tensor ResNetImpl::ForwardHead(torch::Tensor x, int stages) {
+  for (int s = stages; s < 4; ++s) x = layer(s)->forward(x);
   x = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
   return fc_->forward(x);
 }

@@ -65,6 +65,11 @@ class ResNetImpl : public torch::nn::Module {
  public:
   ResNetImpl(const Architecture& architecture, int64_t num_classes);
   torch::Tensor forward(torch::Tensor x);
+  // forward(x) in two parts: the stem (with its max pooling) and the first
+  // `stages` stages (0-4), then the rest. ForwardHead(ForwardTrunk(x, k), k)
+  // runs the operators forward(x) runs.
+  torch::Tensor ForwardTrunk(torch::Tensor x, int stages);
+  torch::Tensor ForwardHead(torch::Tensor x, int stages);
 
   const Architecture& architecture() const { return architecture_; }
   torch::nn::Linear& fc() { return fc_; }

@@ -1,5 +1,6 @@
 #include "server/train/run.h"
 
+#include <torch/torch.h>
 
 #include <algorithm>
 #include <atomic>
@@ -9,11 +10,9 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <opencv2/core.hpp>
 #include <set>
 #include <thread>
-
-#include <opencv2/core.hpp>
-#include <torch/torch.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -26,6 +25,8 @@
 #include "server/train/intra_op.h"
 #include "server/train/model.h"
 #include "server/train/recipe.h"
+#include "server/train/split_backward.h"
+#include "server/train/step.h"
 #include "server/train/weights.h"
 #include "server/train/winograd_mode.h"
 
@@ -401,8 +402,21 @@ absl::Status Run::TrainBatches(const LoadedData& data, EpochState* e, RunPositio
   lo.threads = config_.data.loader_threads;
   lo.prefetch = PrefetchDepth();
   BatchLoader loader(data.train, std::move(rest), lo);
+  // A fine-tune job's frozen trunk runs one batch ahead, during the step
+  // before (step.h), where the backward pass is split; a trunk computed for
+  // a step that will not run is dropped, its statistics put back, before a
+  // checkpoint or on any way out.
+  const int frozen_stages = FrozenStages(model_);
+  const bool trunk_ahead = !distributed() && device_.is_cpu() && frozen_stages >= 0 &&
+                           at::get_num_threads() == 2 && SplitBackwardApplies();
+  TrunkAhead ahead;
+  struct DropOnExit {
+    std::function<void()> drop;
+    ~DropOnExit() { drop(); }
+  } drop_on_exit{[&] { DropTrunkAhead(model_, frozen_stages, &ahead); }};
   // Cancelled: after an interrupt (a shutdown), a checkpoint at batch b first.
   auto stop = [&](int b) -> absl::Status {
+    DropTrunkAhead(model_, frozen_stages, &ahead);
     if (cancel_.interrupted()) {
       if (auto st = WriteCheckpoint(e->Position(b, pos->global_step)); !st.ok()) return st;
     }
@@ -415,10 +429,17 @@ absl::Status Run::TrainBatches(const LoadedData& data, EpochState* e, RunPositio
   const bool skip_last = static_cast<int64_t>(share.size()) % bs == 1 &&
                          BatchNormRaisesOnOneImage(config_.data.image_size);
   const int trained_batches = batches - (skip_last ? 1 : 0);
+  auto single = [&](const Batch& batch) { return batch.labels.size(0) == 1 && skip_last; };
   Batch batch;
+  Batch next;  // with trunk_ahead, the batch after this one
+  bool has_next = false;
+  bool exhausted = false;
   for (int b = e->first_batch;; ++b) {
     const auto wait_start = Clock::now();
-    if (!loader.Next(&batch)) {
+    if (has_next) {
+      batch = std::move(next);
+      has_next = false;
+    } else if (exhausted || !loader.Next(&batch)) {
       if (auto st = loader.status(); !st.ok()) return st;
       break;
     }
@@ -426,7 +447,7 @@ absl::Status Run::TrainBatches(const LoadedData& data, EpochState* e, RunPositio
     // Data-parallel ranks stop together, at the batch where any rank's flag
     // arrives through the step's allreduce.
     if (!distributed() && cancel_.cancelled()) return stop(b);
-    if (batch.labels.size(0) == 1 && skip_last) {
+    if (single(batch)) {
       if (!warned_single_) {
         sink_->OnWarning(absl::StrCat(
             "the last batch of each epoch holds a single image, which BatchNorm cannot "
@@ -436,6 +457,14 @@ absl::Status Run::TrainBatches(const LoadedData& data, EpochState* e, RunPositio
         warned_single_ = true;
       }
       continue;
+    }
+    torch::Tensor next_x;
+    if (trunk_ahead && !exhausted) {
+      const auto next_start = Clock::now();
+      has_next = loader.Next(&next);
+      exhausted = !has_next;
+      if (has_next && !single(next)) next_x = next.images.to(device_);
+      e->data_seconds += Seconds(next_start);
     }
     const auto step_start = Clock::now();
     torch::Tensor x = batch.images.to(device_);
@@ -458,7 +487,9 @@ absl::Status Run::TrainBatches(const LoadedData& data, EpochState* e, RunPositio
       correct = shared->correct;
       e->phases += shared->phases;
     } else {
-      StepResult step = TrainStep(model_, *optimizer_, x, y, config_.bf16);
+      StepResult step = trunk_ahead ? TrainStepWithTrunk(model_, *optimizer_, x, y, config_.bf16,
+                                                         frozen_stages, next_x, &ahead)
+                                    : TrainStep(model_, *optimizer_, x, y, config_.bf16);
       loss_value = step.loss.item<double>();
       n = y.size(0);
       correct = step.logits.argmax(1).eq(y).sum().item<int64_t>();

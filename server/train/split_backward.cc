@@ -188,9 +188,15 @@ bool SplitBackwardApplies() {
          GetWinogradMode() == WinogradMode::kAuto && WinogradAvailable();
 }
 
-void Backward(const at::Tensor& loss) {
+void Backward(const at::Tensor& loss) { Backward(loss, nullptr); }
+
+void Backward(const at::Tensor& loss, const std::function<void()>& side) {
   if (t_split_pass != nullptr || at::get_num_threads() != 2 || !SplitBackwardApplies()) {
     loss.backward();
+    if (side) {
+      at::NoGradGuard no_grad;
+      side();
+    }
     return;
   }
 #if defined(_OPENMP)
@@ -214,6 +220,14 @@ void Backward(const at::Tensor& loss) {
       done.store(true, std::memory_order_release);
       pass.RunNewest();
     } else {
+      if (side) {
+        try {
+          at::NoGradGuard no_grad;
+          side();
+        } catch (...) {
+          pass.Fail(std::current_exception());
+        }
+      }
       pass.RunOldest(done);
     }
   }

@@ -66,6 +66,13 @@ bool SplitBackwardApplies();
 // than cores libgomp stops spinning between parallel regions (intra_op.h).
 void Backward(const at::Tensor& loss);
 
+// Backward(loss), and `side` (grad mode off): where the pass is split, the
+// second thread runs `side` first, then takes weight gradients as they come
+// (this thread takes those it has not started once its own part is done);
+// otherwise `side` runs after the pass, on this thread. An exception from
+// either is rethrown here, after both.
+void Backward(const at::Tensor& loss, const std::function<void()>& side);
+
 // Inside a split Backward on this thread, queues `gradient` (run on either
 // thread, with grad mode off) as `weight`'s gradient and returns true;
 // otherwise returns false and the caller computes it. Only a leaf's

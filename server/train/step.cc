@@ -1,14 +1,18 @@
 #include "server/train/step.h"
 
+#include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 
 #include <chrono>
+#include <functional>
 #include <utility>
 #include <vector>
 
 #include "server/train/autocast.h"
 #include "server/train/fused_adam.h"
+#include "server/train/intra_op.h"
 #include "server/train/split_backward.h"
+#include "server/train/winograd_mode.h"
 
 namespace traind::train {
 namespace {
@@ -70,8 +74,37 @@ ScopedBf16Autocast::~ScopedBf16Autocast() {
   autocast::SetDtype(device_, was_dtype_);
 }
 
-StepResult ForwardBackward(ResNet& model, torch::optim::Optimizer& optimizer,
-                           const torch::Tensor& images, const torch::Tensor& labels, bool bf16) {
+namespace {
+
+// The stem's and the first `stages` stages' BatchNorm buffers.
+std::vector<torch::Tensor> TrunkBuffers(ResNet& model, int stages) {
+  std::vector<torch::Tensor> out;
+  for (const auto& b : model->bn1()->buffers()) out.push_back(b);
+  for (int s = 0; s < stages; ++s) {
+    for (const auto& b : model->layer(s)->buffers()) out.push_back(b);
+  }
+  return out;
+}
+
+// The frozen trunk's output for `images`, on one intra-op thread, no graph.
+torch::Tensor FrozenTrunk(ResNet& model, const torch::Tensor& images, int stages, bool bf16) {
+  struct OneThread {
+    const int threads = at::get_num_threads();
+    OneThread() { UseIntraOpThreads(1); }
+    ~OneThread() { UseIntraOpThreads(threads); }
+  } one_thread;
+  torch::NoGradGuard no_grad;
+  ScopedBf16Autocast autocast(bf16, images.device().type());
+  return model->ForwardTrunk(images, stages);
+}
+
+// Forward and backward; with `frozen_stages` >= 0, the forward pass from
+// the trunk's output `trunk` (computed here first where undefined), and
+// `side` run with the backward pass (split_backward.h).
+StepResult ForwardBackwardFrom(ResNet& model, torch::optim::Optimizer& optimizer,
+                               const torch::Tensor& images, const torch::Tensor& labels, bool bf16,
+                               int frozen_stages, torch::Tensor trunk,
+                               const std::function<void()>& side) {
   model->train();
   // Gradients are dropped rather than zeroed (PyTorch 2's default): backward
   // then hands each parameter the gradient it computed instead of adding it
@@ -86,10 +119,14 @@ StepResult ForwardBackward(ResNet& model, torch::optim::Optimizer& optimizer,
   }
   StepResult r;
   const auto start = PhaseClock::now();
+  if (frozen_stages >= 0 && !trunk.defined()) {
+    trunk = FrozenTrunk(model, images, frozen_stages, bf16);
+  }
   {
     ScopedBf16Autocast autocast(bf16, images.device().type());
     ScopedBf16Weights weights(bf16 ? fused : nullptr, model);
-    r.logits = model->forward(images);
+    r.logits =
+        frozen_stages >= 0 ? model->ForwardHead(trunk, frozen_stages) : model->forward(images);
     r.loss = torch::nn::functional::cross_entropy(r.logits, labels);
   }
   r.logits = r.logits.to(torch::kFloat);
@@ -99,11 +136,23 @@ StepResult ForwardBackward(ResNet& model, torch::optim::Optimizer& optimizer,
     // The weights are cast afresh (no optimizer copies): no leaf gradient
     // the split could move (split_backward.h).
     r.loss.backward();
+    if (side) {
+      torch::NoGradGuard no_grad;
+      side();
+    }
   } else {
-    Backward(r.loss);  // split_backward.h
+    Backward(r.loss, side);  // split_backward.h
   }
   r.phases.backward_seconds = PhaseSeconds(forward_end, PhaseClock::now());
   return r;
+}
+
+}  // namespace
+
+StepResult ForwardBackward(ResNet& model, torch::optim::Optimizer& optimizer,
+                           const torch::Tensor& images, const torch::Tensor& labels, bool bf16) {
+  return ForwardBackwardFrom(model, optimizer, images, labels, bf16, /*frozen_stages=*/-1, {},
+                             nullptr);
 }
 
 StepResult TrainStep(ResNet& model, torch::optim::Optimizer& optimizer,
@@ -113,6 +162,64 @@ StepResult TrainStep(ResNet& model, torch::optim::Optimizer& optimizer,
   optimizer.step();
   r.phases.update_seconds = PhaseSeconds(start, PhaseClock::now());
   return r;
+}
+
+int FrozenStages(ResNet& model) {
+  auto frozen = [](const torch::nn::Module& m) {
+    for (const auto& p : m.parameters()) {
+      if (p.requires_grad()) return false;
+    }
+    return true;
+  };
+  if (!frozen(*model->conv1()) || !frozen(*model->bn1())) return -1;
+  int stages = 0;
+  while (stages < 4 && frozen(*model->layer(stages))) ++stages;
+  return stages;
+}
+
+StepResult TrainStepWithTrunk(ResNet& model, torch::optim::Optimizer& optimizer,
+                              const torch::Tensor& images, const torch::Tensor& labels, bool bf16,
+                              int frozen_stages, const torch::Tensor& next_images,
+                              TrunkAhead* ahead) {
+  torch::Tensor trunk = std::move(ahead->output);
+  *ahead = TrunkAhead();
+  TrunkAhead next;
+  std::function<void()> side;
+  if (next_images.defined()) {
+    // The side task's thread takes this thread's settings: its Winograd
+    // mode (autocast's, FrozenTrunk sets).
+    side = [&, mode = GetWinogradMode()] {
+      ScopedWinogradMode winograd(mode);
+      for (const auto& b : TrunkBuffers(model, frozen_stages)) {
+        next.buffers_before.push_back(b.clone());
+      }
+      next.output = FrozenTrunk(model, next_images, frozen_stages, bf16);
+    };
+  }
+  StepResult r;
+  try {
+    r = ForwardBackwardFrom(model, optimizer, images, labels, bf16, frozen_stages, std::move(trunk),
+                            side);
+  } catch (...) {
+    DropTrunkAhead(model, frozen_stages, &next);
+    throw;
+  }
+  *ahead = std::move(next);
+  const auto start = PhaseClock::now();
+  optimizer.step();
+  r.phases.update_seconds = PhaseSeconds(start, PhaseClock::now());
+  return r;
+}
+
+void DropTrunkAhead(ResNet& model, int frozen_stages, TrunkAhead* ahead) {
+  if (!ahead->buffers_before.empty()) {
+    torch::NoGradGuard no_grad;
+    const std::vector<torch::Tensor> buffers = TrunkBuffers(model, frozen_stages);
+    for (size_t i = 0; i < buffers.size() && i < ahead->buffers_before.size(); ++i) {
+      buffers[i].copy_(ahead->buffers_before[i]);
+    }
+  }
+  *ahead = TrunkAhead();
 }
 
 }  // namespace traind::train

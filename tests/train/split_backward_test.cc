@@ -5,8 +5,10 @@
 #include <torch/torch.h>
 
 #include <map>
+#include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "server/train/fused_adam.h"
 #include "server/train/model.h"
@@ -214,6 +216,131 @@ TEST_F(SplitBackwardTest, NotSplitAtOtherThreadCountsOrWhenOff) {
   Backward(Scale::apply(x, w).sum());
   EXPECT_FALSE(Scale::queued);
   EXPECT_TRUE(torch::equal(w.grad(), torch::full({4}, 9.0)));
+}
+
+// A fine-tune network as the recipe freezes it: the stem, layer1 and layer2
+// frozen, Adam over layer3, layer4 and fc.
+struct FineTune {
+  ResNet model = Network();
+  std::unique_ptr<FusedAdam> adam;
+  FineTune() {
+    std::vector<torch::Tensor> trainable;
+    for (const auto& p : model->named_parameters()) {
+      const std::string& name = p.key();
+      if (name.rfind("layer3", 0) == 0 || name.rfind("layer4", 0) == 0 ||
+          name.rfind("fc", 0) == 0) {
+        trainable.push_back(p.value());
+      } else {
+        p.value().set_requires_grad(false);
+      }
+    }
+    adam = std::make_unique<FusedAdam>(trainable, torch::optim::AdamOptions(1e-3));
+  }
+};
+
+std::vector<torch::Tensor> Batches(int count) {
+  torch::manual_seed(12);
+  std::vector<torch::Tensor> out;
+  for (int i = 0; i < count; ++i) {
+    out.push_back(torch::randn({6, 3, 64, 64}).contiguous(torch::MemoryFormat::ChannelsLast));
+  }
+  return out;
+}
+
+void ExpectSameState(ResNet& got, ResNet& want) {
+  const auto want_params = want->named_parameters();
+  for (const auto& p : got->named_parameters()) {
+    EXPECT_TRUE(torch::equal(p.value(), want_params[p.key()])) << p.key();
+  }
+  const auto want_buffers = want->named_buffers();
+  for (const auto& b : got->named_buffers()) {
+    EXPECT_TRUE(torch::equal(b.value(), want_buffers[b.key()])) << b.key();
+  }
+}
+
+TEST_F(SplitBackwardTest, FrozenStagesFollowTheTrainableParameters) {
+  FineTune tune;
+  EXPECT_EQ(FrozenStages(tune.model), 2);
+  ResNet scratch = Network();
+  EXPECT_EQ(FrozenStages(scratch), -1);
+  for (auto& p : scratch->parameters()) p.set_requires_grad(false);
+  for (auto& p : scratch->fc()->parameters()) p.set_requires_grad(true);
+  EXPECT_EQ(FrozenStages(scratch), 4);
+}
+
+// Steps whose trunk was computed ahead, during the step before, end with
+// the weights and BatchNorm statistics of steps that computed each trunk
+// first (a job's first step, a resumed one), bit for bit: the trunk runs on
+// one thread either way, and on the split pass's second thread it runs
+// beside the backward pass without touching what that pass reads.
+TEST_F(SplitBackwardTest, TrunkAheadGivesTheStepsOfTrunksComputedInPlace) {
+  // As a job's thread holds its mode: the split pass's second thread has
+  // none of its own.
+  SetWinogradMode(WinogradMode::kOff);
+  ScopedWinogradMode job_mode(WinogradMode::kAuto);
+  const std::vector<torch::Tensor> images = Batches(4);
+  const torch::Tensor labels = torch::randint(5, {6}, torch::kLong);
+  for (const bool bf16 : {false, true}) {
+    FineTune ahead_run, in_place;
+    TrunkAhead ahead, none;
+    std::vector<double> losses_ahead, losses_in_place;
+    for (size_t i = 0; i < images.size(); ++i) {
+      const torch::Tensor next = i + 1 < images.size() ? images[i + 1] : torch::Tensor();
+      const bool had_trunk = ahead.output.defined();
+      EXPECT_EQ(had_trunk, i > 0);
+      losses_ahead.push_back(TrainStepWithTrunk(ahead_run.model, *ahead_run.adam, images[i], labels,
+                                                bf16, 2, next, &ahead)
+                                 .loss.item<double>());
+      EXPECT_EQ(ahead.output.defined(), next.defined());
+      losses_in_place.push_back(TrainStepWithTrunk(in_place.model, *in_place.adam, images[i],
+                                                   labels, bf16, 2, torch::Tensor(), &none)
+                                    .loss.item<double>());
+      EXPECT_FALSE(none.output.defined());
+    }
+    EXPECT_EQ(losses_ahead, losses_in_place) << (bf16 ? "bf16" : "fp32");
+    ExpectSameState(ahead_run.model, in_place.model);
+  }
+}
+
+// The trunk on one thread instead of two: a step's logits and loss within
+// float rounding of TrainStep's (the frozen stages get no gradient, so their
+// last bits move the rest only slightly; after an update Adam turns such
+// differences in near-zero gradients into whole steps, so only the first
+// step is compared).
+TEST_F(SplitBackwardTest, TrunkAheadStepsAreTrainStepsUpToRounding) {
+  const std::vector<torch::Tensor> images = Batches(2);
+  const torch::Tensor labels = torch::randint(5, {6}, torch::kLong);
+  FineTune ahead_run, plain;
+  TrunkAhead ahead;
+  const StepResult got = TrainStepWithTrunk(ahead_run.model, *ahead_run.adam, images[0], labels,
+                                            false, 2, images[1], &ahead);
+  const StepResult want = TrainStep(plain.model, *plain.adam, images[0], labels);
+  EXPECT_LE((got.logits - want.logits).abs().max().item<double>(),
+            1e-4 * want.logits.abs().max().item<double>());
+  EXPECT_NEAR(got.loss.item<double>(), want.loss.item<double>(), 1e-5 * want.loss.item<double>());
+  EXPECT_GT(got.phases.forward_seconds, 0);
+  EXPECT_GT(got.phases.backward_seconds, 0);
+  EXPECT_GT(got.phases.update_seconds, 0);
+}
+
+// A trunk computed ahead for a step that will not run: dropping it puts its
+// BatchNorms' running statistics and batch counts back, so a checkpoint
+// written then holds what a run that never computed it holds.
+TEST_F(SplitBackwardTest, ADroppedTrunkLeavesNoTraceInTheStatistics) {
+  const std::vector<torch::Tensor> images = Batches(2);
+  const torch::Tensor labels = torch::randint(5, {6}, torch::kLong);
+  FineTune dropped, never;
+  TrunkAhead ahead, none;
+  TrainStepWithTrunk(dropped.model, *dropped.adam, images[0], labels, false, 2, images[1], &ahead);
+  TrainStepWithTrunk(never.model, *never.adam, images[0], labels, false, 2, torch::Tensor(), &none);
+  ASSERT_TRUE(ahead.output.defined());
+  const auto buffers = never.model->named_buffers();
+  EXPECT_FALSE(
+      torch::equal(dropped.model->named_buffers()["bn1.running_mean"], buffers["bn1.running_mean"]))
+      << "the trunk ahead did not advance the statistics";
+  DropTrunkAhead(dropped.model, 2, &ahead);
+  EXPECT_FALSE(ahead.output.defined());
+  ExpectSameState(dropped.model, never.model);
 }
 
 }  // namespace

@@ -1,17 +1,19 @@
 #include "server/train/trainer.h"
 
+#include <gtest/gtest.h>
+
 #include <filesystem>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
 #include <random>
 #include <set>
 #include <string>
-
-#include <gtest/gtest.h>
-#include <opencv2/imgcodecs.hpp>
-#include <opencv2/imgproc.hpp>
+#include <tuple>
 
 #include "common/file_util.h"
 #include "common/sha256.h"
 #include "server/train/gemm_conv.h"
+#include "server/train/model.h"
 #include "server/train/weights.h"
 #include "tests/test_util.h"
 
@@ -195,12 +197,30 @@ namespace {
 // was never interrupted: same batches, same losses, same bytes.
 // In fp32, and in bf16, whose steps read the optimizer's bfloat16 weight
 // copies: a restore must reach them too.
-class ResumeTest : public TrainerTest, public testing::WithParamInterface<bool> {};
+// (bf16, fine-tune)
+class ResumeTest : public TrainerTest,
+                   public testing::WithParamInterface<std::tuple<bool, bool>> {};
 
 TEST_P(ResumeTest, ResumedRunsEndBitIdenticalToAnUninterruptedRun) {
   TrainConfig base = Config(1);
   base.epochs = 3;
-  base.bf16 = GetParam();
+  base.bf16 = std::get<0>(GetParam());
+  if (std::get<1>(GetParam())) {
+    // A fine-tune job as the daemon runs one on 2 cores: its frozen trunk
+    // one batch ahead (step.h), which an interrupt drops before its
+    // checkpoint. The starting weights: any ResNet-18 state_dict.
+    base.kind = Kind::kFinetune;
+    base.threads = 2;
+    base.winograd = true;
+    torch::manual_seed(3);
+    ResNet start = ResNet18(1000);
+    NamedTensors t;
+    for (auto& [name, v] : StateDict(*start)) t.emplace_back(name, v.detach().contiguous());
+    auto bytes = SerializeSafetensors(t);
+    ASSERT_TRUE(bytes.ok());
+    base.initial_weights = (out_ / "start.safetensors").string();
+    ASSERT_TRUE(WriteFileAtomically(base.initial_weights, *bytes).ok());
+  }
   auto variant = [&](const std::string& name) {
     TrainConfig c = base;
     c.checkpoint_dir = (out_ / ("ck-" + name)).string();
@@ -301,8 +321,11 @@ TEST_P(ResumeTest, ResumedRunsEndBitIdenticalToAnUninterruptedRun) {
   EXPECT_EQ(Slurp(after_between.output_safetensors), Slurp(straight.output_safetensors));
 }
 
-INSTANTIATE_TEST_SUITE_P(Precisions, ResumeTest, testing::Bool(),
-                         [](const auto& info) { return info.param ? "Bf16" : "Fp32"; });
+INSTANTIATE_TEST_SUITE_P(Precisions, ResumeTest, testing::Combine(testing::Bool(), testing::Bool()),
+                         [](const auto& info) {
+                           return std::string(std::get<0>(info.param) ? "Bf16" : "Fp32") +
+                                  (std::get<1>(info.param) ? "FineTune" : "Scratch");
+                         });
 
 TEST_F(TrainerTest, DamagedOrForeignCheckpointsAreRefusedWithTheReason) {
   TrainConfig c = Config(1);
