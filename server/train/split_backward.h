@@ -19,6 +19,9 @@
 // traind --split_backward=false), alone 38.5 against 37.4 (medians of 3,
 // within the noise); README, "Where the rest goes".
 //
+// A fine-tune step gives the second thread another stream first: the next
+// batch's frozen trunk (step.h, TrainStepWithTrunk).
+//
 // What moves are the convolutions' weight gradients: the Winograd ones'
 // (winograd_conv.h) and, through ConvForward, LibTorch's (the stem, the
 // strided 3x3s, the 1x1 downsamples, and in a bfloat16 step every one) and
