@@ -1,7 +1,5 @@
 #include "server/train/run.h"
 
-#include <torch/torch.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -10,9 +8,11 @@
 #include <functional>
 #include <map>
 #include <mutex>
-#include <opencv2/core.hpp>
 #include <set>
 #include <thread>
+
+#include <opencv2/core.hpp>
+#include <torch/torch.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"

@@ -1,14 +1,14 @@
 #include "server/train/trainer.h"
 
-#include <gtest/gtest.h>
-
 #include <filesystem>
-#include <opencv2/imgcodecs.hpp>
-#include <opencv2/imgproc.hpp>
 #include <random>
 #include <set>
 #include <string>
 #include <tuple>
+
+#include <gtest/gtest.h>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
 
 #include "common/file_util.h"
 #include "common/sha256.h"
