@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "server/train/bf16.h"
@@ -88,20 +89,29 @@ TRAIND_ALWAYS_INLINE void NormalizeRows(const uint16_t* __restrict x,
   }
 }
 
+// Calls rows(residual, relu) with both as compile-time constants
+// (std::bool_constant), for the row loops' four variants.
+template <typename Rows>
+TRAIND_ALWAYS_INLINE void WithResidualAndRelu(bool residual, bool relu, Rows rows) {
+  if (residual) {
+    if (relu) {
+      rows(std::true_type{}, std::true_type{});
+    } else {
+      rows(std::true_type{}, std::false_type{});
+    }
+  } else if (relu) {
+    rows(std::false_type{}, std::true_type{});
+  } else {
+    rows(std::false_type{}, std::false_type{});
+  }
+}
+
 TRAIND_VECTOR_CLONES
 void Normalize(const uint16_t* x, const uint16_t* residual, uint16_t* y, int64_t rows,
                int64_t channels, const float* alpha, const float* beta, bool relu) {
-  if (residual != nullptr) {
-    if (relu) {
-      NormalizeRows<true, true>(x, residual, y, rows, channels, alpha, beta);
-    } else {
-      NormalizeRows<true, false>(x, residual, y, rows, channels, alpha, beta);
-    }
-  } else if (relu) {
-    NormalizeRows<false, true>(x, residual, y, rows, channels, alpha, beta);
-  } else {
-    NormalizeRows<false, false>(x, residual, y, rows, channels, alpha, beta);
-  }
+  WithResidualAndRelu(residual != nullptr, relu, [&](auto has_residual, auto has_relu) {
+    NormalizeRows<has_residual, has_relu>(x, residual, y, rows, channels, alpha, beta);
+  });
 }
 
 // The gradient reaching BatchNorm's output: dy, or 0 where the ReLU's output
@@ -206,17 +216,9 @@ TRAIND_ALWAYS_INLINE void NormalizeFloatRows(const float* __restrict x,
 TRAIND_VECTOR_CLONES
 void NormalizeFloat(const float* x, const float* residual, float* y, int64_t rows, int64_t channels,
                     const float* alpha, const float* beta, bool relu) {
-  if (residual != nullptr) {
-    if (relu) {
-      NormalizeFloatRows<true, true>(x, residual, y, rows, channels, alpha, beta);
-    } else {
-      NormalizeFloatRows<true, false>(x, residual, y, rows, channels, alpha, beta);
-    }
-  } else if (relu) {
-    NormalizeFloatRows<false, true>(x, residual, y, rows, channels, alpha, beta);
-  } else {
-    NormalizeFloatRows<false, false>(x, residual, y, rows, channels, alpha, beta);
-  }
+  WithResidualAndRelu(residual != nullptr, relu, [&](auto has_residual, auto has_relu) {
+    NormalizeFloatRows<has_residual, has_relu>(x, residual, y, rows, channels, alpha, beta);
+  });
 }
 
 // Per-channel sums over all rows, `width` floats per block from `block(begin,

@@ -106,6 +106,18 @@ void ExpectClose(const torch::Tensor& got, const torch::Tensor& want, double rto
       << what << ": max |diff| " << (g - w).abs().max().item<double>() << ", max |want| " << scale;
 }
 
+// A ResNet-18 for 10 classes from `seed`, its convolution weights
+// channels-last as traind's are.
+ResNet ChannelsLastResNet18(uint64_t seed) {
+  torch::manual_seed(seed);
+  ResNet model = ResNet18(10);
+  torch::NoGradGuard no_grad;
+  for (auto& p : model->parameters()) {
+    if (p.dim() == 4) p.set_data(p.data().contiguous(torch::MemoryFormat::ChannelsLast));
+  }
+  return model;
+}
+
 class FusedBatchNormTest : public ::testing::TestWithParam<Case> {};
 
 TEST_P(FusedBatchNormTest, TrainingForwardAndBackwardAsLibTorch) {
@@ -327,15 +339,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, FloatBatchNormTest,
 // the same logits, loss, gradients and running statistics, bit for bit, and
 // the same evaluation logits after it.
 TEST(FloatBatchNorm, ResNetStepBitForBitAsLibTorchsSequence) {
-  auto make = [] {
-    torch::manual_seed(19);
-    ResNet model = ResNet18(10);
-    torch::NoGradGuard no_grad;
-    for (auto& p : model->parameters()) {
-      if (p.dim() == 4) p.set_data(p.data().contiguous(torch::MemoryFormat::ChannelsLast));
-    }
-    return model;
-  };
+  auto make = [] { return ChannelsLastResNet18(19); };
   ResNet fused = make();
   ResNet plain = make();
   torch::manual_seed(20);
@@ -407,15 +411,7 @@ TEST(FusedBatchNorm, NanPropagatesAsInLibTorch) {
 // (A residual gradient left unmasked makes the fused error 3.3 times
 // LibTorch's; the ReLU before the add moves the logits by 13 times the bound.)
 TEST(FusedBatchNorm, ResNetInBf16AsWithLibTorchsSequence) {
-  auto make = [] {
-    torch::manual_seed(12);
-    ResNet model = ResNet18(10);
-    torch::NoGradGuard no_grad;
-    for (auto& p : model->parameters()) {
-      if (p.dim() == 4) p.set_data(p.data().contiguous(torch::MemoryFormat::ChannelsLast));
-    }
-    return model;
-  };
+  auto make = [] { return ChannelsLastResNet18(12); };
   ResNet fused = make();
   ResNet plain = make();
   ResNet float32 = make();
