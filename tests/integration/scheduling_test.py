@@ -129,17 +129,18 @@ class SchedulingTest(unittest.TestCase):
         self.assertEqual([s for s, _ in states(events)],
                          ["QUEUED", "RUNNING", "PAUSED", "QUEUED", "RUNNING", "SUCCEEDED"])
         self.assertEqual(self.weights_sha(d, job), want)
-        # A paused job can be cancelled; an ended one cannot be paused.
+        # A queued job pauses at once, and a paused job can be cancelled; an
+        # ended one cannot be paused. A long job holds the daemon's one slot,
+        # so the pause finds the other job queued however fast the machine is
+        # (a running 1-epoch job can end before a pause reaches it).
+        blocker = d.submit(*spec(100))
         other = d.submit(*spec(1))
-        d.trainctl("pause", other)  # PAUSED at once, or at its next batch boundary
-        watcher, events = d.watch_until(other, lambda e: e.get("state", {}).get("state") in
-                                        ("PAUSED", "SUCCEEDED"))
-        watcher.kill()
-        watcher.wait()
-        watcher.stdout.close()
-        self.assertEqual(events[-1]["state"]["state"], "PAUSED")
+        self.assertEqual(d.status(other)["state"], "QUEUED")
+        d.trainctl("pause", other)
+        self.assertEqual(d.status(other)["state"], "PAUSED")
         d.trainctl("cancel", other)
         self.assertEqual(d.status(other)["state"], "CANCELLED")
+        d.trainctl("cancel", blocker)
         p = d.trainctl("pause", job, check=False)
         self.assertNotEqual(p.returncode, 0)
         self.assertIn("only a queued or running job can be paused", p.stderr)
