@@ -106,8 +106,10 @@ class SchedulingTest(unittest.TestCase):
 
     def test_pause_survives_a_restart_and_resume_ends_exactly(self):
         d = self.daemon()
-        want = self.reference(d, *spec(3))
-        job = d.submit(*spec(3))
+        # Paused in its 2nd epoch of 5: the 3 epochs after it leave the
+        # pause time to land however fast the steps are.
+        want = self.reference(d, *spec(5))
+        job = d.submit(*spec(5))
         w = Watcher(d.address, job)
         w.read_until(lambda e: e.get("batch", {}).get("epoch") == 2)
         out = d.trainctl("pause", job).stdout
@@ -148,8 +150,9 @@ class SchedulingTest(unittest.TestCase):
     def test_a_two_rank_job_pauses_and_resumes_exactly(self):
         d = self.daemon(extra=["--workers=2"])
         ranks = ("--world_size=2",)
-        want = self.reference(d, *spec(2, *ranks))
-        job = d.submit(*spec(2, *ranks))
+        # Paused in its 1st epoch of 3 (as above, epochs to spare).
+        want = self.reference(d, *spec(3, *ranks))
+        job = d.submit(*spec(3, *ranks))
         w = Watcher(d.address, job)
         w.read_until(lambda e: e.get("batch", {}).get("epoch") == 1 and
                      e["batch"].get("batch", 0) >= 2)
