@@ -1,13 +1,11 @@
 #include "server/train/fused_adam.h"
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <string>
 #include <type_traits>
-#include <utility>
 #include <vector>
 
 #include <ATen/Parallel.h>
@@ -15,7 +13,6 @@
 #include <torch/torch.h>
 
 #include "server/train/bf16.h"
-#include "server/train/dynamic_parallel.h"
 
 // This file is compiled with -ffp-contract=off (see CMakeLists.txt): every
 // multiply-add that rounds once is written as std::fma, every other one
@@ -156,25 +153,6 @@ torch::Tensor FusedAdam::step(LossClosure closure) {
     at::AutoGradMode enable_grad(true);
     loss = closure();
   }
-  // The parameters' updates are prepared here, then run in one parallel
-  // region whose chunks (of any parameter) go to whichever thread is free
-  // (dynamic_parallel.h): element-wise, so the same bits as one region per
-  // parameter, and a thread another process displaces holds up no more
-  // than its chunk in hand.
-  struct Work {
-    float* p;
-    float* m;
-    float* v;
-    uint16_t* copy;    // bfloat16 copy to write, or null
-    const void* grad;  // float, or bfloat16 bits
-    bool bf16_grad;
-    int64_t numel;
-    Coefficients c;
-  };
-  std::vector<Work> work;
-  std::vector<torch::Tensor> keep;  // gradients made for the update
-  std::vector<std::pair<torch::Tensor, Copy*>> written;
-  std::vector<CopyMap::iterator> stale;
   for (auto& group : param_groups_) {
     const auto& o = static_cast<const torch::optim::AdamOptions&>(group.options());
     const double beta1 = std::get<0>(o.betas());
@@ -221,57 +199,40 @@ torch::Tensor FusedAdam::step(LossClosure closure) {
         state.exp_avg_sq(like_p(state.exp_avg_sq(), torch::kFloat));
       }
       if (copy != nullptr && !SameLayout(copy->value, p)) copy = nullptr;  // remade when next asked
-      work.push_back(
-          {p.data_ptr<float>(), state.exp_avg().data_ptr<float>(),
-           state.exp_avg_sq().data_ptr<float>(),
-           copy == nullptr ? nullptr : reinterpret_cast<uint16_t*>(copy->value.data_ptr()),
-           grad.data_ptr(), bf16_grad, p.numel(), c});
-      keep.push_back(std::move(grad));
-      written.emplace_back(p, copy);
-      if (copy == nullptr && copy_it != copies_.end()) stale.push_back(copy_it);
-    }
-  }
-
-  // Chunk k of the step is chunk k - first[i] of parameter i.
-  constexpr int64_t kChunk = 16384;
-  std::vector<int64_t> first(work.size() + 1, 0);
-  for (size_t i = 0; i < work.size(); ++i) {
-    first[i + 1] = first[i] + (work[i].numel + kChunk - 1) / kChunk;
-  }
-  DynamicParallelFor(0, first.back(), 1, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) {
-      const size_t i = std::upper_bound(first.begin(), first.end(), k) - first.begin() - 1;
-      const Work& w = work[i];
-      const int64_t begin = (k - first[i]) * kChunk;
-      const int64_t n = std::min(kChunk, w.numel - begin);
-      float *pb = w.p + begin, *mb = w.m + begin, *vb = w.v + begin;
-      uint16_t* cb = w.copy == nullptr ? nullptr : w.copy + begin;
-      if (w.bf16_grad) {
-        const auto* gb = static_cast<const uint16_t*>(w.grad) + begin;
-        if (cb != nullptr) {
-          UpdateFromBf16WithCopy(pb, gb, mb, vb, cb, n, w.c);
+      float* pp = p.data_ptr<float>();
+      float* mp = state.exp_avg().data_ptr<float>();
+      float* vp = state.exp_avg_sq().data_ptr<float>();
+      uint16_t* cp = copy == nullptr ? nullptr
+                                     : reinterpret_cast<uint16_t*>(copy->value.data_ptr());
+      const void* gp = grad.data_ptr();
+      at::parallel_for(0, p.numel(), /*grain_size=*/16384, [&](int64_t begin, int64_t end) {
+        const int64_t n = end - begin;
+        float *pb = pp + begin, *mb = mp + begin, *vb = vp + begin;
+        if (bf16_grad) {
+          const auto* gb = static_cast<const uint16_t*>(gp) + begin;
+          if (cp != nullptr) {
+            UpdateFromBf16WithCopy(pb, gb, mb, vb, cp + begin, n, c);
+          } else {
+            UpdateFromBf16(pb, gb, mb, vb, n, c);
+          }
         } else {
-          UpdateFromBf16(pb, gb, mb, vb, n, w.c);
+          const auto* gb = static_cast<const float*>(gp) + begin;
+          if (cp != nullptr) {
+            UpdateWithCopy(pb, gb, mb, vb, cp + begin, n, c);
+          } else {
+            Update(pb, gb, mb, vb, n, c);
+          }
         }
-      } else {
-        const auto* gb = static_cast<const float*>(w.grad) + begin;
-        if (cb != nullptr) {
-          UpdateWithCopy(pb, gb, mb, vb, cb, n, w.c);
-        } else {
-          Update(pb, gb, mb, vb, n, w.c);
-        }
+      });
+      p.unsafeGetTensorImpl()->bump_version();  // as an in-place ATen op would
+      if (copy != nullptr) {
+        copy->value.unsafeGetTensorImpl()->bump_version();
+        copy->version = p._version();
+      } else if (copy_it != copies_.end()) {
+        copy_it->second.value = torch::Tensor();  // stale: remade when next asked
       }
     }
-  });
-
-  for (auto& [p, copy] : written) {
-    p.unsafeGetTensorImpl()->bump_version();  // as an in-place ATen op would
-    if (copy != nullptr) {
-      copy->value.unsafeGetTensorImpl()->bump_version();
-      copy->version = p._version();
-    }
   }
-  for (auto& it : stale) it->second.value = torch::Tensor();  // remade when next asked
   return loss;
 }
 

@@ -65,10 +65,9 @@ class FusedAdam : public torch::optim::Adam {
     const void* data = nullptr;  // p's storage and version when `value` was made
     int64_t version = 0;
   };
-  using CopyMap = std::unordered_map<const c10::TensorImpl*, Copy>;
   bool FusesAll() const;
 
-  CopyMap copies_;
+  std::unordered_map<const c10::TensorImpl*, Copy> copies_;
 };
 
 }  // namespace traind::train

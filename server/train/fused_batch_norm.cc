@@ -14,7 +14,6 @@
 #include <vector>
 
 #include "server/train/bf16.h"
-#include "server/train/dynamic_parallel.h"
 
 namespace traind::train {
 namespace {
@@ -228,7 +227,7 @@ std::vector<double> SumBlocks(int64_t rows, int64_t width,
                               const std::function<void(int64_t, int64_t, float*)>& block) {
   const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
   std::vector<float> partial(static_cast<size_t>(blocks * width));
-  DynamicParallelFor(0, blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       block(b * kBlockRows, std::min(rows, (b + 1) * kBlockRows), partial.data() + b * width);
     }
@@ -296,7 +295,7 @@ struct FusedBatchNorm : public torch::autograd::Function<FusedBatchNorm> {
     uint16_t* yp = MutableBits(y);
     const bool has_residual = residual.numel() > 0;
     const uint16_t* res = has_residual ? Bits(residual) : nullptr;
-    DynamicParallelFor(0, rows, RowGrain(channels), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, rows, RowGrain(channels), [&](int64_t r0, int64_t r1) {
       const int64_t o = r0 * channels;
       Normalize(xp + o, res == nullptr ? nullptr : res + o, yp + o, r1 - r0, channels, alpha.data(),
                 beta.data(), relu);
@@ -366,7 +365,7 @@ struct FusedBatchNorm : public torch::autograd::Function<FusedBatchNorm> {
       }
       dx = torch::empty_like(x, torch::MemoryFormat::ChannelsLast);
       uint16_t* dxp = MutableBits(dx);
-      DynamicParallelFor(0, rows, RowGrain(channels), [&](int64_t r0, int64_t r1) {
+      at::parallel_for(0, rows, RowGrain(channels), [&](int64_t r0, int64_t r1) {
         const int64_t o = r0 * channels;
         BackwardInput(xp + o, yp == nullptr ? nullptr : yp + o, dyp + o, dxp + o, r1 - r0, channels,
                       mean, grad_mean.data(), k.data(), scale.data());
@@ -426,7 +425,7 @@ struct FloatBatchNorm : public torch::autograd::Function<FloatBatchNorm> {
     float* yp = y.data_ptr<float>();
     const bool has_residual = residual.numel() > 0;
     const float* res = has_residual ? residual.data_ptr<float>() : nullptr;
-    DynamicParallelFor(0, rows, RowGrain(channels), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, rows, RowGrain(channels), [&](int64_t r0, int64_t r1) {
       const int64_t o = r0 * channels;
       NormalizeFloat(xp + o, res == nullptr ? nullptr : res + o, yp + o, r1 - r0, channels,
                      alpha.data(), beta.data(), relu);
