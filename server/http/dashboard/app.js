@@ -267,13 +267,26 @@ function jobPage(id) {
     if (acc) acc.update("none");
   }, 500);
 
+  // Replies can arrive out of order: a cancel's reply (CANCELLING) after the
+  // reload that the CANCELLED event started. A job is shown only when it
+  // was asked for after the one on the page, so the page never steps back.
+  let asked = 0;
+  let shown = 0;
+  const show = (n, j, all) => {
+    if (n < shown) return;
+    shown = n;
+    job = j;
+    renderFacts();
+    if (all) { renderTrials(); renderReport(); }
+  };
+
   // A call that changes the job (pause, resume, priority), then its facts.
   const change = (path, body) => async (ev) => {
     ev.target.disabled = true;
+    const n = ++asked;
     try {
       const r = await api(`/v1/jobs/${id}:${path}`, body ? { method: "POST", body: JSON.stringify(body) } : { method: "POST" });
-      job = r.job;
-      renderFacts();
+      show(n, r.job);
     } catch (err) { showError(message, err); ev.target.disabled = false; }
   };
   const renderActions = () => {
@@ -290,10 +303,10 @@ function jobPage(id) {
       select.value = job.spec.priority || "NORMAL";
       select.onchange = async () => {
         select.disabled = true;
+        const n = ++asked;
         try {
           const r = await api(`/v1/jobs/${id}:setPriority`, { method: "POST", body: JSON.stringify({ priority: select.value }) });
-          job = r.job;
-          renderFacts();
+          show(n, r.job);
         } catch (err) { showError(message, err); select.value = job.spec.priority || "NORMAL"; select.disabled = false; }
       };
       buttons.push(el("label", { class: "priority-picker" }, "Priority ", select));
@@ -301,10 +314,10 @@ function jobPage(id) {
     if (!ended(job.state)) {
       buttons.push(el("button", { class: "danger", id: "cancel", onclick: async (ev) => {
         ev.target.disabled = true;
+        const n = ++asked;
         try {
           const r = await api(`/v1/jobs/${id}:cancel`, { method: "POST" });
-          job = r.job;
-          renderFacts();
+          show(n, r.job);
         } catch (err) { showError(message, err); ev.target.disabled = false; }
       } }, "Cancel"));
     }
@@ -373,16 +386,20 @@ function jobPage(id) {
       el("h2", {}, "Confusion matrix"), matrix);
   };
 
+  // One reload at a time; one asked for meanwhile runs after it (it may
+  // follow a state the running one began before).
   let loading = false;
+  let reload = false;
   async function loadJob() {
-    if (loading) return;
+    if (loading) { reload = true; return; }
     loading = true;
-    try {
-      job = (await api(`/v1/jobs/${id}`)).job;
-      renderFacts();
-      renderTrials();
-      renderReport();
-    } catch (err) { showError(message, err); }
+    do {
+      reload = false;
+      const n = ++asked;
+      try {
+        show(n, (await api(`/v1/jobs/${id}`)).job, true);
+      } catch (err) { showError(message, err); }
+    } while (reload);
     loading = false;
   }
 
