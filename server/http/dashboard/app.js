@@ -280,7 +280,7 @@ function jobPage(id) {
     if (all) { renderTrials(); renderReport(); }
   };
 
-  // A call that changes the job (pause, resume, priority), then its facts.
+  // A call that changes the job (pause, resume, cancel), then its facts.
   const change = (path, body) => async (ev) => {
     ev.target.disabled = true;
     const n = ++asked;
@@ -312,14 +312,7 @@ function jobPage(id) {
       buttons.push(el("label", { class: "priority-picker" }, "Priority ", select));
     }
     if (!ended(job.state)) {
-      buttons.push(el("button", { class: "danger", id: "cancel", onclick: async (ev) => {
-        ev.target.disabled = true;
-        const n = ++asked;
-        try {
-          const r = await api(`/v1/jobs/${id}:cancel`, { method: "POST" });
-          show(n, r.job);
-        } catch (err) { showError(message, err); ev.target.disabled = false; }
-      } }, "Cancel"));
+      buttons.push(el("button", { class: "danger", id: "cancel", onclick: change("cancel") }, "Cancel"));
     }
     if (job.state === "SUCCEEDED") {
       buttons.push(el("a", { class: "button", id: "download-pth", href: `/v1/jobs/${id}/weights?format=pth`, download: `${id}.pth` }, "Download .pth"));
